@@ -1,0 +1,267 @@
+"""Email addresses <-> E.164 phone numbers (msisdn), pure functions.
+
+The library system addresses a patron as ``<number>@<sms-domain>``; this module turns the local
+part into an E.164 msisdn, refuses numbers that cannot receive SMS, and provides the reverse
+mapping used for reply addresses plus the masked form used in logs.
+
+Every ``AddressError.reason`` is sent verbatim in an SMTP ``553 5.1.3`` reply (RFC 5321 §4.2,
+RFC 3463 §3.2 "bad destination mailbox address syntax"), so it is ASCII only, has no CR/LF and
+never echoes more than a bounded, sanitised piece of the input.
+"""
+
+from __future__ import annotations
+
+import re
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumberFormat, PhoneNumberType
+
+__all__ = [
+    "AddressError",
+    "e164_to_local_part",
+    "format_msisdn",
+    "local_part_to_e164",
+    "mask_msisdn",
+    "sender_matches",
+    "split_address",
+]
+
+# Separators people and ILS templates put in numbers. RFC 5321 local parts cannot hold an
+# unquoted space, and quoted local parts are refused as a relay trick (split_address), so
+# spaces are not accepted here.
+_SEPARATORS = re.compile(r"[-.()]")
+_DIGITS_WITH_OPTIONAL_PLUS = re.compile(r"\+?[0-9]+")
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+
+# E.164 allows at most 15 digits; a US caller may add an IDD prefix (011) and the NANP trunk
+# prefix, so anything longer than this is not a phone number and is refused before parsing.
+_MAX_DIGITS = 20
+# How much of a sender-supplied value is echoed back in an SMTP reply.
+_ECHO_LIMIT = 64
+
+# Number types that can receive SMS. phonenumbers reports every NANP (US/CA) number as
+# FIXED_LINE_OR_MOBILE because the numbering plan does not separate them, so that type must be
+# accepted; everything else is refused with a reason naming the type.
+_SMS_CAPABLE = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE})
+_TYPE_NAMES: dict[int, str] = {
+    PhoneNumberType.FIXED_LINE: "a fixed-line (landline) number",
+    PhoneNumberType.TOLL_FREE: "a toll-free number",
+    PhoneNumberType.PREMIUM_RATE: "a premium-rate number",
+    PhoneNumberType.SHARED_COST: "a shared-cost number",
+    PhoneNumberType.VOIP: "a VoIP number",
+    PhoneNumberType.PERSONAL_NUMBER: "a personal (forwarding) number",
+    PhoneNumberType.PAGER: "a pager number",
+    PhoneNumberType.UAN: "a universal access (company) number",
+    PhoneNumberType.VOICEMAIL: "a voicemail access number",
+    PhoneNumberType.UNKNOWN: "a number of unknown type",
+}
+
+
+class AddressError(ValueError):
+    """An address the bridge refuses; ``reason`` tells the sender what to fix (ASCII, one line)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = _smtp_safe(reason, limit=400)
+        super().__init__(self.reason)
+
+
+def _smtp_safe(text: str, *, limit: int) -> str:
+    """Printable ASCII only, at most ``limit`` characters: safe inside one SMTP reply line."""
+    cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 3] + "..."
+    return cleaned
+
+
+def _echo(value: str) -> str:
+    return _smtp_safe(value, limit=_ECHO_LIMIT)
+
+
+def _example_local_part(region: str) -> str:
+    """A national-format example number for ``region`` (digits only), for error hints."""
+    example = phonenumbers.example_number_for_type(region, PhoneNumberType.MOBILE)
+    if example is None:
+        example = phonenumbers.example_number(region)
+    if example is None:
+        return "the full number with + and the country code"
+    return phonenumbers.national_significant_number(example)
+
+
+def _parse_or_none(number: str, region: str | None) -> phonenumbers.PhoneNumber | None:
+    try:
+        return phonenumbers.parse(number, region)
+    except NumberParseException:
+        return None
+
+
+def _check_region(region: str) -> None:
+    # A bad region is a configuration error, not the sender's: it must not become a 553.
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"unknown phone number region {region!r}")
+
+
+def local_part_to_e164(local_part: str, region: str) -> str:
+    """Turn an email local part such as ``202.555.0143`` into E.164 (``+12025550143``).
+
+    Accepts digits with an optional leading ``+`` and the separators ``-`` ``.`` ``(`` ``)``.
+    Numbers without ``+`` are read in ``region`` (so a national trunk prefix or an IDD prefix
+    such as US ``011`` works). When that reading is not a valid number but the digits are a
+    valid number once read as ``+<digits>`` (a reply address from ``e164_to_local_part`` for a
+    foreign patron, e.g. ``447400123456``), the international reading is used.
+
+    Raises ``AddressError`` for anything that is not a valid number able to receive SMS, and
+    ``ValueError`` when ``region`` is not a region phonenumbers knows (a configuration error).
+    """
+    _check_region(region)
+    shown = _echo(local_part)
+    if local_part == "":
+        raise AddressError("the recipient has no phone number before the @")
+    # Reject letters before parsing: phonenumbers maps keypad letters to digits, so
+    # "1-800-FLOWERS" would otherwise parse as a valid (toll-free) number.
+    if any(ch.isalpha() for ch in local_part):
+        raise AddressError(
+            f"{shown} contains letters; use only digits, e.g. {_example_local_part(region)}"
+        )
+    compact = _SEPARATORS.sub("", local_part)
+    if _DIGITS_WITH_OPTIONAL_PLUS.fullmatch(compact) is None:
+        raise AddressError(
+            f"{shown} is not a phone number; use only digits, an optional leading +, "
+            f"and - . ( ) as separators"
+        )
+    digits = compact.lstrip("+")
+    if len(digits) > _MAX_DIGITS:
+        raise AddressError(f"{shown} has too many digits for a phone number")
+
+    number = _parse_or_none(compact, region)
+    if (number is None or not phonenumbers.is_valid_number(number)) and not compact.startswith("+"):
+        international = _parse_or_none("+" + digits, None)
+        if international is not None and phonenumbers.is_valid_number(international):
+            number = international
+
+    if number is None or not phonenumbers.is_valid_number(number):
+        raise AddressError(_invalid_reason(shown, number, region, compact.startswith("+")))
+
+    number_type = phonenumbers.number_type(number)
+    if number_type not in _SMS_CAPABLE:
+        kind = _TYPE_NAMES.get(number_type, _TYPE_NAMES[PhoneNumberType.UNKNOWN])
+        raise AddressError(f"{shown} is {kind}, which cannot receive text messages")
+    return phonenumbers.format_number(number, PhoneNumberFormat.E164)
+
+
+def _invalid_reason(
+    shown: str, number: phonenumbers.PhoneNumber | None, region: str, international: bool
+) -> str:
+    hint = f"use the full number, e.g. {_example_local_part(region)}"
+    if number is None and international:
+        return f"{shown} does not start with a valid country code; {hint}"
+    if number is not None:
+        possible = phonenumbers.is_possible_number_with_reason(number)
+        if possible == phonenumbers.ValidationResult.TOO_SHORT:
+            return f"{shown} is too short to be a phone number for region {region}; {hint}"
+        if possible == phonenumbers.ValidationResult.TOO_LONG:
+            return f"{shown} is too long to be a phone number for region {region}; {hint}"
+        if possible == phonenumbers.ValidationResult.INVALID_COUNTRY_CODE:
+            return f"{shown} does not start with a valid country code; {hint}"
+    return f"{shown} is not a valid phone number for region {region}; {hint}"
+
+
+def mask_msisdn(e164: str) -> str:
+    """Mask a number for logs: ``+12025550143`` -> ``+1********43``.
+
+    Format: ``+``, the country calling code, one ``*`` per hidden digit, then the last two
+    digits. Patron numbers are personal data (library patron privacy), so nothing but the
+    country code and the last two digits is ever shown; input that is not a parseable number
+    keeps only its last two digits, and a number of four digits or fewer is masked entirely.
+    Never raises: it is called while logging.
+    """
+    digits = "".join(ch for ch in e164 if "0" <= ch <= "9")
+    parsed = _parse_or_none(e164, None) if e164.startswith("+") else None
+    country = str(parsed.country_code) if parsed is not None and parsed.country_code else ""
+    if country and digits.startswith(country):
+        prefix, rest = "+" + country, digits[len(country) :]
+    else:
+        # Without a recognised country code the leading digits may belong to the subscriber
+        # number, so nothing is shown before the last two digits.
+        prefix, rest = "", digits
+    if len(rest) <= 4:
+        return prefix + "*" * len(rest)
+    return prefix + "*" * (len(rest) - 2) + rest[-2:]
+
+
+def format_msisdn(e164: str) -> str:
+    """Human international format for staff email: ``+12025550143`` -> ``+1 202-555-0143``.
+
+    Display only: a value phonenumbers cannot parse is returned unchanged.
+    """
+    parsed = _parse_or_none(e164, None)
+    if parsed is None:
+        return e164
+    return phonenumbers.format_number(parsed, PhoneNumberFormat.INTERNATIONAL)
+
+
+def e164_to_local_part(e164: str) -> str:
+    """Digits of an E.164 number for reply addresses: ``+12025550143`` -> ``12025550143``.
+
+    ``local_part_to_e164`` maps the result back to the same number (it falls back to the
+    international reading when the digits are not a valid national number).
+    Raises ``ValueError`` when ``e164`` is not ``+`` followed by 2 to 15 digits.
+    """
+    if _E164.fullmatch(e164) is None:
+        raise ValueError(f"not an E.164 number: {_echo(e164)!r}")
+    return e164[1:]
+
+
+def split_address(addr: str) -> tuple[str, str]:
+    """Split an envelope address into (local part, lower-cased domain).
+
+    Surrounding whitespace and one pair of angle brackets are removed. Refused with
+    ``AddressError``: no ``@``, an empty local part or domain, and the relay tricks that
+    could make a gateway forward mail elsewhere: source routes (``@a,@b:user@dom``,
+    RFC 5321 §4.1.2 / Appendix C), the ``%`` hack (``user%other@dom``), UUCP bang paths
+    (``host!user@dom``) and quoted local parts (``"x"@dom``).
+    """
+    value = addr.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1].strip()
+    shown = _echo(value)
+    if value.startswith("@") or ":" in value or "," in value:
+        raise AddressError(f"{shown}: source-routed addresses are not accepted; use user@domain")
+    if '"' in value:
+        raise AddressError(f"{shown}: quoted local parts are not accepted; use digits@domain")
+    if "%" in value:
+        raise AddressError(f"{shown}: '%' relay addresses are not accepted; use user@domain")
+    if "!" in value:
+        raise AddressError(f"{shown}: '!' bang-path addresses are not accepted; use user@domain")
+    if value.count("@") != 1:
+        raise AddressError(f"{shown} is not an address of the form user@domain")
+    local, _, domain = value.partition("@")
+    domain = domain.rstrip(".").lower()
+    if local == "" or domain == "":
+        raise AddressError(f"{shown} is not an address of the form user@domain")
+    if any(ch.isspace() or ch in "<>" for ch in value):
+        raise AddressError(f"{shown} contains spaces or angle brackets; use user@domain")
+    return local, domain
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    # Only '*' is a wildcard; everything else (including fnmatch's '?' and '[...]') is literal.
+    # '*' never matches '@', so '*@lib.example.org' cannot be satisfied by
+    # 'x@evil.example@lib.example.org'-style senders.
+    parts = [re.escape(piece) for piece in pattern.split("*")]
+    return re.compile("[^@]*".join(parts), re.IGNORECASE)
+
+
+def sender_matches(pattern: str, sender: str) -> bool:
+    """Whether an envelope sender matches a pattern such as ``*@lib.example.org``.
+
+    Case-insensitive; ``*`` matches any run of characters except ``@``; the pattern ``*``
+    alone matches every sender (including the null sender). Angle brackets and surrounding
+    whitespace around the sender are ignored.
+    """
+    pattern = pattern.strip()
+    if pattern == "*":
+        return True
+    value = sender.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1].strip()
+    return _pattern_regex(pattern).fullmatch(value) is not None

@@ -1,0 +1,222 @@
+"""Composition root: builds every component from one Config, starts them in order, stops them in
+reverse. Signals only flip events here (uvicorn's shape): SIGTERM/SIGINT ask for a graceful stop,
+a second one forces exit; SIGHUP reloads the configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from bridge.bounces import build_bounces
+from bridge.config import Config, ConfigError, load_config
+from bridge.dispatcher import Dispatcher
+from bridge.inbound import Inbound
+from bridge.intake import Intake
+from bridge.mailer import Mailer, make_transport
+from bridge.smpp.pdu import DeliverSm
+from bridge.smpp.session import SessionSettings, SmppSession
+from bridge.smtp_intake import SmtpIntake
+from bridge.store import Store
+
+log = logging.getLogger(__name__)
+
+DeliverHandler = Callable[[DeliverSm], Awaitable[int]]
+
+
+def session_settings(cfg: Config, *, port: int | None = None) -> SessionSettings:
+    s = cfg.smpp
+    return SessionSettings(
+        host=s.host,
+        port=s.port if port is None else port,
+        system_id=s.system_id,
+        password=s.password,
+        system_type=s.system_type,
+        bind_mode=s.bind_mode,
+        tls=s.tls,
+        tls_verify=s.tls_verify,
+        window=s.window,
+        response_timeout_s=s.response_timeout_s,
+        enquire_link_s=s.enquire_link_s,
+        enquire_link_timeout_s=s.enquire_link_timeout_s,
+        reconnect_min_s=s.reconnect_min_s,
+        reconnect_max_s=s.reconnect_max_s,
+        max_tps=s.max_tps,
+        throttle_recovery_s=s.throttle_recovery_s,
+    )
+
+
+class Bridge:
+    """The whole daemon. `await start()` then `await stop()`; or `await serve()` for the CLI."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        config_path: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.clock = clock
+        self.store = Store(cfg.store.path)
+        self.simulator: object | None = None
+        self.session: SmppSession | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.intake = Intake(cfg, self.store, clock)
+        self.smtp = SmtpIntake(cfg, self.intake)
+        self.mailer = Mailer(cfg, self.store, make_transport(cfg), clock=clock)
+        self.inbound = Inbound(cfg, self.store, clock=clock, wake_mailer=self.mailer.wake)
+        self._stack = AsyncExitStack()
+        self.stop_requested = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self._signals = 0
+
+    @property
+    def smtp_port(self) -> int:
+        return self.smtp.port
+
+    async def _on_deliver(self, pdu: DeliverSm) -> int:
+        return await self.inbound.handle(pdu)
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        stack = self._stack
+        # 1. the store: everything else hands work over through it
+        await self.store.open()
+        stack.push_async_callback(self.store.close)
+        # 2. the bundled SMSC simulator, when the config asks for it (embedded default)
+        smpp_port = None
+        if cfg.smpp.simulator:
+            from bridge.testing.smsc_sim import SmscSimulator
+
+            sim = SmscSimulator(
+                system_id=cfg.smpp.system_id,
+                password=cfg.smpp.password,
+                host=cfg.smpp.host,
+                port=cfg.smpp.port,
+            )
+            await sim.start()
+            stack.push_async_callback(sim.stop)
+            self.simulator = sim
+            smpp_port = sim.port
+            log.info("bundled SMSC simulator listening on %s:%d", cfg.smpp.host, sim.port)
+        # 3. outbound mail (replies, bounces): before anything can produce some
+        await self.mailer.start()
+        stack.push_async_callback(self.mailer.stop)
+        # 4. the SMPP session (binds in the background, reconnects by itself)
+        self.session = SmppSession(
+            session_settings(cfg, port=smpp_port), self._on_deliver, name="smsc"
+        )
+        await self.session.start()
+        stack.push_async_callback(self.session.stop, cfg.smpp.drain_timeout_s)
+        # 5. the dispatcher: drains the queue into the session
+        self.dispatcher = Dispatcher(
+            cfg,
+            self.store,
+            self.session,
+            clock=self.clock,
+            bounces=lambda rec, failure, now: build_bounces(self.cfg, rec, failure, now),
+        )
+        await self.dispatcher.start()
+        stack.push_async_callback(self.dispatcher.stop, cfg.smpp.drain_timeout_s)
+        self.intake.notify = self.dispatcher.wake
+        self.inbound.wake_dispatcher = self.dispatcher.wake
+        await self.inbound.start()
+        stack.push_async_callback(self.inbound.stop)
+        # 6. intake last: only take mail once everything behind it runs
+        await self.smtp.start()
+        stack.push_async_callback(self.smtp.stop)
+
+    async def stop(self) -> None:
+        log.info("stopping")
+        await self._stack.aclose()
+        log.info("stopped")
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; a bad file is refused and the running one kept."""
+        if self.config_path is None:
+            return
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration:\n%s", exc)
+            return
+        changed = [n for n in ("smpp", "store") if getattr(new, n) != getattr(self.cfg, n)]
+        if new.smtp.listen != self.cfg.smtp.listen or new.smtp.tls != self.cfg.smtp.tls:
+            changed.append("smtp.listen/smtp.tls")
+        if changed:
+            log.warning("reload: %s settings need a restart to take effect", ", ".join(changed))
+        self.cfg = new
+        self.intake.reload(new)
+        self.smtp.reload(new)
+        self.inbound.reload(new)
+        self.mailer.reload(new)
+        if self.dispatcher is not None:
+            self.dispatcher.reload(new)
+        logging.getLogger().setLevel(new.log.level)
+        log.info("configuration reloaded: %d tenant(s)", len(new.tenants))
+
+    def _signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested.set()
+            return
+        self._signals += 1
+        if self._signals > 1:
+            log.error("second stop signal: exiting now")
+            os._exit(1)
+        self.stop_requested.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._signal, sig)
+        try:
+            await self.start()
+            self.ready()
+            while not self.stop_requested.is_set():
+                reload_wait = asyncio.create_task(self.reload_requested.wait())
+                stop_wait = asyncio.create_task(self.stop_requested.wait())
+                await asyncio.wait({reload_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                for t in (reload_wait, stop_wait):
+                    t.cancel()
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.reload()
+        finally:
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+
+    def ready(self) -> None:
+        cfg = self.cfg
+        domain = cfg.smtp.domains[0]
+        log.info(
+            "ready: smtp %s:%d, smsc %s:%d, store %s",
+            cfg.smtp.listen.host,
+            self.smtp.port,
+            cfg.smpp.host,
+            cfg.smpp.port,
+            cfg.store.path,
+        )
+        log.info(
+            "try it: python3 -c \"import smtplib; smtplib.SMTP('%s', %d).sendmail("
+            "'%s', ['2025550143@%s'], 'Subject: hi\\r\\n\\r\\nYour hold is ready.')\"",
+            cfg.smtp.listen.host,
+            self.smtp.port,
+            _example_sender(cfg),
+            domain,
+        )
+
+
+def _example_sender(cfg: Config) -> str:
+    pattern = cfg.tenants[0].senders[0]
+    return pattern.replace("*", "ils")

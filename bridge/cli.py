@@ -1,0 +1,263 @@
+"""The `sms-bridge` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import getpass
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from bridge.config import Config, ConfigError, load_config, summary
+from bridge.passwords import hash_password
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1  # bad config, not found, refused
+EXIT_USAGE = 2
+
+DEFAULT_CONFIG = "/etc/sms-bridge/config.yaml"
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)sZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+        self.converter = time.gmtime  # UTC timestamps: one clock for every host of a consortium
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiosmtpd logs every connection and its AUTH mechanisms at INFO; our own lines say more.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(Path(path))
+    except ConfigError as exc:
+        print(f"{path}: configuration problems:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_PROBLEM) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    setup_logging(args.log_level or cfg.log.level)
+    from bridge.app import Bridge
+
+    bridge = Bridge(cfg, config_path=Path(args.config))
+    try:
+        asyncio.run(bridge.serve())
+    except OSError as exc:
+        logging.getLogger("bridge").error("cannot start: %s", exc)
+        return EXIT_PROBLEM
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    print(f"{args.config}: OK")
+    for line in summary(cfg):
+        print(f"  {line}")
+    return EXIT_OK
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("SMTP password: ")
+        if getpass.getpass("again: ") != password:
+            print("the two passwords differ", file=sys.stderr)
+            return EXIT_PROBLEM
+    if not password:
+        print("an empty password is not allowed", file=sys.stderr)
+        return EXIT_PROBLEM
+    print(hash_password(password))
+    return EXIT_OK
+
+
+def cmd_smsc_sim(args: argparse.Namespace) -> int:
+    from bridge.testing import smsc_sim
+
+    argv = ["--listen", args.listen, "--system-id", args.system_id, "--password", args.password]
+    argv += ["--scenario", args.scenario]
+    return smsc_sim.main(argv)
+
+
+def _table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> str:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from bridge.addressing import mask_msisdn
+    from bridge.store import SmsFilter, Store
+
+    cfg = _load(args.config)
+
+    async def go() -> int:
+        store = Store(cfg.store.path)
+        await store.open()
+        try:
+            now = time.time()
+            if args.queue_cmd == "ls":
+                flt = SmsFilter(
+                    state=args.state,
+                    tenant_id=args.tenant,
+                    older_than_s=args.older,
+                    limit=args.limit,
+                )
+                recs = await store.list_sms(flt, now)
+                rows = [
+                    {
+                        "queue_id": r.queue_id,
+                        "tenant": r.tenant_id,
+                        "to": mask_msisdn(r.msisdn),
+                        "state": r.state.value,
+                        "attempts": r.attempts,
+                        "age": _age(now - r.created_at),
+                        "reason": (r.reason or "")[:50],
+                    }
+                    for r in recs
+                ]
+                if args.json:
+                    print(json.dumps(rows, indent=2))
+                else:
+                    print(_table(rows, list(rows[0]) if rows else ["queue_id"]))
+                return EXIT_OK
+            ok = True
+            for qid in args.ids:
+                if args.queue_cmd == "show":
+                    rec = await store.get_sms(qid)
+                    if rec is None:
+                        print(f"{qid}: no such message", file=sys.stderr)
+                        ok = False
+                        continue
+                    data = dataclasses.asdict(rec)
+                    data["state"] = rec.state.value
+                    if not args.full:
+                        data["msisdn"] = mask_msisdn(rec.msisdn)
+                    print(json.dumps(data, indent=2))
+                elif args.queue_cmd == "retry":
+                    done = await store.retry_sms(qid, now)
+                    print(f"{qid}: {'queued again' if done else 'not retried (unknown or sent)'}")
+                    ok = ok and done
+                elif args.queue_cmd == "drop":
+                    done = await store.drop_sms(qid, now)
+                    print(f"{qid}: {'dropped' if done else 'not dropped (unknown or final)'}")
+                    ok = ok and done
+            return EXIT_OK if ok else EXIT_PROBLEM
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bridge.store import Store
+
+    cfg = _load(args.config)
+
+    async def go() -> dict[str, object]:
+        store = Store(cfg.store.path)
+        await store.open()
+        try:
+            return {"sms": await store.counts(), "mail": await store.mail_counts()}
+        finally:
+            await store.close()
+
+    data = asyncio.run(go())
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        for section, counts in data.items():
+            assert isinstance(counts, dict)
+            shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"
+            print(f"{section:5} {shown}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sms-bridge", description="Email-to-SMS bridge")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="YAML configuration file")
+
+    sp = sub.add_parser("run", help="run the bridge")
+    with_config(sp)
+    sp.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("check-config", help="validate a configuration file")
+    with_config(sp)
+    sp.set_defaults(fn=cmd_check_config)
+
+    sp = sub.add_parser("hash-password", help="hash an SMTP AUTH password for tenants[].users")
+    sp.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    sp.set_defaults(fn=cmd_hash_password)
+
+    sp = sub.add_parser("smsc-sim", help="run the bundled SMSC simulator")
+    sp.add_argument("--listen", default="127.0.0.1:2775")
+    sp.add_argument("--system-id", default="bridge")
+    sp.add_argument("--password", default="secret")
+    sp.add_argument("--scenario", default="ok")
+    sp.set_defaults(fn=cmd_smsc_sim)
+
+    sp = sub.add_parser("status", help="queue and mail outbox counts")
+    with_config(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_status)
+
+    sp = sub.add_parser("queue", help="inspect and repair the SMS queue")
+    with_config(sp)
+    qsub = sp.add_subparsers(dest="queue_cmd", required=True)
+    q = qsub.add_parser("ls", help="list messages")
+    q.add_argument("--state")
+    q.add_argument("--tenant")
+    q.add_argument("--older", type=float, metavar="SECONDS")
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--json", action="store_true")
+    for name, text in (
+        ("show", "show messages"),
+        ("retry", "queue failed messages again"),
+        ("drop", "stop queued messages"),
+    ):
+        q = qsub.add_parser(name, help=text)
+        q.add_argument("ids", nargs="+", metavar="QUEUE_ID")
+        if name == "show":
+            q.add_argument("--full", action="store_true", help="show the full number")
+    sp.set_defaults(fn=cmd_queue)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.fn(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

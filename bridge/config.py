@@ -1,0 +1,511 @@
+"""YAML configuration → one frozen, typed object.
+
+Parsed once at start (and again on reload); nothing else in the bridge reads raw YAML or dicts.
+Every model forbids unknown keys, so a typo is an error that names its YAML path instead of a
+setting silently ignored. Secrets come from the YAML, a `*_file` key, or `${ENV_VAR}`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import phonenumbers
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bridge import defaults
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` are one line each, YAML path first."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# --- value types -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_host_port(value: object) -> HostPort:
+    if isinstance(value, HostPort):
+        return value
+    if not isinstance(value, str):
+        raise ValueError('expected "host:port", e.g. "127.0.0.1:2525"')
+    m = re.fullmatch(r"\[(?P<h6>[0-9a-fA-F:.]+)\]:(?P<p1>\d+)|(?P<h>[^:\s]+):(?P<p2>\d+)", value)
+    if m is None:
+        raise ValueError(f'{value!r} is not "host:port" (IPv6 as "[::1]:2525")')
+    host = m.group("h6") or m.group("h")
+    port = int(m.group("p1") or m.group("p2"))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return HostPort(host, port)
+
+
+_DURATION = re.compile(r"(?P<n>\d+(?:\.\d+)?)\s*(?P<u>ms|s|m|h|d)?")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or "250ms", "30s", "5m", "24h", "7d"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 24h")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.fullmatch(value.strip())
+        if m:
+            scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group("u") or "s"]
+            return float(m.group("n")) * scale
+    raise ValueError(f"{value!r} is not a duration; write e.g. 30s, 5m, 24h or a number of seconds")
+
+
+def _check_region(value: str) -> str:
+    region = value.upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"{value!r} is not a region code; use ISO 3166 letters such as US or CA")
+    return region
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _durations(cls, value: Any, info: Any) -> Any:
+        # Keys ending in _s are durations; accept "30s", "5m", "24h" as well as plain numbers.
+        name = info.field_name or ""
+        if (name.endswith("_s") or name == "max_age") and value is not None:
+            return parse_duration(value)
+        return value
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+class TlsFiles(_Model):
+    cert: Path
+    key: Path
+
+
+class SmtpConfig(_Model):
+    listen: HostPort = Field(default_factory=lambda: parse_host_port(defaults.SMTP_LISTEN))
+    domains: tuple[str, ...] = Field(min_length=1)
+    hostname: str | None = None
+    tls: TlsFiles | None = None
+    max_message_bytes: int = Field(default=defaults.SMTP_MAX_MESSAGE_BYTES, ge=1024)
+    max_recipients: int = Field(default=defaults.SMTP_MAX_RECIPIENTS, ge=1)
+    max_connections: int = Field(default=defaults.SMTP_MAX_CONNECTIONS, ge=1)
+    idle_timeout_s: float = Field(default=defaults.SMTP_IDLE_TIMEOUT_S, gt=0)
+    max_backlog: int = Field(default=defaults.SMTP_MAX_BACKLOG, ge=1)
+    dedup_window_s: float = Field(default=defaults.DEDUP_WINDOW_S, ge=0)
+    auth_failure_delay_step_s: float = Field(default=defaults.AUTH_FAILURE_DELAY_STEP_S, ge=0)
+    auth_failure_delay_max_s: float = Field(default=defaults.AUTH_FAILURE_DELAY_MAX_S, ge=0)
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: object) -> HostPort:
+        return parse_host_port(value)
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for d in value:
+            d = d.strip().lower().rstrip(".")
+            if not re.fullmatch(
+                r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", d
+            ):
+                raise ValueError(f"{d!r} is not a domain name")
+            out.append(d)
+        return tuple(out)
+
+
+class SmppConfig(_Model):
+    host: str = defaults.SMPP_HOST
+    port: int = Field(default=defaults.SMPP_PORT, ge=0, le=65535)
+    system_id: str = Field(max_length=15)  # SMPP 3.4 §4.1.1: C-Octet String, max 16 incl. NUL
+    password: str = Field(max_length=8)  # SMPP 3.4 §4.1.1: max 9 incl. NUL
+    system_type: str = Field(default="", max_length=12)
+    source_addr: str = Field(min_length=1, max_length=20)
+    bind_mode: Literal["transceiver", "transmitter_receiver"] = "transceiver"
+    tls: bool = False
+    tls_verify: bool = True
+    window: int = Field(default=defaults.SMPP_WINDOW, ge=1, le=1000)
+    max_tps: float = Field(default=defaults.SMPP_MAX_TPS, gt=0)
+    enquire_link_s: float = Field(default=defaults.SMPP_ENQUIRE_LINK_S, gt=0)
+    enquire_link_timeout_s: float = Field(default=defaults.SMPP_ENQUIRE_LINK_TIMEOUT_S, gt=0)
+    response_timeout_s: float = Field(default=defaults.SMPP_RESPONSE_TIMEOUT_S, gt=0)
+    reconnect_min_s: float = Field(default=defaults.SMPP_RECONNECT_MIN_S, gt=0)
+    reconnect_max_s: float = Field(default=defaults.SMPP_RECONNECT_MAX_S, gt=0)
+    throttle_recovery_s: float = Field(default=defaults.SMPP_THROTTLE_RECOVERY_S, gt=0)
+    max_age: float = Field(default=defaults.SMPP_MAX_AGE_S, gt=0)
+    max_attempts: int = Field(default=defaults.SMPP_MAX_ATTEMPTS, ge=1)
+    retry_min_s: float = Field(default=defaults.SMPP_RETRY_MIN_S, ge=0)
+    retry_max_s: float = Field(default=defaults.SMPP_RETRY_MAX_S, ge=0)
+    drain_timeout_s: float = Field(default=defaults.SMPP_DRAIN_TIMEOUT_S, ge=0)
+    # How long segments are concatenated on the carrier: UDH with an 8- or 16-bit reference,
+    # SAR TLVs, or the whole text in message_payload (ask the carrier which it supports).
+    concat: Literal["udh8", "udh16", "sar", "payload"] = "udh8"
+    # Start the bundled SMSC simulator in-process at host:port (the embedded default for trying
+    # the bridge out; never with a real carrier).
+    simulator: bool = False
+
+    @field_validator("source_addr")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        if value.isdigit() or (value.startswith("+") and value[1:].isdigit()):
+            return value.lstrip("+")
+        # GSM 03.40 §9.1.2.5: an alphanumeric sender is at most 11 GSM-7 characters.
+        if len(value) > 11:
+            raise ValueError("an alphanumeric sender has at most 11 characters")
+        return value
+
+
+class StoreConfig(_Model):
+    path: Path = Path(defaults.STORE_PATH)
+    body_retention_s: float = Field(default=defaults.STORE_BODY_RETENTION_S, ge=0)
+
+
+class MailConfig(_Model):
+    from_: str = Field(alias="from")
+    relay: HostPort | None = None
+    starttls: Literal["auto", "always", "never"] = "auto"
+    tls_verify: bool = True
+    username: str | None = None
+    password: str | None = None
+    maildir: Path = Path(defaults.MAIL_MAILDIR)
+    timeout_s: float = Field(default=defaults.MAIL_TIMEOUT_S, gt=0)
+    max_attempts: int = Field(default=defaults.MAIL_MAX_ATTEMPTS, ge=1)
+    retry_min_s: float = Field(default=defaults.MAIL_RETRY_MIN_S, ge=0)
+    retry_max_s: float = Field(default=defaults.MAIL_RETRY_MAX_S, ge=0)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("relay", mode="before")
+    @classmethod
+    def _relay(cls, value: object) -> HostPort | None:
+        return None if value is None else parse_host_port(value)
+
+    @field_validator("from_")
+    @classmethod
+    def _from(cls, value: str) -> str:
+        if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value):
+            raise ValueError(f"{value!r} is not an address like sms-bridge@sms.example.org")
+        return value
+
+
+class InboundConfig(_Model):
+    """Patron replies (MO) and receipts."""
+
+    # A patron's reply goes to the library that texted them last from that number within
+    # this window (shared sending numbers); after it, to fallback_to or the patron gets
+    # unknown_reply_text.
+    reply_window_s: float = Field(default=defaults.INBOUND_REPLY_WINDOW_S, gt=0)
+    fallback_to: str | None = None
+    unknown_reply_text: str | None = defaults.INBOUND_UNKNOWN_REPLY_TEXT
+    # The SMSC redelivers a deliver_sm whose response it missed; the same MO within this
+    # window is acknowledged without a second email.
+    dedup_window_s: float = Field(default=defaults.INBOUND_DEDUP_WINDOW_S, ge=0)
+    # Parts of a long MO still missing after this long are passed on as they are.
+    reassembly_timeout_s: float = Field(default=defaults.INBOUND_REASSEMBLY_TIMEOUT_S, gt=0)
+
+
+class LogConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+_NOREPLY = re.compile(r"^(no-?reply|do-?not-?reply|donotreply|mailer-daemon)[@+.-]", re.I)
+_HASH = re.compile(r"scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+")
+
+
+class TenantConfig(_Model):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    name: str = Field(min_length=1)
+    senders: tuple[str, ...] = Field(min_length=1)
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    users: Mapping[str, str] = Field(default_factory=dict)
+    reply_to: str | None = None
+    region: Annotated[str, AfterValidator(_check_region)] = defaults.TENANT_REGION
+    # Sending number for this library; default: smpp.source_addr (shared number).
+    source_addr: str | None = None
+    # Email → SMS text (see bridge/emailparse.py).
+    subject: Literal["ignore", "prepend", "only"] = "ignore"
+    start_delimiter: str | None = None
+    end_marker: str | None = None
+    keep_signature: bool = False
+    fold_accents: bool = False
+    max_segments: int = Field(default=defaults.TENANT_MAX_SEGMENTS, ge=1, le=255)
+    on_too_long: Literal["truncate", "fail"] = "truncate"
+    # Bounce emails (RFC 3464) for failed texts: to the envelope sender, a fixed address, or both.
+    bounce_to: str | None = None
+    bounce_mode: Literal["sender", "fixed", "both"] = "sender"
+    # What a patron who replies gets when this library takes no replies (no reply_to, or a
+    # no-reply address): one SMS with this text.
+    noreply_text: str | None = None
+
+    @field_validator("networks", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, list | tuple):
+            out = []
+            for item in value:
+                try:
+                    out.append(ipaddress.ip_network(str(item), strict=False))
+                except ValueError as exc:
+                    raise ValueError(
+                        f"{item!r} is not a CIDR network such as 192.0.2.0/24"
+                    ) from exc
+            return tuple(out)
+        return value
+
+    @field_validator("users")
+    @classmethod
+    def _users(cls, value: Mapping[str, str]) -> Mapping[str, str]:
+        for login, hashed in value.items():
+            if not _HASH.fullmatch(hashed):
+                raise ValueError(
+                    f"the password for user {login!r} must be a hash from "
+                    "`sms-bridge hash-password`, not the password itself"
+                )
+        return dict(value)
+
+    @property
+    def takes_replies(self) -> bool:
+        return self.reply_to is not None and not _NOREPLY.match(self.reply_to)
+
+    @property
+    def noreply_answer(self) -> str:
+        return self.noreply_text or (
+            f"{self.name} cannot read replies to this number. Please contact the library."
+        )
+
+    @model_validator(mode="after")
+    def _bounce(self) -> TenantConfig:
+        if self.bounce_mode != "sender" and not self.bounce_to:
+            raise ValueError(f"bounce_mode {self.bounce_mode!r} needs bounce_to (an address)")
+        return self
+
+
+class Config(_Model):
+    smtp: SmtpConfig
+    smpp: SmppConfig
+    store: StoreConfig = StoreConfig()
+    mail: MailConfig
+    inbound: InboundConfig = InboundConfig()
+    log: LogConfig = LogConfig()
+    tenants: tuple[TenantConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Config:
+        seen: set[str] = set()
+        users: set[str] = set()
+        for t in self.tenants:
+            if t.id in seen:
+                raise ValueError(f"tenant id {t.id!r} appears twice; ids must be unique")
+            seen.add(t.id)
+            for login in t.users:
+                if login in users:
+                    raise ValueError(
+                        f"SMTP user {login!r} belongs to two tenants; logins must be unique"
+                    )
+                users.add(login)
+        return self
+
+    def tenant(self, tenant_id: str) -> TenantConfig:
+        for t in self.tenants:
+            if t.id == tenant_id:
+                return t
+        raise KeyError(tenant_id)
+
+    def source_addr_for(self, tenant: TenantConfig) -> str:
+        return tenant.source_addr or self.smpp.source_addr
+
+    def tenant_or_none(self, tenant_id: str) -> TenantConfig | None:
+        return next((t for t in self.tenants if t.id == tenant_id), None)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _resolve_secrets(node: Any, path: str, base: Path, problems: list[str]) -> Any:
+    """Expand `${ENV}` in strings and turn `password_file: F` into `password: <contents of F>`."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and key.endswith("_file"):
+                target = key[: -len("_file")]
+                if target in node:
+                    problems.append(f"{sub}: give either {target} or {key}, not both")
+                    continue
+                file = Path(str(value))
+                file = file if file.is_absolute() else base / file
+                try:
+                    out[target] = file.read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    problems.append(f"{sub}: cannot read {file}: {exc.strerror}")
+                continue
+            out[key] = _resolve_secrets(value, sub, base, problems)
+        return out
+    if isinstance(node, list):
+        return [_resolve_secrets(v, f"{path}[{i}]", base, problems) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def env(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1))
+            if value is None:
+                problems.append(f"{path}: environment variable {m.group(1)} is not set")
+                return ""
+            return value
+
+        return _ENV.sub(env, node)
+    return node
+
+
+def _yaml_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map each YAML path to its line number so errors can say where to look."""
+    lines: dict[tuple[str | int, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = k.value
+                lines[(*path, key)] = k.start_mark.line + 1
+                walk(v, (*path, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, (*path, i))
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+_HINTS = {
+    "extra_forbidden": "unknown key; check the spelling against config.example.yaml",
+    "missing": "required key is missing; see config.example.yaml",
+}
+
+
+def _format_errors(exc: ValidationError, lines: Mapping[tuple[str | int, ...], int]) -> list[str]:
+    problems = []
+    errors = exc.errors()
+    for err in errors:
+        # pydantic adds "should have at least 1 item" for a list whose only item failed: noise.
+        if err["type"] == "too_short" and any(
+            len(o["loc"]) > len(err["loc"]) and o["loc"][: len(err["loc"])] == err["loc"]
+            for o in errors
+        ):
+            continue
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # pydantic reports the alias-less name for "from"
+        loc = tuple("from" if p == "from_" else p for p in loc)
+        msg = _HINTS.get(err["type"], err["msg"])
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        line = None
+        for n in range(len(loc), -1, -1):
+            line = lines.get(loc[:n])
+            if line is not None:
+                break
+        where = f" (line {line})" if line else ""
+        problems.append(f"{_dotted(loc)}{where}: {msg}")
+    return problems
+
+
+def load_config_text(text: str, base: Path = Path(".")) -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"the file is not valid YAML{where}: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(["the file must be a YAML mapping with smtp:, smpp:, mail:, tenants:"])
+    problems: list[str] = []
+    resolved = _resolve_secrets(raw, "", base, problems)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        cfg = Config.model_validate(resolved)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, _yaml_lines(text))) from None
+    # Relative paths are relative to the config file, like most daemons' configs.
+    return cfg.model_copy(
+        update={
+            "store": cfg.store.model_copy(update={"path": _rebase(cfg.store.path, base)}),
+            "mail": cfg.mail.model_copy(update={"maildir": _rebase(cfg.mail.maildir, base)}),
+        }
+    )
+
+
+def _rebase(p: Path, base: Path) -> Path:
+    return p if p.is_absolute() else base / p
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror}"]) from None
+    return load_config_text(text, path.resolve().parent)
+
+
+def summary(cfg: Config) -> Iterator[str]:
+    """Short human summary for `check-config`."""
+    tls = "STARTTLS" if cfg.smtp.tls else "no TLS"
+    yield f"SMTP intake  {cfg.smtp.listen} ({tls}) for {', '.join(cfg.smtp.domains)}"
+    sim = " (bundled simulator)" if cfg.smpp.simulator else ""
+    yield (
+        f"SMSC         {cfg.smpp.host}:{cfg.smpp.port}{sim} as {cfg.smpp.system_id}, "
+        f"{cfg.smpp.bind_mode}, window {cfg.smpp.window}, {cfg.smpp.max_tps:g} msg/s"
+    )
+    yield f"store        SQLite {cfg.store.path}"
+    relay = f"relay {cfg.mail.relay}" if cfg.mail.relay else f"Maildir {cfg.mail.maildir}"
+    yield f"mail out     {relay} from {cfg.mail.from_}"
+    for t in cfg.tenants:
+        auth = f"{len(t.networks)} network(s), {len(t.users)} user(s)"
+        yield f"tenant       {t.id}: {t.name} ({auth}; senders {', '.join(t.senders)})"

@@ -1,0 +1,75 @@
+"""Every default and limit in one place.
+
+config.example.yaml repeats these values, commented, so an operator sees them without reading
+code; `tests/unit/test_config.py` checks the two agree.
+"""
+
+from __future__ import annotations
+
+# --- SMTP intake ---------------------------------------------------------------------------------
+SMTP_LISTEN = "127.0.0.1:2525"
+# RFC 5321 §4.5.3.1.7 asks servers to take at least 64 KiB; notices are a few KiB, and an HTML
+# notice with inline CSS rarely passes 100 KiB. 1 MiB leaves room without inviting abuse.
+SMTP_MAX_MESSAGE_BYTES = 1_048_576
+# RFC 5321 §4.5.3.1.8 requires accepting at least 100 recipients; a consortium's ILS batches
+# are far smaller, so we accept exactly the RFC minimum.
+SMTP_MAX_RECIPIENTS = 100
+SMTP_MAX_CONNECTIONS = 100
+# RFC 5321 §4.5.3.2.7 suggests a 5-minute server timeout between commands.
+SMTP_IDLE_TIMEOUT_S = 300.0
+# Above this many queued SMS, new mail is deferred with 452 4.3.1 (RFC 3463 "mail system full")
+# so the ILS retries later instead of the store growing without bound.
+SMTP_MAX_BACKLOG = 100_000
+# Failed AUTH attempts from one address are slowed down: the n-th consecutive failure waits
+# min(n * STEP, MAX) seconds before the 535 goes out.
+AUTH_FAILURE_DELAY_STEP_S = 1.0
+AUTH_FAILURE_DELAY_MAX_S = 30.0
+# Same Message-ID to the same number inside this window is a client retry after a lost 250.
+DEDUP_WINDOW_S = 24 * 3600.0
+
+# --- SMPP ----------------------------------------------------------------------------------------
+SMPP_HOST = "127.0.0.1"
+SMPP_PORT = 2775
+SMPP_WINDOW = 10
+SMPP_MAX_TPS = 10.0
+SMPP_ENQUIRE_LINK_S = 30.0
+SMPP_ENQUIRE_LINK_TIMEOUT_S = 10.0
+SMPP_RESPONSE_TIMEOUT_S = 30.0
+SMPP_RECONNECT_MIN_S = 1.0
+SMPP_RECONNECT_MAX_S = 60.0
+SMPP_THROTTLE_RECOVERY_S = 30.0
+SMPP_MAX_AGE_S = 24 * 3600.0
+# Attempts at one message before it is failed (temporary errors and response timeouts).
+SMPP_MAX_ATTEMPTS = 10
+SMPP_RETRY_MIN_S = 5.0
+SMPP_RETRY_MAX_S = 600.0
+SMPP_DRAIN_TIMEOUT_S = 10.0
+
+# --- store ---------------------------------------------------------------------------------------
+STORE_PATH = "var/sms-bridge.db"
+# How long message text is kept after a message reaches a final state (patron privacy: keep
+# bodies only briefly; the row and its state stay for reports and receipts).
+STORE_BODY_RETENTION_S = 7 * 24 * 3600.0
+
+# --- outbound mail -------------------------------------------------------------------------------
+MAIL_MAILDIR = "var/mail"
+MAIL_TIMEOUT_S = 30.0
+MAIL_MAX_ATTEMPTS = 20
+MAIL_RETRY_MIN_S = 30.0
+MAIL_RETRY_MAX_S = 3600.0
+
+# --- inbound (MO, receipts) ----------------------------------------------------------------------
+INBOUND_REPLY_WINDOW_S = 30 * 24 * 3600.0
+INBOUND_UNKNOWN_REPLY_TEXT = (
+    "This number sends library notices and cannot read replies. Please contact your library."
+)
+INBOUND_DEDUP_WINDOW_S = 600.0
+INBOUND_REASSEMBLY_TIMEOUT_S = 300.0
+
+# --- tenants -------------------------------------------------------------------------------------
+TENANT_REGION = "US"
+TENANT_MAX_SEGMENTS = 6
+
+# --- dispatcher ----------------------------------------------------------------------------------
+DISPATCH_BATCH = 50
+DISPATCH_IDLE_POLL_S = 0.5

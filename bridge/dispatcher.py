@@ -1,0 +1,362 @@
+"""Outbound SMS worker: claim → check → encode → submit every segment → record ids | retry | fail.
+
+Mailman's queue runners are the model: a message is claimed (state `sending`), and every path
+out of `process()` either finishes it or gives it back with a reason. A crash between claim and
+finish leaves it in `sending`; `requeue_inflight()` at start puts it back, so at worst a patron
+gets one text twice ("no submit_sm_resp" is an unknown outcome by nature), never zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from bridge.addressing import mask_msisdn
+from bridge.config import Config
+from bridge.model import SmsRecord, SmsState
+from bridge.smpp import errors
+from bridge.smpp.encoding import EncodedSms, TooManySegments, encode_sms, segment_count
+from bridge.smpp.pdu import SubmitSm, source_ton_npi
+from bridge.smpp.session import NotBound, ResponseTimeout, SmppSession
+from bridge.store import Outgoing, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a message ended without delivery, in the terms the bounce email needs."""
+
+    state: SmsState  # FAILED or EXPIRED
+    reason: str  # plain words for library staff
+    status: str  # RFC 3463 code for the DSN, e.g. "5.1.1"
+    diagnostic: str  # e.g. "X-SMPP; ESME_RINVDSTADR (0x0000000B)"
+
+
+# Builds the bounce emails for a failed message (bridge/bounces.py); queued in the same
+# transaction as the failure, so a crash can neither lose a bounce nor send one twice.
+BounceBuilder = Callable[[SmsRecord, Failure, float], Sequence[Outgoing]]
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Literal["send", "defer", "drop"]
+    until: float = 0.0
+    reason: str = ""
+
+
+class DispatchPolicy(Protocol):
+    """Dispatch-time checks (opt-out, quiet hours, caps): bridge/policy.py."""
+
+    async def check(self, rec: SmsRecord, now: float) -> Decision: ...
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        session: SmppSession,
+        *,
+        clock: Callable[[], float] = time.time,
+        bounces: BounceBuilder | None = None,
+        policy: DispatchPolicy | None = None,
+        on_submitted: Callable[[SmsRecord, float], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.session = session
+        self.clock = clock
+        self.bounces = bounces
+        self.policy = policy
+        self.on_submitted = on_submitted
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        # Enough messages in flight to keep the SMPP window full; each message sends its own
+        # segments in order, so a long text cannot hog every slot.
+        self._slots = asyncio.Semaphore(max(2, cfg.smpp.window * 2))
+
+    def reload(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def wake(self) -> None:
+        """Called by the intake after a commit: no need to wait for the next poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        requeued = await self.store.requeue_inflight(self.clock())
+        if requeued:
+            log.warning("requeued %d message(s) left in flight by an earlier stop", requeued)
+        self._runner = asyncio.create_task(self._run(), name="dispatcher")
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        """Stop claiming; give in-flight messages up to drain_timeout_s to get their resp."""
+        self._stopping.set()
+        self._wake.set()
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=drain_timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+                log.warning("%d message(s) still in flight at stop: requeued", len(pending))
+
+    # --- main loop -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except StoreError as exc:
+                log.error("dispatcher: store unavailable (%s); retrying in 1 s", exc)
+                await self._sleep(1.0)
+            except Exception:
+                log.exception("dispatcher loop error; continuing in 1 s")
+                await self._sleep(1.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, seconds))
+
+    async def _tick(self) -> None:
+        # Do not claim while the SMSC is away: the backlog waits in `queued` without burning
+        # attempts, and drains at max_tps once the bind is back.
+        if not self.session.bound:
+            await self.session.wait_bound(timeout=1.0)
+            if not self.session.bound:
+                return
+        free = self.cfg.smpp.window * 2 - len(self._tasks)
+        if free <= 0:
+            await self._sleep(0.05)
+            return
+        batch = await self.store.claim_sms(self.clock(), min(free, 50))
+        if not batch:
+            due = await self.store.next_due()
+            wait = 1.0 if due is None else min(1.0, due - self.clock())
+            await self._sleep(wait)
+            return
+        for rec in batch:
+            await self._slots.acquire()
+            task = asyncio.create_task(self._process_guarded(rec), name=f"sms-{rec.queue_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        self._wake.set()
+
+    async def _process_guarded(self, rec: SmsRecord) -> None:
+        try:
+            await self.process(rec)
+        except asyncio.CancelledError:
+            # Stopping mid-submit: the outcome is unknown; give it back so the next start
+            # sends it (a possible duplicate beats a lost notice).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self.store.record_retry(
+                        rec.queue_id, "interrupted by shutdown", self.clock(), self.clock()
+                    )
+                )
+            raise
+        except Exception as exc:
+            log.exception("queue_id=%s processing error", rec.queue_id)
+            with contextlib.suppress(Exception):
+                await self._retry(rec, f"internal error: {exc!r}")
+
+    # --- one message ---------------------------------------------------------------------------
+
+    async def process(self, rec: SmsRecord) -> None:
+        cfg = self.cfg
+        now = self.clock()
+        if now - rec.created_at > cfg.smpp.max_age:
+            hours = cfg.smpp.max_age / 3600
+            await self._fail(
+                rec,
+                Failure(
+                    SmsState.EXPIRED,
+                    f"the text could not be sent within {hours:g} hours (smpp.max_age)",
+                    "4.4.7",
+                    "X-SMPP; expired in queue",
+                ),
+            )
+            return
+        if rec.body is None:
+            await self._fail(
+                rec, Failure(SmsState.FAILED, "the text was purged", "5.3.0", "X-SMPP; no text")
+            )
+            return
+        if self.policy is not None:
+            decision = await self.policy.check(rec, now)
+            if decision.action == "defer":
+                await self.store.record_retry(
+                    rec.queue_id, decision.reason, decision.until, now, count=False
+                )
+                log.info("queue_id=%s deferred: %s", rec.queue_id, decision.reason)
+                return
+            if decision.action == "drop":
+                await self._fail(
+                    rec, Failure(SmsState.FAILED, decision.reason, "5.7.1", "X-SMPP; policy")
+                )
+                return
+        try:
+            encoded = await self._encode(rec)
+        except TooManySegments as exc:
+            await self._fail(
+                rec, Failure(SmsState.FAILED, exc.reason, "5.3.4", "X-SMPP; message too long")
+            )
+            return
+        await self._submit(rec, encoded)
+
+    async def _encode(self, rec: SmsRecord) -> EncodedSms:
+        assert rec.body is not None
+        tenant = self.cfg.tenant(rec.tenant_id) if self._has_tenant(rec.tenant_id) else None
+        concat = self.cfg.smpp.concat
+        ref = 0
+        if segment_count(rec.body, concat=concat) > 1:
+            ref = await self.store.next_concat_ref()
+        return encode_sms(
+            rec.body,
+            ref=ref,
+            concat=concat,
+            max_segments=tenant.max_segments if tenant else None,
+            overflow=tenant.on_too_long if tenant else "truncate",
+        )
+
+    def _has_tenant(self, tenant_id: str) -> bool:
+        return any(t.id == tenant_id for t in self.cfg.tenants)
+
+    async def _submit(self, rec: SmsRecord, encoded: EncodedSms) -> None:
+        ton, npi = source_ton_npi(rec.source_addr)
+        dest = rec.msisdn.lstrip("+")
+        pdus: list[SubmitSm]
+        if encoded.message_payload is not None:
+            pdus = [
+                SubmitSm(
+                    source_addr=rec.source_addr,
+                    source_addr_ton=ton,
+                    source_addr_npi=npi,
+                    destination_addr=dest,
+                    short_message=b"",
+                    data_coding=encoded.data_coding,
+                    esm_class=encoded.esm_class,
+                    message_payload=encoded.message_payload,
+                )
+            ]
+        else:
+            pdus = [
+                SubmitSm(
+                    source_addr=rec.source_addr,
+                    source_addr_ton=ton,
+                    source_addr_npi=npi,
+                    destination_addr=dest,
+                    short_message=part.short_message,
+                    data_coding=encoded.data_coding,
+                    esm_class=encoded.esm_class,
+                    sar=part.sar,
+                )
+                for part in encoded.parts
+            ]
+        ids: list[str] = []
+        for pdu in pdus:
+            try:
+                result = await self.session.submit(pdu, timeout=self.cfg.smpp.response_timeout_s)
+            except NotBound:
+                await self._retry(rec, "the SMSC link is down", count=False)
+                return
+            except ResponseTimeout as exc:
+                await self._retry(rec, f"no answer from the SMSC ({exc.__class__.__name__})")
+                return
+            kind = errors.classify(result.status)
+            if kind == "ok":
+                ids.append(result.message_id or "")
+                continue
+            name = errors.status_name(result.status)
+            if kind in ("temporary", "throttled", "rebind"):
+                await self._retry(rec, f"{name}: {errors.describe(result.status)}")
+                return
+            await self._fail(
+                rec,
+                Failure(
+                    SmsState.FAILED,
+                    errors.describe(result.status),
+                    _dsn_status(result.status),
+                    f"X-SMPP; {name} (0x{result.status:08X})",
+                ),
+            )
+            return
+        now = self.clock()
+        await self.store.record_submitted(rec.queue_id, ids, encoded.segments, encoded.coding, now)
+        log.info(
+            "submitted queue_id=%s to=%s segments=%d coding=%s smsc_ids=%s",
+            rec.queue_id,
+            mask_msisdn(rec.msisdn),
+            encoded.segments,
+            encoded.coding,
+            ",".join(ids),
+        )
+        if self.on_submitted is not None:
+            self.on_submitted(rec, now)
+
+    async def _retry(self, rec: SmsRecord, reason: str, *, count: bool = True) -> None:
+        cfg = self.cfg.smpp
+        now = self.clock()
+        if count and rec.attempts >= cfg.max_attempts:
+            await self._fail(
+                rec,
+                Failure(
+                    SmsState.FAILED,
+                    f"gave up after {rec.attempts} attempts; last error: {reason}",
+                    "4.4.1",
+                    f"X-SMPP; {reason}",
+                ),
+            )
+            return
+        if count:
+            # Exponential backoff with full jitter (AWS architecture blog's "full jitter"):
+            # many messages failing together do not come back together.
+            cap = min(cfg.retry_max_s, cfg.retry_min_s * 2 ** max(0, rec.attempts - 1))
+            delay = cfg.retry_min_s + random.uniform(0, max(0.0, cap - cfg.retry_min_s))
+        else:
+            delay = 0.0
+        await self.store.record_retry(rec.queue_id, reason, now + delay, now, count=count)
+        log.info("queue_id=%s retry in %.1f s: %s", rec.queue_id, delay, reason)
+
+    async def _fail(self, rec: SmsRecord, failure: Failure) -> None:
+        now = self.clock()
+        mails: Sequence[Outgoing] = ()
+        if self.bounces is not None:
+            mails = self.bounces(rec, failure, now)
+        await self.store.record_final(rec.queue_id, failure.state, failure.reason, now, mails)
+        log.warning(
+            "%s queue_id=%s tenant=%s to=%s reason=%s bounces=%d",
+            failure.state.value,
+            rec.queue_id,
+            rec.tenant_id,
+            mask_msisdn(rec.msisdn),
+            failure.reason,
+            len(mails),
+        )
+
+
+def _dsn_status(status: int) -> str:
+    """RFC 3463 code for a permanent SMPP error: bad number → 5.1.1, else a policy/content one."""
+    if status in (errors.ESME_RINVDSTADR, errors.ESME_RINVDSTTON, errors.ESME_RINVDSTNPI):
+        return "5.1.1"
+    if status in (errors.ESME_RINVSRCADR, errors.ESME_RINVSRCTON, errors.ESME_RINVSRCNPI):
+        return "5.1.7"
+    return "5.3.0"

@@ -1,0 +1,400 @@
+"""deliver_sm router: delivery receipts, patron replies (MO), and STOP/START/HELP via `keywords`.
+
+The SMPP session calls `handle()` and sends deliver_sm_resp with the status it returns, and
+only then: so whatever a deliver_sm causes (a state change, a bounce, a reply email, an answer
+SMS) is committed before the SMSC hears ESME_ROK. A store failure answers ESME_RX_T_APPN
+(SMPP 3.4 §5.1.3, "temporary application error") and the SMSC redelivers later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from bridge import addressing
+from bridge.bounces import build_bounces
+from bridge.config import Config, TenantConfig
+from bridge.dispatcher import Failure
+from bridge.mailbuild import build_notification, build_patron_reply
+from bridge.model import NewSms, SmsRecord, SmsState
+from bridge.smpp import errors
+from bridge.smpp.encoding import concat_from_sar, decode_payload, split_udh
+from bridge.smpp.pdu import DeliverSm
+from bridge.smpp.receipts import (
+    FINAL_FAILED,
+    id_variants,
+    is_receipt,
+    is_sme_acknowledgement,
+    parse_receipt,
+)
+from bridge.store import Outgoing, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+# Marks the place of parts that never arrived in a long reply passed on after the timeout.
+MISSING_PART = " [...] "
+
+
+@dataclass(frozen=True)
+class MoOutcome:
+    """What one patron message causes; committed atomically by the router."""
+
+    mails: Sequence[Outgoing] = ()
+    sms: Sequence[NewSms] = ()
+    conversations: Sequence[tuple[str, str, str, str]] = ()
+
+
+# Keyword handling (bridge/compliance.py) gets the first look at every MO; None means "not
+# a keyword, route it as a reply".
+KeywordHook = Callable[[str, str, str, float], Awaitable[MoOutcome | None]]
+
+
+@dataclass
+class InboundCounters:
+    receipts: int = 0
+    receipts_unknown: int = 0
+    mo: int = 0
+    mo_duplicates: int = 0
+
+
+def rollup(rec: SmsRecord, segment_states: list[str]) -> tuple[SmsState, str | None] | None:
+    """One message state from its segments' receipts (pure).
+
+    Any segment that failed finally fails the message (the patron did not get the whole text);
+    it is delivered only when every segment is.
+    """
+    for state in segment_states:
+        if state in FINAL_FAILED:
+            if state == "expired":
+                return SmsState.EXPIRED, "the carrier could not reach the phone before it gave up"
+            words = {
+                "undeliverable": "the carrier could not deliver the text to the phone",
+                "rejected": "the carrier rejected the text",
+                "deleted": "the carrier deleted the text before delivery",
+            }
+            return SmsState.FAILED, words.get(state, f"the carrier reported {state}")
+    if segment_states and all(s == "delivered" for s in segment_states):
+        return SmsState.DELIVERED, None
+    return None
+
+
+def _receipt_failure(state: SmsState, reason: str | None, raw: str) -> Failure:
+    status = "5.4.7" if state is SmsState.EXPIRED else "5.0.0"
+    return Failure(state, reason or raw, status, f"X-SMPP; receipt {raw}")
+
+
+def mo_msisdn(pdu: DeliverSm, region: str) -> str:
+    """The patron's number as E.164. SMSCs send it international (TON 1) without '+', or
+    national; fall back to the raw digits with '+' rather than lose the message."""
+    digits = "".join(c for c in pdu.source_addr if c.isdigit())
+    if pdu.source_addr_ton == 1 or pdu.source_addr.startswith("+"):
+        return "+" + digits
+    try:
+        return addressing.local_part_to_e164(digits, region)
+    except addressing.AddressError:
+        return "+" + digits
+
+
+class Inbound:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        wake_mailer: Callable[[], None] = lambda: None,
+        wake_dispatcher: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.clock = clock
+        self.wake_mailer = wake_mailer
+        self.wake_dispatcher = wake_dispatcher
+        self.keywords: KeywordHook | None = None
+        self.counters = InboundCounters()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def reload(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="mo-reassembly-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    # --- entry point ---------------------------------------------------------------------------
+
+    async def handle(self, pdu: DeliverSm) -> int:
+        try:
+            if is_receipt(pdu.esm_class):
+                await self._receipt(pdu)
+            elif is_sme_acknowledgement(pdu.esm_class):
+                log.info(
+                    "sme acknowledgement from=%s ignored", addressing.mask_msisdn(pdu.source_addr)
+                )
+            else:
+                await self._mo(pdu)
+            return errors.ESME_ROK
+        except StoreError as exc:
+            log.error(
+                "deliver_sm seq=%d not committed (%s): asking the SMSC to retry", pdu.sequence, exc
+            )
+            return errors.ESME_RX_T_APPN
+        except Exception:
+            # A bug must not lose a patron's message: the SMSC keeps it and retries.
+            log.exception("deliver_sm seq=%d failed: asking the SMSC to retry", pdu.sequence)
+            return errors.ESME_RX_T_APPN
+
+    # --- receipts ------------------------------------------------------------------------------
+
+    async def _receipt(self, pdu: DeliverSm) -> None:
+        payload = pdu.message_payload or pdu.short_message
+        text = decode_payload(pdu.data_coding, payload)
+        receipt = parse_receipt(
+            text, pdu.receipted_message_id, pdu.message_state, pdu.network_error_code
+        )
+        self.counters.receipts += 1
+        if receipt is None:
+            self.counters.receipts_unknown += 1
+            log.warning("receipt without a message id ignored seq=%d", pdu.sequence)
+            return
+        candidates = await self.store.find_segments(id_variants(receipt.message_id))
+        if len(candidates) > 1:
+            # hex/decimal variants can collide; the receipt's source is the patron's number
+            # (SMPP 3.4 §4.6.1: receipts swap source and destination), which settles it.
+            patron = "".join(c for c in pdu.source_addr if c.isdigit())
+            narrowed = [c for c in candidates if c.msisdn.lstrip("+").endswith(patron[-10:])]
+            candidates = narrowed or candidates[:1]
+        if not candidates:
+            self.counters.receipts_unknown += 1
+            log.warning(
+                "receipt for unknown smsc_id=%s stat=%s ignored", receipt.message_id, receipt.state
+            )
+            return
+        seg = candidates[0]
+        now = self.clock()
+        raw = receipt.raw_stat or receipt.state
+        cfg = self.cfg
+
+        def bounces(rec: SmsRecord, state: SmsState, reason: str | None) -> list[Outgoing]:
+            return build_bounces(cfg, rec, _receipt_failure(state, reason, raw), now)
+
+        new_state = await self.store.apply_receipt(
+            seg.queue_id, seg.seq, receipt.state, receipt.error, now, rollup, bounces
+        )
+        log.info(
+            "receipt queue_id=%s segment=%d smsc_id=%s stat=%s%s",
+            seg.queue_id,
+            seg.seq,
+            receipt.message_id,
+            raw,
+            f" state={new_state.value}" if new_state else "",
+        )
+        if new_state in (SmsState.FAILED, SmsState.EXPIRED):
+            self.wake_mailer()
+
+    # --- patron messages -----------------------------------------------------------------------
+
+    async def _mo(self, pdu: DeliverSm) -> None:
+        payload = pdu.message_payload or pdu.short_message
+        info, body = split_udh(payload, pdu.esm_class)
+        if info is None:
+            info = concat_from_sar(
+                pdu.sar_msg_ref_num, pdu.sar_total_segments, pdu.sar_segment_seqnum
+            )
+        text = decode_payload(pdu.data_coding, body)
+        region = self.cfg.tenants[0].region
+        msisdn = mo_msisdn(pdu, region)
+        dest = "".join(c for c in pdu.destination_addr if c.isalnum())
+        now = self.clock()
+        digest = hashlib.sha256(
+            b"|".join(
+                [
+                    msisdn.encode(),
+                    dest.encode(),
+                    bytes([pdu.esm_class & 0xFF, pdu.data_coding & 0xFF]),
+                    payload,
+                    repr(info).encode(),
+                ]
+            )
+        ).hexdigest()
+        group = None
+        if info is not None and info.total > 1:
+            group = f"{msisdn}|{dest}|{info.ref_bits}|{info.ref}|{info.total}"
+            parts = await self.store.add_mo_part(group, info.seq, info.total, text, now)
+            if parts is None:
+                log.info(
+                    "mo part %d/%d from=%s kept",
+                    info.seq,
+                    info.total,
+                    addressing.mask_msisdn(msisdn),
+                )
+                return
+            text = "".join(parts)
+            digest = hashlib.sha256(f"{group}|{text}".encode()).hexdigest()
+        await self.route(msisdn, dest, text, digest, now, done_group=group)
+
+    async def route(
+        self,
+        msisdn: str,
+        dest: str,
+        text: str,
+        dedup_key: str,
+        now: float,
+        *,
+        done_group: str | None = None,
+    ) -> None:
+        self.counters.mo += 1
+        outcome = None
+        if self.keywords is not None:
+            outcome = await self.keywords(msisdn, dest, text, now)
+        if outcome is None:
+            outcome = await self._reply(msisdn, dest, text, now)
+        fresh = await self.store.commit_mo(
+            dedup_key,
+            now,
+            self.cfg.inbound.dedup_window_s,
+            mails=outcome.mails,
+            sms=outcome.sms,
+            conversations=outcome.conversations,
+            done_group=done_group,
+        )
+        if not fresh:
+            self.counters.mo_duplicates += 1
+            log.info("mo redelivery from=%s acknowledged again", addressing.mask_msisdn(msisdn))
+            return
+        log.info(
+            "mo from=%s to=%s chars=%d emails=%d sms=%d",
+            addressing.mask_msisdn(msisdn),
+            dest,
+            len(text),
+            len(outcome.mails),
+            len(outcome.sms),
+        )
+        if outcome.mails:
+            self.wake_mailer()
+        if outcome.sms:
+            self.wake_dispatcher()
+
+    async def route_tenant(
+        self, msisdn: str, dest: str, now: float
+    ) -> tuple[TenantConfig | None, SmsRecord | None]:
+        """Which library a reply belongs to: the one whose own number it was sent to; on a
+        shared number, the one that texted this patron last within inbound.reply_window_s."""
+        own = [t for t in self.cfg.tenants if t.source_addr and t.source_addr.lstrip("+") == dest]
+        last = await self.store.last_sms_to(msisdn, dest, now - self.cfg.inbound.reply_window_s)
+        if len(own) == 1:
+            return own[0], last if last and last.tenant_id == own[0].id else None
+        if last is not None:
+            return self.cfg.tenant_or_none(last.tenant_id), last
+        return None, None
+
+    def answer_sms(self, tenant_id: str, msisdn: str, source: str, text: str) -> NewSms:
+        """An SMS the bridge itself sends a patron (canned answers, keyword confirmations).
+        Null envelope sender: nothing bounces back from it."""
+        return NewSms(
+            tenant_id=tenant_id,
+            msisdn=msisdn,
+            rcpt_addr=f"{addressing.e164_to_local_part(msisdn)}@{self.cfg.smtp.domains[0]}",
+            source_addr=source,
+            envelope_from="",
+            message_id=None,
+            subject="",
+            body=text,
+        )
+
+    async def _reply(self, msisdn: str, dest: str, text: str, now: float) -> MoOutcome:
+        cfg = self.cfg
+        tenant, last = await self.route_tenant(msisdn, dest, now)
+        when = datetime.fromtimestamp(now, UTC)
+        domain = cfg.smtp.domains[0]
+        if tenant is None:
+            if cfg.inbound.fallback_to:
+                mail = build_patron_reply(
+                    from_local=addressing.e164_to_local_part(msisdn),
+                    domain=domain,
+                    from_display=f"SMS from {addressing.format_msisdn(msisdn)}",
+                    to_addr=cfg.inbound.fallback_to,
+                    text=text,
+                    original_sms=None,
+                    original_message_id=None,
+                    original_subject=None,
+                    tenant_name="(no library matched)",
+                    now=when,
+                )
+                return MoOutcome(
+                    mails=[Outgoing("reply", mail.mail_from, mail.rcpt_to, mail.message)]
+                )
+            if cfg.inbound.unknown_reply_text:
+                any_tenant = cfg.tenants[0].id
+                return MoOutcome(
+                    sms=[self.answer_sms(any_tenant, msisdn, dest, cfg.inbound.unknown_reply_text)]
+                )
+            return MoOutcome()
+        if not tenant.takes_replies:
+            return MoOutcome(sms=[self.answer_sms(tenant.id, msisdn, dest, tenant.noreply_answer)])
+        assert tenant.reply_to is not None
+        mail = build_patron_reply(
+            from_local=addressing.e164_to_local_part(msisdn),
+            domain=domain,
+            from_display=f"SMS from {addressing.format_msisdn(msisdn)}",
+            to_addr=tenant.reply_to,
+            text=text,
+            original_sms=last.body if last else None,
+            original_message_id=last.message_id if last else None,
+            original_subject=last.subject if last else None,
+            tenant_name=tenant.name,
+            now=when,
+            original_sent_at=datetime.fromtimestamp(last.created_at, UTC) if last else None,
+        )
+        return MoOutcome(
+            mails=[Outgoing("reply", mail.mail_from, mail.rcpt_to, mail.message)],
+            conversations=[(mail.message_id, tenant.id, msisdn, dest)],
+        )
+
+    def notification(self, to: str, subject: str, body: str, now: float) -> Outgoing:
+        mail = build_notification(
+            from_addr=self.cfg.mail.from_,
+            to_addr=to,
+            subject=subject,
+            body=body,
+            now=datetime.fromtimestamp(now, UTC),
+            domain=self.cfg.smtp.domains[0],
+        )
+        return Outgoing("notification", mail.mail_from, mail.rcpt_to, mail.message)
+
+    # --- long replies whose parts never all arrived --------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(30.0, self.cfg.inbound.reassembly_timeout_s / 2))
+            try:
+                await self.sweep(self.clock())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("mo reassembly sweep failed; trying again later")
+
+    async def sweep(self, now: float) -> int:
+        stale = await self.store.stale_mo_groups(now - self.cfg.inbound.reassembly_timeout_s)
+        for group, texts in stale:
+            msisdn, dest = group.split("|")[:2]
+            text = MISSING_PART.join(texts)
+            digest = hashlib.sha256(f"{group}|partial|{text}".encode()).hexdigest()
+            log.warning(
+                "mo from=%s incomplete after timeout: passing on %d part(s)",
+                addressing.mask_msisdn(msisdn),
+                len(texts),
+            )
+            await self.route(msisdn, dest, text, digest, now, done_group=group)
+        return len(stale)

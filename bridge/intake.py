@@ -1,0 +1,216 @@
+"""Admission: the one path every notice takes into the queue, whatever brought it (SMTP or IMAP).
+
+Tenant lookup → recipient addressing → text extraction → durable enqueue. No sockets here: the
+SMTP edge (smtp_intake.py) and the IMAP edge turn `Rejected` into protocol replies.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from bridge import addressing
+from bridge.config import Config, TenantConfig
+from bridge.emailparse import NoTextError, ParsedNotice, TextOptions, parse_notice
+from bridge.model import EnqueueResult, NewSms
+from bridge.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+class Rejected(Exception):
+    """A notice (or one recipient of it) cannot be taken; `code` and `status` are SMTP terms.
+
+    `text` is a sentence for the sender saying what to fix. It ends up in an SMTP reply, so it
+    is kept to printable ASCII.
+    """
+
+    def __init__(self, code: int, status: str, text: str) -> None:
+        super().__init__(f"{code} {status} {text}")
+        self.code = code
+        self.status = status
+        self.text = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
+
+    @property
+    def reply(self) -> str:
+        return f"{self.code} {self.status} {self.text}"
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+
+@dataclass(frozen=True)
+class Recipient:
+    address: str  # as given in RCPT TO
+    msisdn: str  # E.164
+
+
+def text_options(tenant: TenantConfig) -> TextOptions:
+    return TextOptions(
+        subject=tenant.subject,
+        start_delimiter=tenant.start_delimiter,
+        end_marker=tenant.end_marker,
+        strip_signature=not tenant.keep_signature,
+        fold_accents=tenant.fold_accents,
+    )
+
+
+class Intake:
+    def __init__(self, cfg: Config, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.clock = clock
+        self._backlog = 0
+        self._backlog_at = float("-inf")
+        # Set by the composition root: wakes the dispatcher right after a commit.
+        self.notify: Callable[[], None] | None = None
+
+    def reload(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    # --- who may send ------------------------------------------------------------------------
+
+    def tenant_for_login(self, login: str) -> TenantConfig | None:
+        for tenant in self.cfg.tenants:
+            if login in tenant.users:
+                return tenant
+        return None
+
+    def network_tenants(self, peer_ip: str) -> list[TenantConfig]:
+        try:
+            ip = ipaddress.ip_address(peer_ip)
+        except ValueError:
+            return []
+        return [t for t in self.cfg.tenants if any(ip in net for net in t.networks)]
+
+    def tenant_for_sender(self, peer_ip: str, login: str | None, mail_from: str) -> TenantConfig:
+        """The tenant this envelope belongs to, or Rejected.
+
+        An authenticated client speaks for its own tenant only; an unauthenticated one for the
+        tenants whose `networks` hold its address. Either way the envelope sender must match
+        one of that tenant's `senders` patterns: this is what keeps the bridge from being an
+        open relay (RFC 5321 §7.1) and a library from texting under another library's name.
+        """
+        if login is not None:
+            tenant = self.tenant_for_login(login)
+            candidates = [tenant] if tenant else []
+        else:
+            candidates = self.network_tenants(peer_ip)
+            if not candidates:
+                raise Rejected(
+                    530,
+                    "5.7.0",
+                    f"Authentication required: {peer_ip} is not in any library's networks;"
+                    " log in with SMTP AUTH or ask the bridge admin to add your network",
+                )
+        for tenant in candidates:
+            if any(addressing.sender_matches(p, mail_from) for p in tenant.senders):
+                return tenant
+        shown = mail_from or "<>"
+        raise Rejected(
+            550,
+            "5.7.1",
+            f"Sender {shown} is not allowed for "
+            + (candidates[0].name if len(candidates) == 1 else "this client")
+            + "; send from an address listed in the library's senders",
+        )
+
+    # --- recipients --------------------------------------------------------------------------
+
+    def recipient(self, tenant: TenantConfig, address: str) -> Recipient:
+        try:
+            local, domain = addressing.split_address(address)
+        except addressing.AddressError as exc:
+            raise Rejected(553, "5.1.3", exc.reason) from None
+        if domain not in self.cfg.smtp.domains:
+            raise Rejected(
+                550,
+                "5.7.1",
+                f"Relaying denied: {domain} is not an SMS domain of this bridge;"
+                f" address texts as <number>@{self.cfg.smtp.domains[0]}",
+            )
+        try:
+            msisdn = addressing.local_part_to_e164(local, tenant.region)
+        except addressing.AddressError as exc:
+            raise Rejected(553, "5.1.3", exc.reason) from None
+        return Recipient(address=address, msisdn=msisdn)
+
+    async def check_backlog(self) -> None:
+        """Defer new mail when the queue is over `smtp.max_backlog` (cached for one second)."""
+        now = time.monotonic()
+        if now - self._backlog_at > 1.0:
+            try:
+                self._backlog = await self.store.backlog()
+            except StoreError as exc:
+                log.error("store unavailable at MAIL: %s", exc)
+                raise Rejected(
+                    451, "4.3.0", "Temporary storage failure; try again later"
+                ) from None
+            self._backlog_at = now
+        if self._backlog >= self.cfg.smtp.max_backlog:
+            raise Rejected(
+                452,
+                "4.3.1",
+                "Insufficient system storage: the SMS queue is full, try again later",
+            )
+
+    # --- the message -------------------------------------------------------------------------
+
+    def parse(self, tenant: TenantConfig, raw: bytes) -> ParsedNotice:
+        try:
+            return parse_notice(raw, text_options(tenant))
+        except NoTextError as exc:
+            raise Rejected(550, "5.6.0", exc.reason) from None
+
+    async def accept(
+        self,
+        tenant: TenantConfig,
+        mail_from: str,
+        recipients: Sequence[Recipient],
+        raw: bytes,
+        *,
+        via: str,
+    ) -> list[EnqueueResult]:
+        """Parse and commit. Returns only after the commit (the caller then says 250)."""
+        notice = self.parse(tenant, raw)
+        now = self.clock()
+        source = self.cfg.source_addr_for(tenant)
+        seen: set[str] = set()
+        items = []
+        for rcpt in recipients:
+            if rcpt.msisdn in seen:  # two spellings of one number: one text
+                continue
+            seen.add(rcpt.msisdn)
+            items.append(
+                NewSms(
+                    tenant_id=tenant.id,
+                    msisdn=rcpt.msisdn,
+                    rcpt_addr=rcpt.address,
+                    source_addr=source,
+                    envelope_from=mail_from,
+                    message_id=notice.message_id,
+                    subject=notice.subject,
+                    body=notice.text,
+                    in_reply_to=notice.in_reply_to,
+                )
+            )
+        results = await self.store.enqueue_sms(items, now, self.cfg.smtp.dedup_window_s)
+        self._backlog += sum(1 for r in results if not r.duplicate)
+        if self.notify is not None:
+            self.notify()
+        for item, res in zip(items, results, strict=True):
+            log.info(
+                "accepted queue_id=%s tenant=%s via=%s to=%s message_id=%s chars=%d%s",
+                res.queue_id,
+                tenant.id,
+                via,
+                addressing.mask_msisdn(item.msisdn),
+                notice.message_id or "-",
+                len(notice.text),
+                " duplicate=yes" if res.duplicate else "",
+            )
+        return results

@@ -1,0 +1,509 @@
+"""Outbound email builders: delivery status notifications, relayed patron replies, staff notices.
+
+Pure functions: values in, `OutgoingMail` out; the current time is a parameter. Nothing here
+touches the network or the store: the mail outbox stores the bytes, a `MailTransport` sends them.
+
+Every message is built with `email.policy.SMTP` switched to ``cte_type="7bit"``: header lines are
+folded at 78 characters and CRLF-terminated (RFC 5322 §2.1.1, §2.2.3), and any body that is not
+short-lined ASCII gets quoted-printable or base64 (the policy picks the shorter). The result is
+pure 7-bit ASCII, so it passes any relay, with or without 8BITMIME (RFC 6152), and no line can
+exceed the 998-octet limit of RFC 5322 §2.1.1.
+
+Loop prevention (RFC 3834), decided per kind of message:
+
+* DSNs carry ``Auto-Submitted: auto-replied``: a bounce is automatically generated as a direct
+  response to a message (the notice), RFC 3834 §5.1; Exim marks its bounces the same way. The
+  envelope sender is null (RFC 5321 §4.5.5, RFC 3464 §2) so nothing ever bounces back.
+* Staff notifications (opt-out, ...) carry ``Auto-Submitted: auto-generated``: produced by the
+  bridge, not a response to any email (RFC 3834 §5.1). Null envelope sender as well.
+* Relayed patron replies carry *no* Auto-Submitted field, which means "no" (RFC 3834 §5): a person
+  wrote the text, staff are meant to read and answer it, and RFC 3834 §2 tells responders to treat
+  it like any human mail. What we must stop is a staff out-of-office answer being texted to the
+  patron, so the reply carries ``X-Auto-Response-Suppress: All`` (Microsoft Exchange/365 honours
+  it, [MS-OXCMAIL] §2.2.3.2.20; most library staff mailboxes are Exchange). We do NOT set
+  ``Precedence: bulk``: it is non-standard (RFC 3834 §3.1.8 discourages relying on it) and Gmail
+  and 365 may file such mail as bulk, hiding a patron's "I lost my card" from staff. The final
+  loop guard belongs to the inbound side, which must drop auto-submitted and null-sender mail.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from email import policy as email_policy
+from email.headerregistry import Address
+from email.message import EmailMessage, Message
+from email.utils import format_datetime
+from typing import Final, Literal
+
+__all__ = [
+    "NoticeRef",
+    "OutgoingMail",
+    "build_dsn",
+    "build_notification",
+    "build_patron_reply",
+    "clean_header_value",
+]
+
+# SMTP policy, but never 8bit bodies: see the module docstring.
+POLICY: Final = email_policy.SMTP.clone(cte_type="7bit")
+
+# Header length caps (characters before folding). Folding cannot split an unbroken ASCII word,
+# so a cap well below 998 is what guarantees RFC 5322 §2.1.1 for hostile input.
+MAX_SUBJECT: Final = 200
+MAX_DISPLAY_NAME: Final = 100
+MAX_MESSAGE_ID: Final = 900
+MAX_DSN_FIELD: Final = 900
+MAX_EXTRA_HEADER: Final = 500
+# "SMS reply: <first words>": long enough to recognise the reply in an inbox list, and short
+# enough that "Subject: SMS reply: ..." fits one 78-character line (RFC 5322 §2.1.1). A longer
+# value that fits a continuation line is moved there whole by Python's folder, and some parsers
+# (the stdlib's among them) then keep the folding space in front of the subject.
+REPLY_SUBJECT_WORDS_MAX: Final = 58
+MAX_TAG: Final = 20
+
+# Every Cc (control) character, plus the Unicode line and paragraph separators that some mail
+# clients render as line breaks (U+2028, U+2029). CR and LF are the injection vector
+# (RFC 5322 §2.2: a header ends at CRLF); the rest have no business in a header either.
+_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_SPACES = re.compile(r"\s+")
+# The patterns below are used with fullmatch(): a "$" anchor would also accept a trailing "\n".
+# A plain addr-spec as the bridge itself produces and configures them: a dot-atom local part of
+# RFC 5322 §3.2.3 atext, an ASCII host name; no quoted local parts, domain literals or comments.
+# Anything fancier is refused rather than interpreted.
+_ADDR_SPEC = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
+)
+_MSG_ID = re.compile(r"<[^<>\s]+@[^<>\s]+>")
+# RFC 5322 §3.6.8: field-name = 1*ftext, printable US-ASCII except ":".
+_FIELD_NAME = re.compile(r"[!-9;-~]+")
+# RFC 3463 §2: class "." subject "." detail.
+_STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")
+_DIAG_TYPE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)\s*;\s*(.*)$", re.DOTALL)
+
+# Headers the builders own; extra_headers may not replace them.
+_RESERVED_HEADERS: Final = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "sender",
+        "reply-to",
+        "subject",
+        "date",
+        "message-id",
+        "in-reply-to",
+        "references",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "content-disposition",
+        "auto-submitted",
+        "return-path",
+        "received",
+    }
+)
+
+
+@dataclass(frozen=True)
+class OutgoingMail:
+    """One message ready for a transport: SMTP envelope plus the RFC 5322 bytes (CRLF, 7-bit)."""
+
+    mail_from: str  # envelope reverse-path; "" is the null sender (MAIL FROM:<>)
+    rcpt_to: tuple[str, ...]
+    message: bytes
+    message_id: str  # "<hex@domain>", as in the Message-ID header
+
+
+@dataclass(frozen=True)
+class NoticeRef:
+    """The original email notice an SMS came from (what the store remembers of it)."""
+
+    queue_id: str
+    message_id: str | None
+    subject: str
+    envelope_from: str
+    tenant_name: str
+    received_at: datetime | None = None  # becomes Arrival-Date in the DSN when known
+
+
+def clean_header_value(s: str, max_len: int) -> str:
+    """Return `s` made safe for one header field value.
+
+    Control characters (CR and LF above all: RFC 5322 §2.2, header injection) become spaces,
+    runs of whitespace collapse to one space, and the result is cut to `max_len` characters
+    (with "..." when cut) so no folded line can pass 998 octets. Folding and RFC 2047 encoding
+    of non-ASCII text are left to the email policy.
+    """
+    if max_len < 4:
+        raise ValueError("max_len must be at least 4")
+    s = _flatten(s)
+    if len(s) > max_len:
+        s = s[: max_len - 3].rstrip() + "..."
+    return s
+
+
+def _flatten(s: str) -> str:
+    """One line of text: control characters become spaces, whitespace runs collapse."""
+    s = unicodedata.normalize("NFC", s)
+    s = _HEADER_UNSAFE.sub(" ", s)
+    return _SPACES.sub(" ", s).strip()
+
+
+def _clean_body(s: str) -> str:
+    """Normalise body text: LF line ends, no control characters other than TAB and LF."""
+    s = s.replace("\r\n", "\n").replace("\r", "\n")
+    s = s.replace("\u2028", "\n").replace("\u2029", "\n")
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", "", s)
+
+
+def _addr_spec(addr: str, what: str) -> str:
+    """Validate a plain addr-spec used in both the envelope and a header; raise ValueError."""
+    if not _ADDR_SPEC.fullmatch(addr):
+        raise ValueError(f"{what} is not a plain email address: {addr!r}")
+    return addr
+
+
+def _address(addr: str, display: str, what: str) -> Address:
+    # Address(addr_spec=...) re-parses the address with the RFC 5322 grammar and refuses
+    # leftovers; the display name is quoted or RFC 2047-encoded by the policy as needed.
+    return Address(
+        display_name=clean_header_value(display, MAX_DISPLAY_NAME) if display else "",
+        addr_spec=_addr_spec(addr, what),
+    )
+
+
+def _domain(domain: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", domain):
+        raise ValueError(f"not a domain name: {domain!r}")
+    return domain
+
+
+def _message_id(domain: str) -> str:
+    return f"<{uuid.uuid4().hex}@{_domain(domain)}>"
+
+
+def _valid_msg_id(message_id: str | None) -> str | None:
+    """The original Message-ID if it is well-formed, else None.
+
+    It came from outside (the ILS); a malformed one is dropped rather than repaired, since
+    threading on a guessed id is worse than no threading.
+    """
+    if message_id is None:
+        return None
+    cleaned = clean_header_value(message_id, MAX_MESSAGE_ID + 10)
+    if len(cleaned) > MAX_MESSAGE_ID or not _MSG_ID.fullmatch(cleaned):
+        return None
+    return cleaned
+
+
+def _require_aware(now: datetime) -> None:
+    # A naive datetime would be rendered with "-0000" (RFC 5322 §3.3: unknown zone).
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+
+
+def _human_time(dt: datetime) -> str:
+    # Locale-independent, unambiguous, in the caller's zone: "2026-11-23 14:05 UTC".
+    return f"{dt:%Y-%m-%d %H:%M} {dt.tzname() or dt.strftime('%z')}"
+
+
+def _new_message(
+    *, from_: Address, to: Address, subject: str, now: datetime, domain: str
+) -> tuple[EmailMessage, str]:
+    _require_aware(now)
+    msg = EmailMessage(policy=POLICY)
+    message_id = _message_id(domain)
+    msg["From"] = from_
+    msg["To"] = to
+    msg["Subject"] = clean_header_value(subject, MAX_SUBJECT)
+    msg["Date"] = format_datetime(now)
+    msg["Message-ID"] = message_id
+    return msg, message_id
+
+
+def _thread(msg: EmailMessage, original_message_id: str | None) -> None:
+    """In-Reply-To/References so the message threads with the original (RFC 5322 §3.6.4)."""
+    mid = _valid_msg_id(original_message_id)
+    if mid is not None:
+        msg["In-Reply-To"] = mid
+        msg["References"] = mid
+
+
+def _finish(
+    msg: EmailMessage, *, mail_from: str, rcpt_to: tuple[str, ...], mid: str
+) -> OutgoingMail:
+    return OutgoingMail(
+        mail_from=mail_from, rcpt_to=rcpt_to, message=msg.as_bytes(policy=POLICY), message_id=mid
+    )
+
+
+def _ascii_field(s: str, max_len: int) -> str:
+    # DSN fields are US-ASCII (RFC 3464 §2.1; UTF-8 only with RFC 6533, which we don't claim).
+    cleaned = clean_header_value(s, max_len)
+    return cleaned.encode("ascii", "replace").decode("ascii")
+
+
+def _diagnostic_code(diagnostic: str) -> str:
+    """RFC 3464 §2.3.6: "diagnostic-type; text". Only "smtp" is a registered type, so any other
+    type (our "smpp") is written as an "X-" extension type, and bare text gets "X-SMPP"."""
+    text = _ascii_field(diagnostic, MAX_DSN_FIELD)
+    m = _DIAG_TYPE.match(text)
+    if m is None:
+        return f"X-SMPP; {text}"
+    dtype, rest = m.group(1), m.group(2)
+    if dtype.lower() == "smtp":
+        dtype = "smtp"
+    elif not dtype.lower().startswith("x-"):
+        dtype = "X-" + dtype.upper()
+    return f"{dtype}; {rest}"
+
+
+def _field_group(fields: list[tuple[str, str]]) -> Message:
+    group = Message(policy=POLICY)
+    for name, value in fields:
+        group[name] = value
+    return group
+
+
+def build_dsn(
+    *,
+    reporting_domain: str,
+    from_addr: str,
+    to_addr: str,
+    notice: NoticeRef,
+    recipient_display: str,
+    recipient_email: str,
+    action: Literal["failed", "delayed"],
+    status: str,
+    diagnostic: str,
+    reason: str,
+    advice: str,
+    sms_text: str | None,
+    now: datetime,
+) -> OutgoingMail:
+    """An RFC 3464 delivery status notification about one SMS built from `notice`.
+
+    multipart/report; report-type=delivery-status (RFC 6522) with a human-readable part, the
+    machine-readable message/delivery-status part, and text/rfc822-headers with the notice
+    headers we still know (we do not keep notice bodies). Sent from the null reverse-path.
+    `to_addr` must not be empty: a notice that arrived with a null sender gets no DSN
+    (RFC 5321 §4.5.5), which the caller decides.
+    """
+    _require_aware(now)
+    m = _STATUS.fullmatch(status)
+    if m is None:
+        raise ValueError(f"not an RFC 3463 status code: {status!r}")
+    # RFC 3464 §2.3.3: "delayed" is a transient condition, so its status must be 4.X.X.
+    # "failed" may carry 4.X.X too: a temporary error that outlived the retry limit (Postfix
+    # reports expired mail that way).
+    if action == "delayed" and m.group(1) != "4":
+        raise ValueError("a delayed DSN needs a 4.X.X status")
+    if action == "failed" and m.group(1) == "2":
+        raise ValueError("a failed DSN cannot carry a 2.X.X status")
+    recipient_email = _addr_spec(recipient_email, "recipient_email")
+    reporting_domain = _domain(reporting_domain)
+
+    subject_prefix = (
+        "Undeliverable text message: " if action == "failed" else "Delayed text message: "
+    )
+    original_subject = clean_header_value(notice.subject, MAX_SUBJECT) or "(no subject)"
+    msg, mid = _new_message(
+        from_=_address(from_addr, "SMS Bridge", "from_addr"),
+        to=_address(to_addr, "", "to_addr"),
+        subject=subject_prefix + original_subject,
+        now=now,
+        domain=reporting_domain,
+    )
+    _thread(msg, notice.message_id)
+    msg["Auto-Submitted"] = "auto-replied"
+    msg["X-Auto-Response-Suppress"] = "All"
+
+    original_mid = _valid_msg_id(notice.message_id)
+    number = clean_header_value(recipient_display, MAX_DISPLAY_NAME)
+    tenant = clean_header_value(notice.tenant_name, MAX_DISPLAY_NAME)
+    queue_id = clean_header_value(notice.queue_id, 100)
+    diag = _diagnostic_code(diagnostic)
+    if action == "failed":
+        headline = "A library notice could not be delivered as a text message."
+        when_label = "Failed at:"
+    else:
+        headline = (
+            "A library notice has not been delivered as a text message yet. "
+            "The bridge keeps trying; no action is needed unless this repeats."
+        )
+        when_label = "Delayed at:"
+    lines = [
+        headline,
+        "",
+        f"Patron number:  {number} ({recipient_email})",
+        f"Notice subject: {original_subject}",
+        f"Notice id:      {original_mid or '(none)'}",
+        f"Library:        {tenant}",
+        f"Queue id:       {queue_id}",
+        f"{when_label:<15} {_human_time(now)}",
+        "",
+        f"Why: {_clean_body(reason).strip()}",
+        "",
+        f"What to do: {_clean_body(advice).strip()}",
+        "",
+        f"Technical detail: status {status}, {diag}",
+    ]
+    if sms_text:
+        lines += ["", "The text message was:", ""]
+        lines += [f"> {line}" for line in _clean_body(sms_text).split("\n")]
+    msg.set_content("\n".join(lines) + "\n", charset="utf-8")
+    msg.make_mixed()
+
+    # RFC 3464 §2.2 per-message fields, then §2.3 per-recipient fields.
+    per_message = [("Reporting-MTA", f"dns; {reporting_domain}")]
+    per_message.append(("X-SMS-Bridge-Queue-Id", _ascii_field(notice.queue_id, 100)))
+    if notice.received_at is not None:
+        _require_aware(notice.received_at)
+        per_message.append(("Arrival-Date", format_datetime(notice.received_at)))
+    per_recipient = [
+        ("Original-Recipient", f"rfc822; {recipient_email}"),
+        ("Final-Recipient", f"rfc822; {recipient_email}"),
+        ("Action", action),
+        ("Status", status),
+        ("Diagnostic-Code", diag),
+        ("Last-Attempt-Date", format_datetime(now)),
+    ]
+    status_part = EmailMessage(policy=POLICY)
+    status_part["Content-Type"] = "message/delivery-status"
+    status_part.set_payload([_field_group(per_message), _field_group(per_recipient)])
+    msg.attach(status_part)
+
+    # RFC 6522 §3: text/rfc822-headers carries the original's header block. The envelope sender
+    # is what we know of the author, so it is given as Return-Path (RFC 5321 §4.4), not as a
+    # From we would have to invent.
+    original = EmailMessage(policy=POLICY)
+    if original_mid is not None:
+        original["Message-ID"] = original_mid
+    original["Subject"] = clean_header_value(notice.subject, MAX_SUBJECT)
+    if _ADDR_SPEC.fullmatch(notice.envelope_from):
+        original["Return-Path"] = f"<{notice.envelope_from}>"
+    original["To"] = Address(addr_spec=recipient_email)
+    headers_part = EmailMessage(policy=POLICY)
+    headers_part.set_content(
+        original.as_string(policy=POLICY.clone(linesep="\n")).rstrip("\n") + "\n",
+        subtype="rfc822-headers",
+        charset="us-ascii",
+    )
+    # set_content on a fresh message adds MIME-Version; it belongs only to the top level.
+    del headers_part["MIME-Version"]
+    msg.attach(headers_part)
+
+    msg.set_type("multipart/report")
+    msg.set_param("report-type", "delivery-status")
+    return _finish(msg, mail_from="", rcpt_to=(to_addr,), mid=mid)
+
+
+def _first_words(text: str, max_len: int) -> str:
+    """The start of `text` on one line, cut at a word boundary, with "..." when cut."""
+    flat = _flatten(text)
+    if len(flat) <= max_len:
+        return flat
+    cut = flat[: max_len - 3]
+    space = cut.rfind(" ")
+    # An unbroken run (a URL, 5,000 x's) has no word boundary: cut it mid-word.
+    if space >= max_len // 2:
+        cut = cut[:space]
+    return cut.rstrip() + "..."
+
+
+def build_patron_reply(
+    *,
+    from_local: str,
+    domain: str,
+    from_display: str,
+    to_addr: str,
+    text: str,
+    original_sms: str | None,
+    original_message_id: str | None,
+    original_subject: str | None,
+    tenant_name: str,
+    now: datetime,
+    tag: str | None = None,
+    extra_headers: Mapping[str, str] | None = None,
+    original_sent_at: datetime | None = None,
+    envelope_from: str | None = None,
+) -> OutgoingMail:
+    """A patron's SMS reply relayed to library staff.
+
+    From is the patron's reply address on the bridge (``"SMS from +1 202-555-0143"
+    <12025550143@domain>``), so staff simply press Reply; Reply-To is not set. The envelope
+    sender defaults to the same address; the inbound side must drop null-sender bounces to it
+    so that a bounce never turns into an SMS. `original_subject` is accepted for callers that
+    know it but is not repeated: the Subject shows what the patron said, and threading comes
+    from In-Reply-To/References.
+    """
+    sender = _address(f"{from_local}@{domain}", from_display, "from_local@domain")
+    words = _first_words(text, REPLY_SUBJECT_WORDS_MAX) or "(empty message)"
+    subject = f"SMS reply: {words}"
+    if tag:
+        clean_tag = clean_header_value(tag, MAX_TAG).replace("[", "").replace("]", "")
+        if clean_tag:
+            subject = f"[{clean_tag}] {subject}"
+    msg, mid = _new_message(
+        from_=sender,
+        to=_address(to_addr, "", "to_addr"),
+        subject=subject,
+        now=now,
+        domain=domain,
+    )
+    _thread(msg, original_message_id)
+    msg["X-Auto-Response-Suppress"] = "All"
+    for name, value in (extra_headers or {}).items():
+        if not _FIELD_NAME.fullmatch(name) or name.lower() in _RESERVED_HEADERS:
+            raise ValueError(f"extra header not allowed: {name!r}")
+        msg[name] = clean_header_value(value, MAX_EXTRA_HEADER)
+
+    body = _clean_body(text).rstrip("\n") + "\n"
+    if original_sms:
+        tenant = clean_header_value(tenant_name, MAX_DISPLAY_NAME)
+        if original_sent_at is not None:
+            _require_aware(original_sent_at)
+            intro = f"On {_human_time(original_sent_at)}, {tenant} texted:"
+        else:
+            intro = f"{tenant} texted:"
+        quoted = "\n".join(f"> {line}" for line in _clean_body(original_sms).split("\n"))
+        body += f"\n{intro}\n{quoted}\n"
+    msg.set_content(body, charset="utf-8")
+    env_from = sender.addr_spec if envelope_from is None else envelope_from
+    if env_from:
+        _addr_spec(env_from, "envelope_from")
+    return _finish(msg, mail_from=env_from, rcpt_to=(to_addr,), mid=mid)
+
+
+def build_notification(
+    *,
+    from_addr: str,
+    to_addr: str,
+    subject: str,
+    body: str,
+    now: datetime,
+    domain: str,
+    in_reply_to: str | None = None,
+) -> OutgoingMail:
+    """A plain-text notice from the bridge to staff (opt-outs, config problems, ...).
+
+    Null envelope sender: a failed notification must never bounce back into the bridge.
+    """
+    msg, mid = _new_message(
+        from_=_address(from_addr, "SMS Bridge", "from_addr"),
+        to=_address(to_addr, "", "to_addr"),
+        subject=subject,
+        now=now,
+        domain=domain,
+    )
+    _thread(msg, in_reply_to)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg.set_content(_clean_body(body).rstrip("\n") + "\n", charset="utf-8")
+    return _finish(msg, mail_from="", rcpt_to=(to_addr,), mid=mid)

@@ -1,0 +1,41 @@
+"""Types the store speaks in, independent of the backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bridge.model import SmsState
+
+
+class StoreError(Exception):
+    """The store could not read or commit. The edges turn this into 451 / ESME_RX_T_APPN."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An email to queue in the durable mail outbox."""
+
+    kind: str  # "dsn", "reply", "notification"
+    mail_from: str  # "" for the null reverse path (DSNs, RFC 3464 §2)
+    rcpt_to: tuple[str, ...]
+    data: bytes
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class SmsFilter:
+    state: str | None = None
+    tenant_id: str | None = None
+    older_than_s: float | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """A submitted segment found by its SMSC message id (receipt matching)."""
+
+    queue_id: str
+    seq: int
+    msisdn: str
+    tenant_id: str
+    state: SmsState

@@ -1,0 +1,90 @@
+"""Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+
+Append only: a released migration is never edited, so every store on disk can be brought
+forward from whatever version it is at.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: outbound SMS queue, per-segment SMSC ids, mail outbox, counters
+    """
+    CREATE TABLE sms (
+        queue_id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        msisdn TEXT NOT NULL,
+        rcpt_addr TEXT NOT NULL,
+        source_addr TEXT NOT NULL,
+        envelope_from TEXT NOT NULL,
+        message_id TEXT,
+        subject TEXT NOT NULL DEFAULT '',
+        body TEXT,
+        in_reply_to TEXT,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        submitted_at REAL,
+        final_at REAL,
+        segments INTEGER,
+        coding TEXT
+    );
+    CREATE INDEX sms_due ON sms (state, next_attempt_at);
+    CREATE INDEX sms_dedup ON sms (message_id, msisdn);
+    CREATE INDEX sms_conversation ON sms (msisdn, source_addr, created_at);
+    CREATE TABLE sms_segment (
+        queue_id TEXT NOT NULL REFERENCES sms (queue_id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        smsc_message_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        error TEXT,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (queue_id, seq)
+    );
+    CREATE INDEX sms_segment_smsc_id ON sms_segment (smsc_message_id);
+    CREATE TABLE mail_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        mail_from TEXT NOT NULL,
+        rcpt_to TEXT NOT NULL,
+        data BLOB NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        ref TEXT,
+        next_attempt_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX mail_outbox_due ON mail_outbox (state, next_attempt_at);
+    CREATE TABLE counter (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    )
+    """,
+    # 2: inbound (MO) messages: redelivery dedup, concatenation parts, reply threads
+    """
+    CREATE TABLE mo_seen (
+        dedup_key TEXT PRIMARY KEY,
+        received_at REAL NOT NULL
+    );
+    CREATE INDEX mo_seen_time ON mo_seen (received_at);
+    CREATE TABLE mo_part (
+        group_key TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        total INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        PRIMARY KEY (group_key, seq)
+    );
+    CREATE TABLE conversation (
+        mail_message_id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        msisdn TEXT NOT NULL,
+        source_addr TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
+)

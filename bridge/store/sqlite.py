@@ -1,0 +1,739 @@
+"""SQLite store: the embedded default.
+
+One connection, owned by one writer thread. Callers submit small functions; the thread runs every
+function waiting at that moment inside one transaction and commits once (group commit, as
+PostgreSQL and Postfix's queue manager do), then resolves each caller's future. With WAL and
+synchronous=FULL a commit is on disk when COMMIT returns, so "250" after the future resolves is
+an honest promise. Each function runs in its own SAVEPOINT: one failing call does not take the
+rest of the group down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bridge.model import (
+    EnqueueResult,
+    MailRecord,
+    NewSms,
+    SmsRecord,
+    SmsState,
+    new_queue_id,
+)
+from bridge.store.base import Outgoing, SegmentRef, SmsFilter, StoreError
+from bridge.store.migrations import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Fn = Callable[[sqlite3.Connection], Any]
+
+# Upper bound on calls folded into one transaction: keeps one commit's latency bounded when a
+# burst arrives, while still turning hundreds of small commits into a handful.
+_GROUP_MAX = 256
+
+
+@dataclass
+class _Call:
+    fn: Fn
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+_SMS_COLUMNS = (
+    "queue_id, tenant_id, msisdn, rcpt_addr, source_addr, envelope_from, message_id, subject,"
+    " body, state, attempts, reason, created_at, updated_at, next_attempt_at, segments, coding"
+)
+
+
+def _sms(row: sqlite3.Row | tuple[Any, ...]) -> SmsRecord:
+    return SmsRecord(
+        queue_id=row[0],
+        tenant_id=row[1],
+        msisdn=row[2],
+        rcpt_addr=row[3],
+        source_addr=row[4],
+        envelope_from=row[5],
+        message_id=row[6],
+        subject=row[7],
+        body=row[8],
+        state=SmsState(row[9]),
+        attempts=row[10],
+        reason=row[11],
+        created_at=row[12],
+        updated_at=row[13],
+        next_attempt_at=row[14],
+        segments=row[15],
+        coding=row[16],
+    )
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._q: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._open_error: BaseException | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+        await asyncio.get_running_loop().run_in_executor(None, self._ready.wait)
+        if self._open_error is not None:
+            raise StoreError(f"cannot open the store at {self.path}: {self._open_error}")
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._q.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._thread = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: fsync the WAL at every commit, so a power cut after "250" loses nothing.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        self._migrate(conn)
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the store schema is version {version}, newer than this bridge knows "
+                f"({len(MIGRATIONS)}); run the newer release or restore a backup"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in script.split(";\n"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            log.info("store schema migrated to version %d", number)
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:  # reported to open()
+            self._open_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                first = self._q.get()
+                if first is None:
+                    return
+                group = [first]
+                stop = False
+                while len(group) < _GROUP_MAX:
+                    try:
+                        nxt = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    group.append(nxt)
+                self._run_group(conn, group)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _run_group(self, conn: sqlite3.Connection, group: list[_Call]) -> None:
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for i, call in enumerate(group):
+                conn.execute(f"SAVEPOINT c{i}")
+                try:
+                    results.append((True, call.fn(conn)))
+                    conn.execute(f"RELEASE c{i}")
+                except Exception as exc:
+                    conn.execute(f"ROLLBACK TO c{i}")
+                    conn.execute(f"RELEASE c{i}")
+                    results.append((False, exc))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            # The commit itself failed (disk full, read-only file system, I/O error): nothing
+            # in this group is durable, so every caller hears about it.
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            log.error("store commit failed: %s", exc)
+            err = StoreError(f"the store could not commit: {exc}")
+            results = [(False, err)] * len(group)
+        for call, (ok, value) in zip(group, results, strict=True):
+            if isinstance(value, sqlite3.Error) and not ok:
+                value = StoreError(str(value))
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                call.loop.call_soon_threadsafe(_settle, call.future, ok, value)
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._thread is None:
+            raise StoreError("the store is not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._q.put(_Call(fn, fut, loop))
+        return await fut
+
+    # --- outbound SMS queue --------------------------------------------------------------------
+
+    async def enqueue_sms(
+        self, items: Sequence[NewSms], now: float, dedup_window_s: float
+    ) -> list[EnqueueResult]:
+        """Commit every recipient of one email at once; duplicates within the window are skipped."""
+
+        def fn(conn: sqlite3.Connection) -> list[EnqueueResult]:
+            out = []
+            for item in items:
+                if item.message_id and dedup_window_s > 0:
+                    row = conn.execute(
+                        "SELECT queue_id FROM sms WHERE message_id=? AND msisdn=? AND tenant_id=?"
+                        " AND created_at>=? LIMIT 1",
+                        (item.message_id, item.msisdn, item.tenant_id, now - dedup_window_s),
+                    ).fetchone()
+                    if row is not None:
+                        out.append(EnqueueResult(row[0], duplicate=True))
+                        continue
+                qid = _insert_sms(conn, item, now)
+                out.append(EnqueueResult(qid, duplicate=False))
+            return out
+
+        return await self._call(fn)
+
+    async def backlog(self) -> int:
+        def fn(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT count(*) FROM sms WHERE state IN ('queued','sending')")
+            return int(row.fetchone()[0])
+
+        return await self._call(fn)
+
+    async def requeue_inflight(self, now: float) -> int:
+        """At start: a crash may have left messages claimed but not finished."""
+
+        def fn(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE sms SET state='queued', updated_at=?, next_attempt_at=?"
+                " WHERE state='sending'",
+                (now, now),
+            )
+            return cur.rowcount
+
+        return await self._call(fn)
+
+    async def claim_sms(self, now: float, limit: int) -> list[SmsRecord]:
+        def fn(conn: sqlite3.Connection) -> list[SmsRecord]:
+            rows = conn.execute(
+                f"SELECT {_SMS_COLUMNS} FROM sms WHERE state='queued' AND next_attempt_at<=?"
+                " ORDER BY next_attempt_at, created_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            out = []
+            for row in rows:
+                conn.execute(
+                    "UPDATE sms SET state='sending', attempts=attempts+1, updated_at=?"
+                    " WHERE queue_id=?",
+                    (now, row[0]),
+                )
+                rec = _sms(row)
+                out.append(
+                    SmsRecord(
+                        **{
+                            **rec.__dict__,
+                            "state": SmsState.SENDING,
+                            "attempts": rec.attempts + 1,
+                            "updated_at": now,
+                        }
+                    )
+                )
+            return out
+
+        return await self._call(fn)
+
+    async def next_due(self) -> float | None:
+        """When the earliest queued message becomes due (for the dispatcher's sleep)."""
+
+        def fn(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute("SELECT min(next_attempt_at) FROM sms WHERE state='queued'")
+            value = row.fetchone()[0]
+            return None if value is None else float(value)
+
+        return await self._call(fn)
+
+    async def next_concat_ref(self) -> int:
+        """A persistent counter for concatenation references (3GPP TS 23.040 §9.2.3.24.1):
+        two long texts to one handset must not share a reference, even across restarts."""
+
+        def fn(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "INSERT INTO counter (name, value) VALUES ('concat_ref', 1)"
+                " ON CONFLICT(name) DO UPDATE SET value = (value + 1) % 65536"
+            )
+            row = conn.execute("SELECT value FROM counter WHERE name='concat_ref'").fetchone()
+            return int(row[0])
+
+        return await self._call(fn)
+
+    async def record_submitted(
+        self,
+        queue_id: str,
+        smsc_ids: Sequence[str],
+        segments: int,
+        coding: str,
+        now: float,
+    ) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE sms SET state='submitted', submitted_at=?, updated_at=?, segments=?,"
+                " coding=?, reason=NULL WHERE queue_id=?",
+                (now, now, segments, coding, queue_id),
+            )
+            conn.execute("DELETE FROM sms_segment WHERE queue_id=?", (queue_id,))
+            conn.executemany(
+                "INSERT INTO sms_segment (queue_id, seq, smsc_message_id, state, updated_at)"
+                " VALUES (?,?,?,'submitted',?)",
+                [(queue_id, i, sid, now) for i, sid in enumerate(smsc_ids)],
+            )
+
+        await self._call(fn)
+
+    async def record_retry(
+        self, queue_id: str, reason: str, next_at: float, now: float, *, count: bool = True
+    ) -> None:
+        """Give a claimed message back. count=False: the attempt did not reach the SMSC
+        (link down, policy deferral), so it does not use up one of smpp.max_attempts."""
+
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE sms SET state='queued', reason=?, next_attempt_at=?, updated_at=?,"
+                " attempts=attempts-? WHERE queue_id=? AND state='sending'",
+                (reason, next_at, now, 0 if count else 1, queue_id),
+            )
+
+        await self._call(fn)
+
+    async def record_final(
+        self,
+        queue_id: str,
+        state: SmsState,
+        reason: str | None,
+        now: float,
+        mails: Sequence[Outgoing] = (),
+    ) -> None:
+        """Finish a message and queue its bounce email in the same transaction."""
+
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE sms SET state=?, reason=?, final_at=?, updated_at=? WHERE queue_id=?",
+                (state.value, reason, now, now, queue_id),
+            )
+            for mail in mails:
+                _insert_mail(conn, mail, now)
+
+        await self._call(fn)
+
+    async def get_sms(self, queue_id: str) -> SmsRecord | None:
+        def fn(conn: sqlite3.Connection) -> SmsRecord | None:
+            row = conn.execute(
+                f"SELECT {_SMS_COLUMNS} FROM sms WHERE queue_id=?", (queue_id,)
+            ).fetchone()
+            return None if row is None else _sms(row)
+
+        return await self._call(fn)
+
+    async def list_sms(self, flt: SmsFilter, now: float) -> list[SmsRecord]:
+        def fn(conn: sqlite3.Connection) -> list[SmsRecord]:
+            where: list[str] = ["1=1"]
+            args: list[str | float | int] = []
+            if flt.state:
+                where.append("state=?")
+                args.append(flt.state)
+            if flt.tenant_id:
+                where.append("tenant_id=?")
+                args.append(flt.tenant_id)
+            if flt.older_than_s is not None:
+                where.append("created_at<=?")
+                args.append(now - flt.older_than_s)
+            args.append(flt.limit)
+            rows = conn.execute(
+                f"SELECT {_SMS_COLUMNS} FROM sms WHERE {' AND '.join(where)}"
+                " ORDER BY created_at DESC LIMIT ?",
+                args,
+            ).fetchall()
+            return [_sms(r) for r in rows]
+
+        return await self._call(fn)
+
+    async def retry_sms(self, queue_id: str, now: float) -> bool:
+        """Admin: put a failed/expired (or stuck) message back in the queue, attempts reset."""
+
+        def fn(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE sms SET state='queued', attempts=0, next_attempt_at=?, updated_at=?,"
+                " created_at=?, reason='retried by admin' WHERE queue_id=? AND body IS NOT NULL"
+                " AND state IN ('queued','failed','expired')",
+                (now, now, now, queue_id),
+            )
+            return cur.rowcount == 1
+
+        return await self._call(fn)
+
+    async def drop_sms(self, queue_id: str, now: float) -> bool:
+        def fn(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE sms SET state='failed', reason='dropped by admin', final_at=?, updated_at=?"
+                " WHERE queue_id=? AND state IN ('queued','sending')",
+                (now, now, queue_id),
+            )
+            return cur.rowcount == 1
+
+        return await self._call(fn)
+
+    async def counts(self) -> dict[str, int]:
+        def fn(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute("SELECT state, count(*) FROM sms GROUP BY state").fetchall()
+            return {str(s): int(n) for s, n in rows}
+
+        return await self._call(fn)
+
+    # --- delivery receipts ---------------------------------------------------------------------
+
+    async def find_segments(self, smsc_ids: Sequence[str]) -> list[SegmentRef]:
+        """Segments whose SMSC message id is any of `smsc_ids` (the id's hex/decimal variants)."""
+
+        def fn(conn: sqlite3.Connection) -> list[SegmentRef]:
+            marks = ",".join("?" * len(smsc_ids))
+            rows = conn.execute(
+                "SELECT g.queue_id, g.seq, s.msisdn, s.tenant_id, s.state FROM sms_segment g"
+                f" JOIN sms s ON s.queue_id = g.queue_id WHERE g.smsc_message_id IN ({marks})"
+                " ORDER BY s.created_at DESC",
+                list(smsc_ids),
+            ).fetchall()
+            return [SegmentRef(r[0], r[1], r[2], r[3], SmsState(r[4])) for r in rows]
+
+        return await self._call(fn) if smsc_ids else []
+
+    async def apply_receipt(
+        self,
+        queue_id: str,
+        seq: int,
+        segment_state: str,
+        error: str | None,
+        now: float,
+        rollup: Callable[[SmsRecord, list[str]], tuple[SmsState, str | None] | None],
+        bounces: Callable[[SmsRecord, SmsState, str | None], Sequence[Outgoing]],
+    ) -> SmsState | None:
+        """Record one segment's receipt; roll every segment's state up into the message's.
+
+        `rollup(record, segment_states)` decides the message state (pure, bridge/inbound.py);
+        when that is a new final failure, `bounces` builds the DSN emails, committed together
+        with the state, so a receipt is never acknowledged without its bounce being durable.
+        Returns the message's new state when it changed.
+        """
+
+        def fn(conn: sqlite3.Connection) -> SmsState | None:
+            conn.execute(
+                "UPDATE sms_segment SET state=?, error=?, updated_at=? WHERE queue_id=? AND seq=?",
+                (segment_state, error, now, queue_id, seq),
+            )
+            row = conn.execute(
+                f"SELECT {_SMS_COLUMNS} FROM sms WHERE queue_id=?", (queue_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            rec = _sms(row)
+            states = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT state FROM sms_segment WHERE queue_id=? ORDER BY seq", (queue_id,)
+                )
+            ]
+            decided = rollup(rec, states)
+            if decided is None or decided[0] == rec.state or rec.state.final:
+                return None
+            state, reason = decided
+            conn.execute(
+                "UPDATE sms SET state=?, reason=?, final_at=?, updated_at=? WHERE queue_id=?",
+                (state.value, reason, now if state.final else None, now, queue_id),
+            )
+            if state in (SmsState.FAILED, SmsState.EXPIRED):
+                for mail in bounces(rec, state, reason):
+                    _insert_mail(conn, mail, now)
+            return state
+
+        return await self._call(fn)
+
+    # --- inbound (MO) --------------------------------------------------------------------------
+
+    async def add_mo_part(
+        self, group_key: str, seq: int, total: int, text: str, now: float
+    ) -> list[str] | None:
+        """Keep one part of a concatenated MO; all texts in order once every part is here."""
+
+        def fn(conn: sqlite3.Connection) -> list[str] | None:
+            conn.execute(
+                "INSERT OR IGNORE INTO mo_part (group_key, seq, total, text, received_at)"
+                " VALUES (?,?,?,?,?)",
+                (group_key, seq, total, text, now),
+            )
+            rows = conn.execute(
+                "SELECT seq, text FROM mo_part WHERE group_key=? ORDER BY seq", (group_key,)
+            ).fetchall()
+            if len(rows) < total:
+                return None
+            return [r[1] for r in rows]
+
+        return await self._call(fn)
+
+    async def stale_mo_groups(self, older_than: float) -> list[tuple[str, list[str]]]:
+        """Concatenated MOs still missing parts after the reassembly timeout."""
+
+        def fn(conn: sqlite3.Connection) -> list[tuple[str, list[str]]]:
+            keys = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT group_key FROM mo_part GROUP BY group_key HAVING max(received_at)<?",
+                    (older_than,),
+                )
+            ]
+            out = []
+            for key in keys:
+                texts = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT text FROM mo_part WHERE group_key=? ORDER BY seq", (key,)
+                    )
+                ]
+                out.append((key, texts))
+            return out
+
+        return await self._call(fn)
+
+    async def commit_mo(
+        self,
+        dedup_key: str,
+        now: float,
+        window_s: float,
+        *,
+        mails: Sequence[Outgoing] = (),
+        sms: Sequence[NewSms] = (),
+        conversations: Sequence[tuple[str, str, str, str]] = (),
+        done_group: str | None = None,
+    ) -> bool:
+        """Commit everything one MO causes, atomically: its dedup mark, the emails it produces,
+        any SMS answer, reply-thread records (message id, tenant, msisdn, source) and the
+        removal of its reassembled parts. False (and nothing written) for a redelivery."""
+
+        def fn(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM mo_seen WHERE received_at<?", (now - window_s,))
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO mo_seen (dedup_key, received_at) VALUES (?,?)",
+                (dedup_key, now),
+            )
+            if cur.rowcount == 0:
+                return False
+            for mail in mails:
+                _insert_mail(conn, mail, now)
+            for item in sms:
+                _insert_sms(conn, item, now)
+            conn.executemany(
+                "INSERT OR REPLACE INTO conversation"
+                " (mail_message_id, tenant_id, msisdn, source_addr, created_at)"
+                " VALUES (?,?,?,?,?)",
+                [(*c, now) for c in conversations],
+            )
+            if done_group is not None:
+                conn.execute("DELETE FROM mo_part WHERE group_key=?", (done_group,))
+            return True
+
+        return await self._call(fn)
+
+    async def last_sms_to(self, msisdn: str, source_addr: str, since: float) -> SmsRecord | None:
+        """The most recent text to this patron from this sending number (reply routing)."""
+
+        def fn(conn: sqlite3.Connection) -> SmsRecord | None:
+            row = conn.execute(
+                f"SELECT {_SMS_COLUMNS} FROM sms WHERE msisdn=? AND source_addr=?"
+                " AND created_at>=? ORDER BY created_at DESC LIMIT 1",
+                (msisdn, source_addr, since),
+            ).fetchone()
+            return None if row is None else _sms(row)
+
+        return await self._call(fn)
+
+    async def conversation_for(self, message_ids: Sequence[str]) -> tuple[str, str] | None:
+        """(tenant_id, msisdn) of a reply email the bridge sent, by its Message-ID."""
+
+        def fn(conn: sqlite3.Connection) -> tuple[str, str] | None:
+            marks = ",".join("?" * len(message_ids))
+            row = conn.execute(
+                "SELECT tenant_id, msisdn FROM conversation"
+                f" WHERE mail_message_id IN ({marks}) ORDER BY created_at DESC LIMIT 1",
+                list(message_ids),
+            ).fetchone()
+            return None if row is None else (row[0], row[1])
+
+        return await self._call(fn) if message_ids else None
+
+    # --- outbound mail -------------------------------------------------------------------------
+
+    async def enqueue_mail(self, mail: Outgoing, now: float) -> int:
+        return await self._call(lambda conn: _insert_mail(conn, mail, now))
+
+    async def claim_mail(self, now: float, limit: int) -> list[MailRecord]:
+        def fn(conn: sqlite3.Connection) -> list[MailRecord]:
+            rows = conn.execute(
+                "SELECT id, kind, mail_from, rcpt_to, data, attempts, ref FROM mail_outbox"
+                " WHERE state='queued' AND next_attempt_at<=? ORDER BY id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            for row in rows:
+                conn.execute(
+                    "UPDATE mail_outbox SET attempts=attempts+1, updated_at=? WHERE id=?",
+                    (now, row[0]),
+                )
+            return [
+                MailRecord(
+                    id=r[0],
+                    kind=r[1],
+                    mail_from=r[2],
+                    rcpt_to=tuple(json.loads(r[3])),
+                    data=bytes(r[4]),
+                    attempts=r[5] + 1,
+                    ref=r[6],
+                )
+                for r in rows
+            ]
+
+        return await self._call(fn)
+
+    async def mail_done(
+        self, mail_id: int, state: str, reason: str | None, now: float, next_at: float = 0.0
+    ) -> None:
+        """state: 'sent' (bytes dropped), 'queued' (retry at next_at) or 'dead'."""
+
+        def fn(conn: sqlite3.Connection) -> None:
+            if state == "sent":
+                conn.execute(
+                    "UPDATE mail_outbox SET state='sent', data=x'', reason=NULL, updated_at=?"
+                    " WHERE id=?",
+                    (now, mail_id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE mail_outbox SET state=?, reason=?, next_attempt_at=?, updated_at=?"
+                    " WHERE id=?",
+                    (state, reason, next_at, now, mail_id),
+                )
+
+        await self._call(fn)
+
+    async def mail_counts(self) -> dict[str, int]:
+        def fn(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute("SELECT state, count(*) FROM mail_outbox GROUP BY state")
+            return {str(s): int(n) for s, n in rows.fetchall()}
+
+        return await self._call(fn)
+
+    async def next_mail_due(self) -> float | None:
+        def fn(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute("SELECT min(next_attempt_at) FROM mail_outbox WHERE state='queued'")
+            value = row.fetchone()[0]
+            return None if value is None else float(value)
+
+        return await self._call(fn)
+
+    # --- maintenance ---------------------------------------------------------------------------
+
+    async def purge_bodies(self, now: float, retention_s: float) -> int:
+        """Patron privacy: drop message text once it is no longer needed."""
+
+        def fn(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE sms SET body=NULL WHERE body IS NOT NULL AND final_at IS NOT NULL"
+                " AND final_at<=?",
+                (now - retention_s,),
+            )
+            return cur.rowcount
+
+        return await self._call(fn)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Escape hatch for modules that own their own tables (inbound, policy)."""
+        return await self._call(fn)
+
+
+def _insert_sms(conn: sqlite3.Connection, item: NewSms, now: float) -> str:
+    qid = new_queue_id()
+    conn.execute(
+        "INSERT INTO sms (queue_id, tenant_id, msisdn, rcpt_addr, source_addr,"
+        " envelope_from, message_id, subject, body, in_reply_to, state, attempts,"
+        " created_at, updated_at, next_attempt_at)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,'queued',0,?,?,?)",
+        (
+            qid,
+            item.tenant_id,
+            item.msisdn,
+            item.rcpt_addr,
+            item.source_addr,
+            item.envelope_from,
+            item.message_id,
+            item.subject,
+            item.body,
+            item.in_reply_to,
+            now,
+            now,
+            now,
+        ),
+    )
+    return qid
+
+
+def _insert_mail(conn: sqlite3.Connection, mail: Outgoing, now: float) -> int:
+    cur = conn.execute(
+        "INSERT INTO mail_outbox (kind, mail_from, rcpt_to, data, state, attempts,"
+        " next_attempt_at, created_at, updated_at, ref) VALUES (?,?,?,?,'queued',0,?,?,?,?)",
+        (
+            mail.kind,
+            mail.mail_from,
+            json.dumps(list(mail.rcpt_to)),
+            mail.data,
+            now,
+            now,
+            now,
+            mail.ref,
+        ),
+    )
+    return int(cur.lastrowid or 0)

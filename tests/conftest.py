@@ -1,0 +1,78 @@
+"""Shared fixtures: configs built from dicts, an open store, a running bridge on port 0."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bridge.config import Config, load_config_text
+from bridge.store import Store
+
+SAMPLES = Path(__file__).parent / "fixtures" / "samples"
+
+BASE: dict[str, Any] = {
+    "smtp": {"listen": "127.0.0.1:0", "domains": ["sms.example.org"]},
+    "smpp": {
+        "host": "127.0.0.1",
+        "port": 0,
+        "system_id": "bridge",
+        "password": "secret",
+        "source_addr": "12025550100",
+        "enquire_link_s": 5,
+        "response_timeout_s": 2,
+        "reconnect_min_s": 0.05,
+        "reconnect_max_s": 0.5,
+        "retry_min_s": 0.05,
+        "retry_max_s": 0.2,
+        "max_tps": 200,
+    },
+    "store": {"path": "bridge.db"},
+    "mail": {"from": "sms-bridge@sms.example.org", "maildir": "mail"},
+    "tenants": [
+        {
+            "id": "riverside",
+            "name": "Riverside Public Library",
+            "senders": ["*@riverside.example.org"],
+            "networks": ["127.0.0.0/8"],
+            "reply_to": "circulation@riverside.example.org",
+            "region": "US",
+        }
+    ],
+}
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+MakeConfig = Callable[..., Config]
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> MakeConfig:
+    def make(over: dict[str, Any] | None = None) -> Config:
+        data = merge(BASE, over or {})
+        return load_config_text(yaml.safe_dump(data), tmp_path)
+
+    return make
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = Store(tmp_path / "store.db")
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()

@@ -147,9 +147,7 @@ class Intake:
                 self._backlog = await self.store.backlog()
             except StoreError as exc:
                 log.error("store unavailable at MAIL: %s", exc)
-                raise Rejected(
-                    451, "4.3.0", "Temporary storage failure; try again later"
-                ) from None
+                raise Rejected(451, "4.3.0", "Temporary storage failure; try again later") from None
             self._backlog_at = now
         if self._backlog >= self.cfg.smtp.max_backlog:
             raise Rejected(

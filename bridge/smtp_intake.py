@@ -62,6 +62,12 @@ class _AuthThrottle:
         self._failures.pop(ip, None)
 
 
+def _reverse_path(address: str | None) -> str:
+    """aiosmtpd keeps the null reverse-path (RFC 5321 §4.5.5) as "<>" (and needs it non-empty
+    to know MAIL was given); the bridge stores it as ""."""
+    return "" if address is None or address.strip() in ("<>", "") else address
+
+
 def _is_loopback(ip: str) -> bool:
     try:
         return ipaddress.ip_address(ip).is_loopback
@@ -148,7 +154,7 @@ class SmtpHandler:
             session.login_data.decode() if session.authenticated and session.login_data else None
         )
         try:
-            tenant = self.intake.tenant_for_sender(peer, login, address)
+            tenant = self.intake.tenant_for_sender(peer, login, _reverse_path(address))
             await self.intake.check_backlog()
         except Rejected as exc:
             log.info("smtp mail refused peer=%s reply=%s", peer, exc.reply[:60])
@@ -188,7 +194,7 @@ class SmtpHandler:
             raw = raw.encode("utf-8", "surrogateescape")
         try:
             results = await self.intake.accept(
-                tenant, envelope.mail_from or "", rcpts, raw or b"", via="smtp"
+                tenant, _reverse_path(envelope.mail_from), rcpts, raw or b"", via="smtp"
             )
         except Rejected as exc:
             log.info("smtp data refused tenant=%s reply=%s", tenant.id, exc.reply[:60])

@@ -66,7 +66,7 @@ def notice(body: str = "Your hold is ready at Main Branch.", **headers: str) -> 
         "To": "2025550143@sms.example.org",
         "Subject": "Hold ready",
         "Message-ID": "<n1@riverside.example.org>",
-        **headers,
+        **{k.replace("_", "-"): v for k, v in headers.items()},
     }
-    head = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in hdrs.items())
+    head = "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
     return (head + "\r\n" + body + "\r\n").encode()

@@ -740,12 +740,13 @@ class SmppSession:
             for waiter in waiters:
                 waiter.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
+            reason = next((link.close_reason for link in links if link.close_reason), "closed")
+            if not self._stopping:
+                self._last_error = reason
             self._bound_event.clear()
             self._tx = None
-            reason = next((link.close_reason for link in links if link.close_reason), "closed")
             for link in links:
                 await link.aclose(reason)
             self._links = []
         if not self._stopping:
-            self._last_error = reason
             log.warning("SMPP %s: unbound: %s", self.name, reason)

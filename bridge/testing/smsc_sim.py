@@ -248,10 +248,14 @@ class SmscSimulator:
             conn.close()
             for task in conn.tasks:
                 task.cancel()
-        for task in list(self._conn_tasks):
-            task.cancel()
+        # Closing the transports ends each connection handler by EOF. Cancelling them instead
+        # makes asyncio's StreamReaderProtocol (3.11) log a spurious "Exception in callback"
+        # for the cancelled handler task, so cancel only what is still running after a grace.
         pending = [*self._conn_tasks, *(t for c in self._conns for t in c.tasks)]
         if pending:
+            _, stuck = await asyncio.wait(pending, timeout=2.0)
+            for task in stuck:
+                task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(TimeoutError):

@@ -261,7 +261,11 @@ async def test_refused_bind_reports_reason_retries_and_recovers(
     sim.set_scenario(f"refuse_bind:{errors.ESME_RINVPASWD:#x}")
     with caplog.at_level(logging.ERROR, logger="bridge.smpp.session"):
         session = await running.session(settings(sim.port))
-        await eventually(lambda: sim.bind_attempts >= 2, 5)
+        # the simulator counts a bind when it arrives; the session's state changes when the
+        # bind_resp is read, a moment later: wait for both
+        await eventually(
+            lambda: sim.bind_attempts >= 2 and session.state.startswith("bind_failed"), 5
+        )
     assert not session.bound
     assert session.state.startswith("bind_failed: ESME_RINVPASWD")
     assert "check smpp.system_id and smpp.password" in caplog.text

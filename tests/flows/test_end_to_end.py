@@ -1,0 +1,293 @@
+"""The main job end to end: email in → SMS at the simulator → receipts, bounces and replies."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+
+import pytest
+
+from bridge.model import SmsState
+from tests.conftest import SAMPLES
+from tests.flows.harness import Env, StartEnv
+from tests.smtp_client import notice, send
+
+FROM = "ils@riverside.example.org"
+TO = "2025550143@sms.example.org"
+
+EXPECTED = {
+    "koha-hold-qp.eml": 'Riverside Public Library: Jane, your hold "The Overstory" is ready for '
+    "pickup at Main Branch until 11/23. Questions? 202-555-0100",
+    "evergreen-hold-ready.eml": "Robert:Civil War battlefields @ Wood Library. Please pickup "
+    "within 7 days",
+    "exchange-stray-soft-breaks.eml": "Maple Heights Library: 1 item is due on 11/24/2026: "
+    "Where the Crawdads Sing. Renew online or call us.",
+}
+
+
+async def test_notice_reaches_handset_and_is_delivered(env: Env) -> None:
+    conv = await send(env.smtp_port, FROM, [TO], notice("Your hold is ready at Main Branch."))
+    (qid,) = conv.queue_ids
+    (sms,) = await env.sim.wait_for_messages(1, timeout=5)
+    assert sms.destination == "+12025550143" and sms.source == "+12025550100"
+    assert sms.text == "Your hold is ready at Main Branch." and sms.segments == 1
+    rec = await env.wait_state(qid, SmsState.DELIVERED)
+    assert rec.segments == 1 and rec.coding == "gsm7"
+
+
+@pytest.mark.parametrize("sample", sorted(EXPECTED))
+async def test_samples_arrive_as_the_patron_should_see_them(env: Env, sample: str) -> None:
+    raw = (SAMPLES / sample).read_bytes()
+    await send(env.smtp_port, FROM, [TO], raw)
+    (sms,) = await env.sim.wait_for_messages(1, timeout=5)
+    assert sms.text == EXPECTED[sample]
+    assert sms.segments == 1 and sms.data_coding == 0  # GSM-7, one segment
+
+
+async def test_long_notice_is_concatenated_and_reassembled(env: Env) -> None:
+    body = "Overdue: " + ", ".join(f"Book title number {i}" for i in range(12)) + ". Euro fee 2€."
+    conv = await send(env.smtp_port, FROM, [TO], notice(body))
+    (qid,) = conv.queue_ids
+    (sms,) = await env.sim.wait_for_messages(1, timeout=5)
+    assert sms.text == body and sms.segments == 2
+    rec = await env.wait_state(qid, SmsState.DELIVERED)
+    assert rec.segments == 2
+
+
+async def test_permanent_reject_bounces_to_the_library(env: Env) -> None:
+    env.sim.set_scenario("reject:0x0B")
+    conv = await send(env.smtp_port, FROM, [TO], notice(Subject="Hold ready for Jane"))
+    (qid,) = conv.queue_ids
+    rec = await env.wait_state(qid, SmsState.FAILED)
+    assert rec.reason == "the carrier rejected the destination number"
+    (dsn,) = await env.sink.wait_for(1, timeout=10)
+    assert dsn.mail_from == "" and dsn.rcpt_tos == (FROM,)
+    msg = dsn.message()
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    assert msg["In-Reply-To"] == "<n1@riverside.example.org>"
+    human = msg.get_payload()[0].get_content()
+    assert "+1 202-555-0143" in human and "Hold ready for Jane" in human
+    assert "phone number in the ILS" in human
+    status = msg.get_payload()[1]
+    fields = status.get_payload()[1]
+    assert fields["Action"] == "failed" and fields["Status"] == "5.1.1"
+    assert "ESME_RINVDSTADR" in fields["Diagnostic-Code"]
+
+
+async def test_no_bounce_for_null_sender(env_factory: StartEnv) -> None:
+    e = await env_factory({"tenants": [{**_tenant(), "senders": ["*@riverside.example.org", "*"]}]})
+    e.sim.set_scenario("reject:0x0B")
+    conv = await send(e.smtp_port, "", [TO], notice())
+    (qid,) = conv.queue_ids
+    await e.wait_state(qid, SmsState.FAILED)
+    await asyncio.sleep(0.3)
+    assert e.sink.mails == []
+
+
+def _tenant() -> dict[str, object]:
+    return {
+        "id": "riverside",
+        "name": "Riverside Public Library",
+        "senders": ["*@riverside.example.org"],
+        "networks": ["127.0.0.0/8"],
+        "reply_to": "circulation@riverside.example.org",
+        "region": "US",
+    }
+
+
+async def test_failed_receipt_bounces(env_factory: StartEnv) -> None:
+    e = await env_factory(sim_kwargs={"scenario": "fail_receipts"})
+    conv = await send(e.smtp_port, FROM, [TO], notice())
+    (qid,) = conv.queue_ids
+    rec = await e.wait_state(qid, SmsState.FAILED)
+    assert "could not deliver" in (rec.reason or "")
+    (dsn,) = await e.sink.wait_for(1, timeout=10)
+    assert dsn.message().get_content_type() == "multipart/report"
+
+
+async def test_hex_ids_in_resp_decimal_in_receipt_still_match(env_factory: StartEnv) -> None:
+    e = await env_factory(sim_kwargs={"hex_ids_in_resp": True, "first_message_id": 4000})
+    conv = await send(e.smtp_port, FROM, [TO], notice())
+    await e.wait_state(conv.queue_ids[0], SmsState.DELIVERED)
+
+
+async def test_outage_intake_keeps_accepting_and_backlog_drains(env: Env) -> None:
+    port = env.sim.port
+    await env.sim.stop()
+    conv = await send(env.smtp_port, FROM, [TO], notice())
+    (qid,) = conv.queue_ids  # accepted while the SMSC is away
+    await asyncio.sleep(0.3)
+    rec = await env.bridge.store.get_sms(qid)
+    assert rec is not None and rec.state is SmsState.QUEUED and rec.attempts == 0
+    await env.restart_sim()
+    assert env.sim.port == port
+    (sms,) = await env.sim.wait_for_messages(1, timeout=10)
+    assert sms.destination == "+12025550143"
+    await env.wait_state(qid, SmsState.DELIVERED)
+
+
+async def test_throttle_storm_is_retried_not_failed(env: Env) -> None:
+    env.sim.set_scenario("throttle_storm:5")
+    convs = [
+        await send(env.smtp_port, FROM, [TO], notice(f"n {i}", Message_ID=f"<t{i}@x>"))
+        for i in range(3)
+    ]
+    for conv in convs:
+        await env.wait_state(conv.queue_ids[0], SmsState.DELIVERED)
+    assert len(env.sim.messages) == 3
+
+
+async def test_no_response_is_retried_and_delivered(env: Env) -> None:
+    env.sim.set_scenario("no_response")
+    conv = await send(env.smtp_port, FROM, [TO], notice())
+    (qid,) = conv.queue_ids
+    await env.sim.wait_for(lambda: len(env.sim.submits) >= 1, timeout=5)
+    await asyncio.sleep(2.5)  # past smpp.response_timeout_s (2 s in tests)
+    env.sim.set_scenario("ok")
+    rec = await env.wait_state(qid, SmsState.DELIVERED, timeout=15)
+    assert rec.attempts >= 2
+
+
+async def test_message_older_than_max_age_expires_and_bounces(env_factory: StartEnv) -> None:
+    e = await env_factory({"smpp": {"max_age": 0.5}})
+    await e.sim.stop()
+    conv = await send(e.smtp_port, FROM, [TO], notice())
+    (qid,) = conv.queue_ids
+    await asyncio.sleep(0.8)
+    await e.restart_sim()
+    rec = await e.wait_state(qid, SmsState.EXPIRED, timeout=10)
+    assert "smpp.max_age" in (rec.reason or "")
+    (dsn,) = await e.sink.wait_for(1, timeout=10)
+    fields = dsn.message().get_payload()[1].get_payload()[1]
+    assert fields["Status"].startswith("5.4.7")
+    assert e.sim.messages == []
+
+
+async def test_rate_never_exceeds_max_tps(env_factory: StartEnv) -> None:
+    e = await env_factory({"smpp": {"max_tps": 20}})
+    rcpts = [f"20255501{n:02d}@sms.example.org" for n in range(10, 70)]
+    for i in range(0, 60, 20):
+        await send(e.smtp_port, FROM, rcpts[i : i + 20], notice(Message_ID=f"<r{i}@x>"))
+    await e.sim.wait_for_messages(60, timeout=20)
+    times = sorted(t for t, _ in e.sim.submits)
+    worst = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
+    assert worst <= 21  # max_tps plus the one token a bucket may hold at the window edge
+
+
+async def test_patron_reply_is_emailed_threaded_with_the_notice(env: Env) -> None:
+    await send(env.smtp_port, FROM, [TO], notice(Subject="Hold ready", Message_ID="<hold1@lib>"))
+    await env.sim.wait_for_messages(1, timeout=5)
+    statuses = await env.sim.inject_mo("+12025550143", "12025550100", "Can you keep it till Sat?")
+    assert statuses == [0]
+    (mail,) = await env.sink.wait_for(1, timeout=10)
+    msg = mail.message()
+    assert mail.rcpt_tos == ("circulation@riverside.example.org",)
+    assert msg["In-Reply-To"] == "<hold1@lib>"
+    assert "<hold1@lib>" in msg["References"]
+    assert msg["From"].addresses[0].addr_spec == "12025550143@sms.example.org"
+    assert msg["From"].addresses[0].display_name == "SMS from +1 202-555-0143"
+    assert msg["Subject"].startswith("SMS reply: Can you keep it")
+    body = msg.get_content()
+    assert body.startswith("Can you keep it till Sat?")
+    assert "> Your hold is ready" in body
+
+
+async def test_redelivered_mo_gives_one_email(env: Env) -> None:
+    await send(env.smtp_port, FROM, [TO], notice())
+    await env.sim.wait_for_messages(1, timeout=5)
+    for _ in range(2):  # the SMSC missed our resp and sends the same deliver_sm again
+        assert await env.sim.inject_mo("+12025550143", "12025550100", "Thanks!") == [0]
+    await env.sink.wait_for(1, timeout=10)
+    await asyncio.sleep(0.5)
+    assert len(env.sink.mails) == 1
+
+
+async def test_long_mo_is_reassembled(env: Env) -> None:
+    await send(env.smtp_port, FROM, [TO], notice())
+    await env.sim.wait_for_messages(1, timeout=5)
+    text = "Hello library, " + "I will be late returning the books. " * 4
+    for concat in ("udh8", "udh16", "sar"):
+        statuses = await env.sim.inject_mo(
+            "+12025550143", "12025550100", text + concat, concat=concat
+        )  # type: ignore[arg-type]
+        assert len(statuses) == 2 and set(statuses) == {0}
+    mails = await env.sink.wait_for(3, timeout=10)
+    assert sorted(m.message().get_content().split("\n")[0].strip() for m in mails) == sorted(
+        (text + c).strip() for c in ("udh8", "udh16", "sar")
+    )
+
+
+async def test_mo_store_failure_asks_smsc_to_retry(env: Env) -> None:
+    await env.bridge.store.run(lambda conn: conn.execute("PRAGMA query_only=ON"))
+    statuses = await env.sim.inject_mo("+12025550143", "12025550100", "hello?")
+    assert statuses == [0x64]  # ESME_RX_T_APPN: not committed, the SMSC keeps it
+
+
+async def test_staff_reply_reaches_the_patron_as_clean_text(env: Env) -> None:
+    await send(env.smtp_port, FROM, [TO], notice(Message_ID="<hold2@lib>"))
+    await env.sim.wait_for_messages(1, timeout=5)
+    await env.sim.inject_mo("+12025550143", "12025550100", "Can you hold it until Saturday?")
+    (reply,) = await env.sink.wait_for(1, timeout=10)
+    reply_id = reply.message()["Message-ID"]
+    raw = (SAMPLES / "outlook-staff-reply.eml").read_bytes()
+    staff = email.message_from_bytes(raw, policy=email.policy.default)
+    del staff["In-Reply-To"]
+    staff["In-Reply-To"] = reply_id
+    conv = await send(
+        env.smtp_port, "maria@riverside.example.org", [TO], staff.as_bytes(policy=email.policy.SMTP)
+    )
+    assert conv.data is not None and conv.data[0] == 250
+    msgs = await env.sim.wait_for_messages(2, timeout=5)
+    assert msgs[1].text == "Hi! Yes, we can hold it until Saturday. See you then."
+
+
+async def test_reply_routes_to_the_library_that_texted_last(env_factory: StartEnv) -> None:
+    other = {
+        "id": "ashland",
+        "name": "Ashland Library",
+        "senders": ["*@ashland.example.org"],
+        "networks": ["127.0.0.0/8"],
+        "reply_to": "desk@ashland.example.org",
+    }
+    e = await env_factory({"tenants": [_tenant(), other]})
+    await send(e.smtp_port, FROM, [TO], notice())
+    await e.sim.wait_for_messages(1, timeout=5)
+    await send(e.smtp_port, "ils@ashland.example.org", [TO], notice(Message_ID="<a1@x>"))
+    await e.sim.wait_for_messages(2, timeout=5)
+    await e.sim.inject_mo("+12025550143", "12025550100", "Which library is this?")
+    (mail,) = await e.sink.wait_for(1, timeout=10)
+    assert mail.rcpt_tos == ("desk@ashland.example.org",)
+
+
+async def test_noreply_library_gets_canned_answer_to_patron(env_factory: StartEnv) -> None:
+    e = await env_factory({"tenants": [{**_tenant(), "reply_to": "noreply@riverside.example.org"}]})
+    await send(e.smtp_port, FROM, [TO], notice())
+    await e.sim.wait_for_messages(1, timeout=5)
+    await e.sim.inject_mo("+12025550143", "12025550100", "hello")
+    msgs = await e.sim.wait_for_messages(2, timeout=5)
+    assert "cannot read replies" in msgs[1].text
+    assert e.sink.mails == []
+
+
+async def test_relay_down_then_up_loses_no_mail(env: Env) -> None:
+    env.sink.fail_with(451, "try later")
+    await send(env.smtp_port, FROM, [TO], notice())
+    await env.sim.wait_for_messages(1, timeout=5)
+    await env.sim.inject_mo("+12025550143", "12025550100", "hello")
+    await asyncio.sleep(0.5)
+    counts = await env.bridge.store.mail_counts()
+    assert counts.get("queued") == 1
+    env.sink.fail_with(None)
+    rows = await env.bridge.store.run(
+        lambda conn: conn.execute("UPDATE mail_outbox SET next_attempt_at=0").rowcount
+    )
+    assert rows == 1
+    env.bridge.mailer.wake()
+    await env.sink.wait_for(1, timeout=10)
+    for _ in range(100):
+        if await env.bridge.store.mail_counts() == {"sent": 1}:
+            break
+        await asyncio.sleep(0.02)
+    assert await env.bridge.store.mail_counts() == {"sent": 1}

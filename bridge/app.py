@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from bridge.bounces import build_bounces
+from bridge.compliance import Compliance, NumberLocks
 from bridge.config import Config, ConfigError, load_config
 from bridge.dispatcher import Dispatcher
 from bridge.inbound import Inbound
@@ -74,6 +75,10 @@ class Bridge:
         self.smtp = SmtpIntake(cfg, self.intake)
         self.mailer = Mailer(cfg, self.store, make_transport(cfg), clock=clock)
         self.inbound = Inbound(cfg, self.store, clock=clock, wake_mailer=self.mailer.wake)
+        self.locks = NumberLocks()
+        self.compliance = Compliance(cfg, self.store, self.inbound, self.locks)
+        self.inbound.keywords = self.compliance.keyword
+        self.inbound.hold = self.locks.hold
         self._stack = AsyncExitStack()
         self.stop_requested = asyncio.Event()
         self.reload_requested = asyncio.Event()
@@ -124,6 +129,8 @@ class Bridge:
             self.session,
             clock=self.clock,
             bounces=lambda rec, failure, now: build_bounces(self.cfg, rec, failure, now),
+            policy=self.compliance,
+            hold=self.locks.hold,
         )
         await self.dispatcher.start()
         stack.push_async_callback(self.dispatcher.stop, cfg.smpp.drain_timeout_s)
@@ -158,6 +165,7 @@ class Bridge:
         self.intake.reload(new)
         self.smtp.reload(new)
         self.inbound.reload(new)
+        self.compliance.reload(new)
         self.mailer.reload(new)
         if self.dispatcher is not None:
             self.dispatcher.reload(new)

@@ -235,6 +235,63 @@ class InboundConfig(_Model):
     reassembly_timeout_s: float = Field(default=defaults.INBOUND_REASSEMBLY_TIMEOUT_S, gt=0)
 
 
+class QuietHoursConfig(_Model):
+    """No texts between start and end (local time); deferred texts go out when it ends."""
+
+    start: str = defaults.QUIET_START
+    end: str = defaults.QUIET_END
+    timezone: str = defaults.QUIET_TIMEZONE
+    # Use the patron's own time zone when the number tells it unambiguously.
+    use_recipient_timezone: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> QuietHoursConfig:
+        from bridge.policy import QuietHours, validate_quiet_hours
+
+        validate_quiet_hours(
+            QuietHours(self.start, self.end, self.timezone, self.use_recipient_timezone)
+        )
+        return self
+
+
+class FrequencyCapConfig(_Model):
+    max_messages: int = Field(ge=1)
+    per_s: float = Field(gt=0)
+    mode: Literal["defer", "refuse"] = "defer"
+
+
+class ComplianceConfig(_Model):
+    """Keywords (CTIA / FCC 47 CFR 64.1200(a)(10)) and the texts that answer them."""
+
+    optout_keywords: tuple[str, ...] = defaults.OPTOUT_KEYWORDS
+    optin_keywords: tuple[str, ...] = defaults.OPTIN_KEYWORDS
+    help_keywords: tuple[str, ...] = defaults.HELP_KEYWORDS
+    # Named in every confirmation and help text, e.g. "Riverside Libraries text alerts".
+    program_name: str = Field(default=defaults.PROGRAM_NAME, min_length=1, max_length=40)
+    # How to get help, e.g. "call 202-555-0100" (in the HELP answer).
+    help_contact: str = Field(default=defaults.HELP_CONTACT, min_length=1, max_length=45)
+    optout_text: str | None = None
+    optin_text: str | None = None
+    help_text: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ComplianceConfig:
+        from bridge.policy import validate_keywords
+
+        validate_keywords(self.keyword_set(()))
+        return self
+
+    def keyword_set(self, custom: tuple[str, ...]) -> Any:
+        from bridge.policy import KeywordSet
+
+        return KeywordSet(
+            optout=self.optout_keywords,
+            optin=self.optin_keywords,
+            help=self.help_keywords,
+            custom=custom,
+        )
+
+
 class LogConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -265,6 +322,19 @@ class TenantConfig(_Model):
     # Bounce emails (RFC 3464) for failed texts: to the envelope sender, a fixed address, or both.
     bounce_to: str | None = None
     bounce_mode: Literal["sender", "fixed", "both"] = "sender"
+    # Compliance (issue: STOP/START/HELP, quiet hours, caps, duplicates).
+    quiet_hours: QuietHoursConfig | None = QuietHoursConfig()
+    # A notice with this header (any value but "no") is sent even in quiet hours.
+    urgent_header: str | None = None
+    frequency_cap: FrequencyCapConfig | None = None
+    # The same text to the same number within this window is sent once (the ILS often
+    # regenerates notices with a new Message-ID). 0 turns it off.
+    duplicate_window_s: float = Field(default=defaults.DUPLICATE_WINDOW_S, ge=0)
+    # A notice to a number that opted out: refuse it at RCPT (550 5.7.1), or accept it and
+    # send the library a bounce email.
+    optout_mode: Literal["refuse", "bounce"] = "refuse"
+    # Extra MO keywords forwarded to the library as tagged emails, e.g. [RENEW].
+    keywords: tuple[str, ...] = ()
     # What a patron who replies gets when this library takes no replies (no reply_to, or a
     # no-reply address): one SMS with this text.
     noreply_text: str | None = None
@@ -318,6 +388,7 @@ class Config(_Model):
     store: StoreConfig = StoreConfig()
     mail: MailConfig
     inbound: InboundConfig = InboundConfig()
+    compliance: ComplianceConfig = ComplianceConfig()
     log: LogConfig = LogConfig()
     tenants: tuple[TenantConfig, ...] = Field(min_length=1)
 

@@ -70,6 +70,29 @@ INBOUND_REASSEMBLY_TIMEOUT_S = 300.0
 TENANT_REGION = "US"
 TENANT_MAX_SEGMENTS = 6
 
+# --- compliance ---------------------------------------------------------------------------------
+# Quiet hours: nothing is sent between 21:00 and 09:00 in the library's time zone.
+QUIET_START = "21:00"
+QUIET_END = "09:00"
+QUIET_TIMEZONE = "America/New_York"
+DUPLICATE_WINDOW_S = 12 * 3600.0
+# CTIA Messaging Principles' standard words, plus the FCC 2024 TCPA order's list.
+OPTOUT_KEYWORDS = (
+    "STOP",
+    "STOPALL",
+    "UNSUBSCRIBE",
+    "CANCEL",
+    "END",
+    "QUIT",
+    "REVOKE",
+    "OPTOUT",
+    "OPT-OUT",
+)
+OPTIN_KEYWORDS = ("START", "UNSTOP", "YES", "SUBSCRIBE")
+HELP_KEYWORDS = ("HELP", "INFO")
+PROGRAM_NAME = "Library text notices"
+HELP_CONTACT = "contact your library"
+
 # --- dispatcher ----------------------------------------------------------------------------------
 DISPATCH_BATCH = 50
 DISPATCH_IDLE_POLL_S = 0.5

@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -68,6 +69,7 @@ class Dispatcher:
         bounces: BounceBuilder | None = None,
         policy: DispatchPolicy | None = None,
         on_submitted: Callable[[SmsRecord, float], None] | None = None,
+        hold: Callable[[str], AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -76,6 +78,8 @@ class Dispatcher:
         self.bounces = bounces
         self.policy = policy
         self.on_submitted = on_submitted
+        # Per-number lock shared with the opt-out commit (bridge/compliance.py NumberLocks).
+        self.hold = hold
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -181,6 +185,13 @@ class Dispatcher:
     # --- one message ---------------------------------------------------------------------------
 
     async def process(self, rec: SmsRecord) -> None:
+        if self.hold is None:
+            await self._process(rec)
+            return
+        async with self.hold(rec.msisdn):
+            await self._process(rec)
+
+    async def _process(self, rec: SmsRecord) -> None:
         cfg = self.cfg
         now = self.clock()
         if now - rec.created_at > cfg.smpp.max_age:

@@ -13,7 +13,8 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -22,7 +23,7 @@ from bridge.bounces import build_bounces
 from bridge.config import Config, TenantConfig
 from bridge.dispatcher import Failure
 from bridge.mailbuild import build_notification, build_patron_reply
-from bridge.model import NewSms, SmsRecord, SmsState
+from bridge.model import NewSms, OptoutRecord, SmsRecord, SmsState
 from bridge.smpp import errors
 from bridge.smpp.encoding import concat_from_sar, decode_payload, split_udh
 from bridge.smpp.pdu import DeliverSm
@@ -48,6 +49,7 @@ class MoOutcome:
     mails: Sequence[Outgoing] = ()
     sms: Sequence[NewSms] = ()
     conversations: Sequence[tuple[str, str, str, str]] = ()
+    optout: OptoutRecord | None = None
 
 
 # Keyword handling (bridge/compliance.py) gets the first look at every MO; None means "not
@@ -61,6 +63,11 @@ class InboundCounters:
     receipts_unknown: int = 0
     mo: int = 0
     mo_duplicates: int = 0
+
+
+@contextlib.asynccontextmanager
+async def _no_lock(msisdn: str) -> AsyncIterator[None]:
+    yield
 
 
 def rollup(rec: SmsRecord, segment_states: list[str]) -> tuple[SmsState, str | None] | None:
@@ -117,6 +124,9 @@ class Inbound:
         self.wake_mailer = wake_mailer
         self.wake_dispatcher = wake_dispatcher
         self.keywords: KeywordHook | None = None
+        # Serialises an opt-out commit with the dispatcher's check-and-submit for one number
+        # (bridge/compliance.py); a no-op lock until the composition root sets it.
+        self.hold: Callable[[str], AbstractAsyncContextManager[None]] = _no_lock
         self.counters = InboundCounters()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -255,20 +265,22 @@ class Inbound:
         done_group: str | None = None,
     ) -> None:
         self.counters.mo += 1
-        outcome = None
-        if self.keywords is not None:
-            outcome = await self.keywords(msisdn, dest, text, now)
-        if outcome is None:
-            outcome = await self._reply(msisdn, dest, text, now)
-        fresh = await self.store.commit_mo(
-            dedup_key,
-            now,
-            self.cfg.inbound.dedup_window_s,
-            mails=outcome.mails,
-            sms=outcome.sms,
-            conversations=outcome.conversations,
-            done_group=done_group,
-        )
+        async with self.hold(msisdn):
+            outcome = None
+            if self.keywords is not None:
+                outcome = await self.keywords(msisdn, dest, text, now)
+            if outcome is None:
+                outcome = await self.reply_outcome(msisdn, dest, text, now)
+            fresh = await self.store.commit_mo(
+                dedup_key,
+                now,
+                self.cfg.inbound.dedup_window_s,
+                mails=outcome.mails,
+                sms=outcome.sms,
+                conversations=outcome.conversations,
+                done_group=done_group,
+                optout=outcome.optout,
+            )
         if not fresh:
             self.counters.mo_duplicates += 1
             log.info("mo redelivery from=%s acknowledged again", addressing.mask_msisdn(msisdn))
@@ -313,7 +325,10 @@ class Inbound:
             body=text,
         )
 
-    async def _reply(self, msisdn: str, dest: str, text: str, now: float) -> MoOutcome:
+    async def reply_outcome(
+        self, msisdn: str, dest: str, text: str, now: float, *, tag: str | None = None
+    ) -> MoOutcome:
+        """A patron's message as an email to the library that texted them (or the fallback)."""
         cfg = self.cfg
         tenant, last = await self.route_tenant(msisdn, dest, now)
         when = datetime.fromtimestamp(now, UTC)
@@ -331,6 +346,7 @@ class Inbound:
                     original_subject=None,
                     tenant_name="(no library matched)",
                     now=when,
+                    tag=tag,
                 )
                 return MoOutcome(
                     mails=[Outgoing("reply", mail.mail_from, mail.rcpt_to, mail.message)]
@@ -356,6 +372,7 @@ class Inbound:
             tenant_name=tenant.name,
             now=when,
             original_sent_at=datetime.fromtimestamp(last.created_at, UTC) if last else None,
+            tag=tag,
         )
         return MoOutcome(
             mails=[Outgoing("reply", mail.mail_from, mail.rcpt_to, mail.message)],

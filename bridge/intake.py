@@ -16,7 +16,8 @@ from bridge import addressing
 from bridge.config import Config, TenantConfig
 from bridge.emailparse import NoTextError, ParsedNotice, TextOptions, parse_notice
 from bridge.model import EnqueueResult, NewSms
-from bridge.store import Store, StoreError
+from bridge.policy import cost_lint, duplicate_key
+from bridge.store import CostLintRow, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,25 @@ class Intake:
             raise Rejected(553, "5.1.3", exc.reason) from None
         return Recipient(address=address, msisdn=msisdn)
 
+    async def check_optout(self, tenant: TenantConfig, rcpt: Recipient) -> None:
+        """RCPT-time refusal for a patron who texted STOP to this library's sending number."""
+        if tenant.optout_mode != "refuse":
+            return  # accepted; the dispatcher fails it and the library gets a bounce
+        scope = self.cfg.source_addr_for(tenant)
+        try:
+            rec = await self.store.optout_status(rcpt.msisdn, scope)
+        except StoreError:
+            raise Rejected(451, "4.3.0", "Temporary storage failure; try again later") from None
+        if rec is not None and rec.opted_out:
+            day = time.strftime("%Y-%m-%d", time.gmtime(rec.changed_at))
+            how = f" (replied {rec.keyword})" if rec.keyword else ""
+            raise Rejected(
+                550,
+                "5.7.1",
+                f"{addressing.format_msisdn(rcpt.msisdn)} opted out of text messages from "
+                f"this library on {day}{how}; update the patron's notice preference in the ILS",
+            )
+
     async def check_backlog(self) -> None:
         """Defer new mail when the queue is over `smtp.max_backlog` (cached for one second)."""
         now = time.monotonic()
@@ -164,6 +184,39 @@ class Intake:
         except NoTextError as exc:
             raise Rejected(550, "5.6.0", exc.reason) from None
 
+    async def _check_thread(
+        self, tenant: TenantConfig, notice: ParsedNotice, recipients: Sequence[Recipient]
+    ) -> str:
+        """A reply to a patron-reply email the bridge sent is a staff answer ("reply").
+
+        Only the library that owns the conversation may answer it, and an auto-responder's
+        reply (RFC 3834 Auto-Submitted) is never texted to a patron: that is how an
+        out-of-office message would otherwise loop between the bridge and a staff inbox.
+        """
+        refs = [r for r in (notice.in_reply_to, *notice.references) if r]
+        if not refs:
+            return "notice"
+        try:
+            owner = await self.store.conversation_for(refs)
+        except StoreError:
+            raise Rejected(451, "4.3.0", "Temporary storage failure; try again later") from None
+        if owner is None:
+            return "notice"
+        if notice.auto_submitted and notice.auto_submitted.strip().lower() != "no":
+            raise Rejected(
+                550, "5.7.1", "Automatic replies are not texted to patrons (Auto-Submitted)"
+            )
+        owner_tenant, owner_msisdn = owner
+        if owner_tenant != tenant.id:
+            raise Rejected(
+                550,
+                "5.7.1",
+                "This conversation belongs to another library; only it may answer the patron",
+            )
+        if any(r.msisdn != owner_msisdn for r in recipients):
+            log.info("staff reply addressed to a number other than the conversation's")
+        return "reply"
+
     async def accept(
         self,
         tenant: TenantConfig,
@@ -177,6 +230,12 @@ class Intake:
         notice = self.parse(tenant, raw)
         now = self.clock()
         source = self.cfg.source_addr_for(tenant)
+        kind = await self._check_thread(tenant, notice, recipients)
+        urgent = tenant.urgent_header is not None and notice.headers.get(
+            tenant.urgent_header.lower(), "no"
+        ).strip().lower() not in ("", "no", "0", "false")
+        lint = cost_lint(notice.text)
+        template = _template(notice)
         seen: set[str] = set()
         items = []
         for rcpt in recipients:
@@ -194,9 +253,33 @@ class Intake:
                     subject=notice.subject,
                     body=notice.text,
                     in_reply_to=notice.in_reply_to,
+                    kind=kind,
+                    dup_key=duplicate_key(tenant.id, rcpt.msisdn, notice.text)
+                    if kind == "notice"
+                    else None,
+                    urgent=urgent,
                 )
             )
-        results = await self.store.enqueue_sms(items, now, self.cfg.smtp.dedup_window_s)
+        lint_rows = []
+        if lint.coding == "ucs2" or lint.segments > 1:
+            lint_rows = [
+                CostLintRow(
+                    i,
+                    lint.coding,
+                    lint.segments,
+                    lint.gsm_segments,
+                    "".join(lint.culprits),
+                    template,
+                )
+                for i in range(len(items))
+            ]
+        results = await self.store.enqueue_sms(
+            items,
+            now,
+            self.cfg.smtp.dedup_window_s,
+            tenant.duplicate_window_s,
+            lint_rows,
+        )
         self._backlog += sum(1 for r in results if not r.duplicate)
         if self.notify is not None:
             self.notify()
@@ -212,3 +295,9 @@ class Intake:
                 " duplicate=yes" if res.duplicate else "",
             )
         return results
+
+
+def _template(notice: ParsedNotice) -> str:
+    """Which ILS template a notice came from, for the cost report: subject and first words."""
+    words = " ".join(notice.text.split()[:6])
+    return f"{notice.subject[:60]} | {words}"[:120]

@@ -45,6 +45,9 @@ class NewSms:
     subject: str
     body: str
     in_reply_to: str | None = None  # email the staff member answered (reply threads)
+    kind: str = "notice"  # "notice", "reply" (staff answer), "confirmation" (keyword answers)
+    dup_key: str | None = None  # bridge.policy.duplicate_key of tenant, number and text
+    urgent: bool = False  # the tenant's urgent header: sent even in quiet hours
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,18 @@ class SmsRecord:
     next_attempt_at: float
     segments: int | None
     coding: str | None
+    kind: str = "notice"
+    urgent: bool = False
+
+
+@dataclass(frozen=True)
+class OptoutRecord:
+    msisdn: str
+    scope: str  # the sending number (the "program") the opt-out applies to
+    opted_out: bool
+    keyword: str | None
+    changed_at: float
+    actor: str  # "patron" (keyword) or "admin:<who>"
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,7 @@ class SmtpHandler:
             return ERR_452_RCPTS
         try:
             rcpt = self.intake.recipient(tenant, address)
+            await self.intake.check_optout(tenant, rcpt)
         except Rejected as exc:
             log.info("smtp rcpt refused tenant=%s reply=%s", tenant.id, exc.reply[:40])
             return exc.reply

@@ -41,6 +41,8 @@ BASE: dict[str, Any] = {
             "networks": ["127.0.0.0/8"],
             "reply_to": "circulation@riverside.example.org",
             "region": "US",
+            # tests run at any hour; quiet hours have their own tests with a fake clock
+            "quiet_hours": None,
         }
     ],
 }

@@ -39,3 +39,15 @@ class SegmentRef:
     msisdn: str
     tenant_id: str
     state: SmsState
+
+
+@dataclass(frozen=True)
+class CostLintRow:
+    """A notice that costs more than one GSM-7 segment, and what made it so."""
+
+    item_index: int  # which of the enqueued items it describes
+    coding: str
+    segments: int
+    gsm_segments: int | None  # with accents and punctuation folded, when that helps
+    culprits: str  # the characters that forced UCS-2
+    template: str  # subject and first words: which ILS template to fix

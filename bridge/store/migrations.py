@@ -87,4 +87,41 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL
     )
     """,
+    # 3: compliance: opt-outs with an audit trail, duplicate keys, urgent flag, cost lint
+    """
+    ALTER TABLE sms ADD COLUMN kind TEXT NOT NULL DEFAULT 'notice';
+    ALTER TABLE sms ADD COLUMN dup_key TEXT;
+    ALTER TABLE sms ADD COLUMN urgent INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX sms_dup_key ON sms (dup_key, created_at);
+    CREATE INDEX sms_sent_to ON sms (msisdn, tenant_id, submitted_at);
+    CREATE TABLE optout (
+        msisdn TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        opted_out INTEGER NOT NULL,
+        keyword TEXT,
+        changed_at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        PRIMARY KEY (msisdn, scope)
+    );
+    CREATE TABLE optout_audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        msisdn TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        opted_out INTEGER NOT NULL,
+        keyword TEXT,
+        changed_at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        mo_ref TEXT
+    );
+    CREATE TABLE cost_lint (
+        queue_id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        coding TEXT NOT NULL,
+        segments INTEGER NOT NULL,
+        gsm_segments INTEGER,
+        culprits TEXT NOT NULL,
+        template TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
 )

@@ -26,11 +26,12 @@ from bridge.model import (
     EnqueueResult,
     MailRecord,
     NewSms,
+    OptoutRecord,
     SmsRecord,
     SmsState,
     new_queue_id,
 )
-from bridge.store.base import Outgoing, SegmentRef, SmsFilter, StoreError
+from bridge.store.base import CostLintRow, Outgoing, SegmentRef, SmsFilter, StoreError
 from bridge.store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
 
 _SMS_COLUMNS = (
     "queue_id, tenant_id, msisdn, rcpt_addr, source_addr, envelope_from, message_id, subject,"
-    " body, state, attempts, reason, created_at, updated_at, next_attempt_at, segments, coding"
+    " body, state, attempts, reason, created_at, updated_at, next_attempt_at, segments, coding,"
+    " kind, urgent"
 )
 
 
@@ -84,6 +86,8 @@ def _sms(row: sqlite3.Row | tuple[Any, ...]) -> SmsRecord:
         next_attempt_at=row[14],
         segments=row[15],
         coding=row[16],
+        kind=row[17],
+        urgent=bool(row[18]),
     )
 
 
@@ -211,13 +215,32 @@ class SqliteStore:
     # --- outbound SMS queue --------------------------------------------------------------------
 
     async def enqueue_sms(
-        self, items: Sequence[NewSms], now: float, dedup_window_s: float
+        self,
+        items: Sequence[NewSms],
+        now: float,
+        dedup_window_s: float,
+        dup_window_s: float = 0.0,
+        lint: Sequence[CostLintRow] = (),
     ) -> list[EnqueueResult]:
-        """Commit every recipient of one email at once; duplicates within the window are skipped."""
+        """Commit every recipient of one email at once.
+
+        Skipped as duplicates: the same Message-ID to the same number within dedup_window_s (a
+        client retrying after a lost 250), and the same words from the same library to the
+        same number within dup_window_s (an ILS regenerating a notice). `lint` rows (cost
+        lint, indexed like items) are recorded with the messages they describe.
+        """
 
         def fn(conn: sqlite3.Connection) -> list[EnqueueResult]:
             out = []
             for item in items:
+                if item.dup_key and dup_window_s > 0:
+                    row = conn.execute(
+                        "SELECT queue_id FROM sms WHERE dup_key=? AND created_at>=? LIMIT 1",
+                        (item.dup_key, now - dup_window_s),
+                    ).fetchone()
+                    if row is not None:
+                        out.append(EnqueueResult(row[0], duplicate=True))
+                        continue
                 if item.message_id and dedup_window_s > 0:
                     row = conn.execute(
                         "SELECT queue_id FROM sms WHERE message_id=? AND msisdn=? AND tenant_id=?"
@@ -228,6 +251,23 @@ class SqliteStore:
                         out.append(EnqueueResult(row[0], duplicate=True))
                         continue
                 qid = _insert_sms(conn, item, now)
+                for row in lint:
+                    if row.item_index == len(out):
+                        conn.execute(
+                            "INSERT INTO cost_lint (queue_id, tenant_id, coding, segments,"
+                            " gsm_segments, culprits, template, created_at)"
+                            " VALUES (?,?,?,?,?,?,?,?)",
+                            (
+                                qid,
+                                item.tenant_id,
+                                row.coding,
+                                row.segments,
+                                row.gsm_segments,
+                                row.culprits,
+                                row.template,
+                                now,
+                            ),
+                        )
                 out.append(EnqueueResult(qid, duplicate=False))
             return out
 
@@ -551,6 +591,7 @@ class SqliteStore:
         sms: Sequence[NewSms] = (),
         conversations: Sequence[tuple[str, str, str, str]] = (),
         done_group: str | None = None,
+        optout: OptoutRecord | None = None,
     ) -> bool:
         """Commit everything one MO causes, atomically: its dedup mark, the emails it produces,
         any SMS answer, reply-thread records (message id, tenant, msisdn, source) and the
@@ -576,6 +617,8 @@ class SqliteStore:
             )
             if done_group is not None:
                 conn.execute("DELETE FROM mo_part WHERE group_key=?", (done_group,))
+            if optout is not None:
+                _write_optout(conn, optout, dedup_key)
             return True
 
         return await self._call(fn)
@@ -606,6 +649,71 @@ class SqliteStore:
             return None if row is None else (row[0], row[1])
 
         return await self._call(fn) if message_ids else None
+
+    # --- compliance ----------------------------------------------------------------------------
+
+    async def optout_status(self, msisdn: str, scope: str) -> OptoutRecord | None:
+        """The number's current opt-out for a sending number, or None if it never changed."""
+
+        def fn(conn: sqlite3.Connection) -> OptoutRecord | None:
+            row = conn.execute(
+                "SELECT msisdn, scope, opted_out, keyword, changed_at, actor FROM optout"
+                " WHERE msisdn=? AND scope=?",
+                (msisdn, scope),
+            ).fetchone()
+            return None if row is None else _optout(row)
+
+        return await self._call(fn)
+
+    async def set_optout(self, record: OptoutRecord, mo_ref: str | None = None) -> None:
+        await self._call(lambda conn: _write_optout(conn, record, mo_ref))
+
+    async def list_optouts(self, scope: str | None = None) -> list[OptoutRecord]:
+        def fn(conn: sqlite3.Connection) -> list[OptoutRecord]:
+            sql = "SELECT msisdn, scope, opted_out, keyword, changed_at, actor FROM optout"
+            sql += " WHERE opted_out=1" + (" AND scope=?" if scope else "")
+            rows = conn.execute(sql + " ORDER BY changed_at", (scope,) if scope else ())
+            return [_optout(r) for r in rows.fetchall()]
+
+        return await self._call(fn)
+
+    async def optout_history(self, msisdn: str) -> list[tuple[OptoutRecord, str | None]]:
+        def fn(conn: sqlite3.Connection) -> list[tuple[OptoutRecord, str | None]]:
+            rows = conn.execute(
+                "SELECT msisdn, scope, opted_out, keyword, changed_at, actor, mo_ref"
+                " FROM optout_audit WHERE msisdn=? ORDER BY id",
+                (msisdn,),
+            ).fetchall()
+            return [(_optout(r[:6]), r[6]) for r in rows]
+
+        return await self._call(fn)
+
+    async def sent_times(self, msisdn: str, tenant_id: str, since: float) -> list[float]:
+        """When this library's texts to this number were submitted (frequency caps)."""
+
+        def fn(conn: sqlite3.Connection) -> list[float]:
+            rows = conn.execute(
+                "SELECT submitted_at FROM sms WHERE msisdn=? AND tenant_id=? AND kind='notice'"
+                " AND submitted_at IS NOT NULL AND submitted_at>=?",
+                (msisdn, tenant_id, since),
+            )
+            return [float(r[0]) for r in rows.fetchall()]
+
+        return await self._call(fn)
+
+    async def cost_report(self, since: float) -> list[tuple[str, str, int, int, int, str]]:
+        """(tenant, template, texts, UCS-2 texts, segments, culprits) since a time."""
+
+        def fn(conn: sqlite3.Connection) -> list[tuple[str, str, int, int, int, str]]:
+            rows = conn.execute(
+                "SELECT tenant_id, template, count(*), sum(coding='ucs2'), sum(segments),"
+                " group_concat(DISTINCT culprits) FROM cost_lint WHERE created_at>=?"
+                " GROUP BY tenant_id, template ORDER BY sum(segments) DESC",
+                (since,),
+            )
+            return [(r[0], r[1], r[2], r[3], r[4], r[5] or "") for r in rows.fetchall()]
+
+        return await self._call(fn)
 
     # --- outbound mail -------------------------------------------------------------------------
 
@@ -700,8 +808,8 @@ def _insert_sms(conn: sqlite3.Connection, item: NewSms, now: float) -> str:
     conn.execute(
         "INSERT INTO sms (queue_id, tenant_id, msisdn, rcpt_addr, source_addr,"
         " envelope_from, message_id, subject, body, in_reply_to, state, attempts,"
-        " created_at, updated_at, next_attempt_at)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,'queued',0,?,?,?)",
+        " created_at, updated_at, next_attempt_at, kind, dup_key, urgent)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,'queued',0,?,?,?,?,?,?)",
         (
             qid,
             item.tenant_id,
@@ -716,9 +824,31 @@ def _insert_sms(conn: sqlite3.Connection, item: NewSms, now: float) -> str:
             now,
             now,
             now,
+            item.kind,
+            item.dup_key,
+            int(item.urgent),
         ),
     )
     return qid
+
+
+def _optout(row: sqlite3.Row | tuple[Any, ...]) -> OptoutRecord:
+    return OptoutRecord(row[0], row[1], bool(row[2]), row[3], float(row[4]), row[5])
+
+
+def _write_optout(conn: sqlite3.Connection, rec: OptoutRecord, mo_ref: str | None) -> None:
+    conn.execute(
+        "INSERT INTO optout (msisdn, scope, opted_out, keyword, changed_at, actor)"
+        " VALUES (?,?,?,?,?,?) ON CONFLICT (msisdn, scope) DO UPDATE SET"
+        " opted_out=excluded.opted_out, keyword=excluded.keyword,"
+        " changed_at=excluded.changed_at, actor=excluded.actor",
+        (rec.msisdn, rec.scope, int(rec.opted_out), rec.keyword, rec.changed_at, rec.actor),
+    )
+    conn.execute(
+        "INSERT INTO optout_audit (msisdn, scope, opted_out, keyword, changed_at, actor, mo_ref)"
+        " VALUES (?,?,?,?,?,?,?)",
+        (rec.msisdn, rec.scope, int(rec.opted_out), rec.keyword, rec.changed_at, rec.actor, mo_ref),
+    )
 
 
 def _insert_mail(conn: sqlite3.Connection, mail: Outgoing, now: float) -> int:

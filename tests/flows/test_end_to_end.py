@@ -94,6 +94,7 @@ def _tenant() -> dict[str, object]:
         "networks": ["127.0.0.0/8"],
         "reply_to": "circulation@riverside.example.org",
         "region": "US",
+        "quiet_hours": None,
     }
 
 
@@ -250,6 +251,7 @@ async def test_reply_routes_to_the_library_that_texted_last(env_factory: StartEn
         "senders": ["*@ashland.example.org"],
         "networks": ["127.0.0.0/8"],
         "reply_to": "desk@ashland.example.org",
+        "quiet_hours": None,
     }
     e = await env_factory({"tenants": [_tenant(), other]})
     await send(e.smtp_port, FROM, [TO], notice())

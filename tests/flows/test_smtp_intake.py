@@ -184,8 +184,15 @@ async def test_store_failure_answers_451_never_500(start: Start) -> None:
     ok = await send(srv.port, FROM, [TO], notice())  # also caches the backlog count
     assert ok.data is not None and ok.data[0] == 250
     await srv.store.run(lambda conn: conn.execute("PRAGMA query_only=ON"))
-    # the commit of the DATA fails: 451, and nothing is half-accepted
+    # the store can no longer commit (the opt-out lookup at RCPT is the first to notice):
+    # 451, and nothing is half-accepted
     conv = await send(srv.port, FROM, [TO], notice(Message_ID="<n2@x>"))
+    assert conv.rcpts == [(451, "4.3.0 Temporary storage failure; try again later")]
+    # with opt-outs accepted-and-bounced there is no RCPT lookup: the DATA commit fails
+    srv.intake.cfg = srv.intake.cfg.model_copy(
+        update={"tenants": (srv.cfg.tenants[0].model_copy(update={"optout_mode": "bounce"}),)}
+    )
+    conv = await send(srv.port, FROM, [TO], notice(Message_ID="<n3@x>"))
     assert conv.data is not None
     assert conv.data[0] == 451 and conv.data[1].startswith("4.3.0")
     # once the backlog cache expires, the read at MAIL fails too: 451 there

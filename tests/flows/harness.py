@@ -60,7 +60,10 @@ async def env_factory(tmp_path: Path) -> AsyncIterator[StartEnv]:
     envs: list[Env] = []
 
     async def start(
-        over: dict[str, Any] | None = None, *, sim_kwargs: dict[str, Any] | None = None
+        over: dict[str, Any] | None = None,
+        *,
+        sim_kwargs: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> Env:
         sim = SmscSimulator(**(sim_kwargs or {}))
         await sim.start()
@@ -75,7 +78,7 @@ async def env_factory(tmp_path: Path) -> AsyncIterator[StartEnv]:
         )
         data = merge(data, over or {})
         cfg = load_config_text(yaml.safe_dump(data), tmp_path)
-        bridge = Bridge(cfg)
+        bridge = Bridge(cfg, clock=clock)
         await bridge.start()
         assert bridge.session is not None
         await bridge.session.wait_bound(timeout=5)

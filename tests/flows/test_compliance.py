@@ -1,0 +1,211 @@
+"""STOP/START/HELP, opt-out enforcement, quiet hours, caps and duplicates, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bridge import policy
+from bridge.model import OptoutRecord, SmsState
+from tests.flows.harness import Env, StartEnv
+from tests.smtp_client import notice, send
+
+FROM = "ils@riverside.example.org"
+TO = "2025550143@sms.example.org"
+PATRON = "+12025550143"
+NUMBER = "12025550100"
+PROGRAM = "Library text notices"
+
+
+def tenant(**over: Any) -> dict[str, Any]:
+    return {
+        "id": "riverside",
+        "name": "Riverside Public Library",
+        "senders": ["*@riverside.example.org"],
+        "networks": ["127.0.0.0/8"],
+        "reply_to": "circulation@riverside.example.org",
+        "quiet_hours": None,
+        **over,
+    }
+
+
+ASHLAND = {
+    "id": "ashland",
+    "name": "Ashland Library",
+    "senders": ["*@ashland.example.org"],
+    "networks": ["127.0.0.0/8"],
+    "reply_to": "desk@ashland.example.org",
+    "quiet_hours": None,
+}
+
+
+async def test_stop_blocks_every_library_on_the_number_and_start_restores(
+    env_factory: StartEnv,
+) -> None:
+    e = await env_factory({"tenants": [tenant(), ASHLAND]})
+    await send(e.smtp_port, FROM, [TO], notice())
+    await e.sim.wait_for_messages(1, timeout=5)
+
+    assert await e.sim.inject_mo(PATRON, NUMBER, "Stop.") == [0]
+    msgs = await e.sim.wait_for_messages(2, timeout=5)
+    assert msgs[1].text == policy.optout_confirmation(PROGRAM)
+    mails = await e.sink.wait_for(2, timeout=10)  # both libraries on that number are told
+    assert sorted(m.rcpt_tos[0] for m in mails) == [
+        "circulation@riverside.example.org",
+        "desk@ashland.example.org",
+    ]
+    told = mails[0].message()
+    assert told["Subject"] == "Patron +1 202-555-0143 opted out of text notices"
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert f"opted out of text notices on {day} by replying STOP" in told.get_content()
+
+    for sender in (FROM, "ils@ashland.example.org"):
+        conv = await send(e.smtp_port, sender, [TO], notice(Message_ID=f"<after-{sender}>"))
+        ((code, msg),) = conv.rcpts
+        assert code == 550 and msg.startswith("5.7.1 +1 202-555-0143 opted out")
+        assert day in msg and "STOP" in msg
+
+    # a second STOP is not confirmed again
+    assert await e.sim.inject_mo(PATRON, NUMBER, "STOP") == [0]
+    assert await e.sim.inject_mo(PATRON, NUMBER, "start") == [0]
+    msgs = await e.sim.wait_for_messages(3, timeout=5)
+    assert msgs[2].text == policy.optin_confirmation(PROGRAM)
+    conv = await send(e.smtp_port, FROM, [TO], notice("Back again", Message_ID="<back@x>"))
+    assert conv.data is not None and conv.data[0] == 250
+    msgs = await e.sim.wait_for_messages(4, timeout=5)
+    assert msgs[3].text == "Back again"
+    history = await e.bridge.store.optout_history(PATRON)
+    assert [(r.opted_out, r.keyword, r.actor) for r, _ in history] == [
+        (True, "STOP", "patron"),
+        (False, "START", "patron"),
+    ]
+    assert all(ref for _, ref in history)  # each change names the message it came in
+
+
+async def test_notice_queued_before_the_opt_out_is_not_sent(env: Env) -> None:
+    await env.sim.stop()
+    conv = await send(env.smtp_port, FROM, [TO], notice(Subject="Hold ready"))
+    (qid,) = conv.queue_ids
+    await env.bridge.store.set_optout(
+        OptoutRecord(PATRON, NUMBER, True, None, time.time(), "admin:test")
+    )
+    await env.restart_sim()
+    rec = await env.wait_state(qid, SmsState.FAILED)
+    assert rec.reason is not None and rec.reason.startswith("the patron opted out")
+    (dsn,) = await env.sink.wait_for(1, timeout=10)
+    assert dsn.message().get_content_type() == "multipart/report"
+    await asyncio.sleep(0.3)
+    assert env.sim.messages == []
+
+
+async def test_optout_mode_bounce_accepts_and_bounces(env_factory: StartEnv) -> None:
+    e = await env_factory({"tenants": [tenant(optout_mode="bounce")]})
+    await e.bridge.store.set_optout(OptoutRecord(PATRON, NUMBER, True, "STOP", 1.0, "patron"))
+    conv = await send(e.smtp_port, FROM, [TO], notice())
+    rec = await e.wait_state(conv.queue_ids[0], SmsState.FAILED)
+    assert "opted out" in (rec.reason or "")
+    (dsn,) = await e.sink.wait_for(1, timeout=10)
+    human = dsn.message().get_payload()[0].get_content()
+    assert "opted out" in human
+
+
+async def test_help_answers_even_without_a_conversation(env: Env) -> None:
+    assert await env.sim.inject_mo(PATRON, NUMBER, " help ") == [0]
+    (msg,) = await env.sim.wait_for_messages(1, timeout=5)
+    assert msg.text == policy.help_text(PROGRAM, "contact your library")
+    assert "Msg&data rates may apply" in msg.text and msg.segments == 1
+
+
+async def test_custom_keyword_is_forwarded_tagged(env_factory: StartEnv) -> None:
+    e = await env_factory({"tenants": [tenant(keywords=["RENEW"])]})
+    await send(e.smtp_port, FROM, [TO], notice())
+    await e.sim.wait_for_messages(1, timeout=5)
+    await e.sim.inject_mo(PATRON, NUMBER, "renew!")
+    (mail,) = await e.sink.wait_for(1, timeout=10)
+    assert mail.message()["Subject"].startswith("[RENEW]")
+
+
+async def test_regenerated_notice_is_sent_once(env: Env) -> None:
+    a = await send(env.smtp_port, FROM, [TO], notice("Your hold is ready", Message_ID="<a@x>"))
+    b = await send(env.smtp_port, FROM, [TO], notice("Your  hold is ready", Message_ID="<b@x>"))
+    assert a.queue_ids == b.queue_ids
+    await env.sim.wait_for_messages(1, timeout=5)
+    await asyncio.sleep(0.3)
+    assert len(env.sim.messages) == 1
+
+
+class FakeClock:
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+NY = ZoneInfo("America/New_York")
+
+
+async def test_notice_at_2330_goes_out_at_0900(env_factory: StartEnv) -> None:
+    clock = FakeClock(datetime(2026, 11, 23, 23, 30, tzinfo=NY).timestamp())
+    e = await env_factory(
+        {"tenants": [tenant(quiet_hours={"timezone": "America/New_York"})]}, clock=clock
+    )
+    conv = await send(e.smtp_port, FROM, [TO], notice())
+    (qid,) = conv.queue_ids
+    await asyncio.sleep(0.5)
+    rec = await e.bridge.store.get_sms(qid)
+    assert rec is not None and rec.state is SmsState.QUEUED
+    opens = datetime(2026, 11, 24, 9, 0, tzinfo=NY).timestamp()
+    assert rec.next_attempt_at == opens and rec.reason is not None
+    assert rec.reason.startswith("quiet hours until 2026-11-24 14:00 UTC")
+    assert e.sim.messages == []
+    clock.now = opens - 1
+    assert e.bridge.dispatcher is not None
+    e.bridge.dispatcher.wake()
+    await asyncio.sleep(0.3)
+    assert e.sim.messages == []
+    clock.now = opens
+    e.bridge.dispatcher.wake()
+    (msg,) = await e.sim.wait_for_messages(1, timeout=5)
+    assert msg.destination == PATRON
+
+
+async def test_urgent_header_passes_quiet_hours(env_factory: StartEnv) -> None:
+    clock = FakeClock(datetime(2026, 11, 23, 23, 30, tzinfo=NY).timestamp())
+    e = await env_factory(
+        {"tenants": [tenant(quiet_hours={}, urgent_header="X-Library-Urgent")]}, clock=clock
+    )
+    await send(e.smtp_port, FROM, [TO], notice("Closed today: flood", X_Library_Urgent="yes"))
+    (msg,) = await e.sim.wait_for_messages(1, timeout=5)
+    assert msg.text == "Closed today: flood"
+
+
+async def test_frequency_cap_refuses_with_reason(env_factory: StartEnv) -> None:
+    e = await env_factory(
+        {"tenants": [tenant(frequency_cap={"max_messages": 2, "per_s": 86400, "mode": "refuse"})]}
+    )
+    ids = []
+    for i in range(3):
+        conv = await send(e.smtp_port, FROM, [TO], notice(f"Notice {i}", Message_ID=f"<c{i}@x>"))
+        ids.append(conv.queue_ids[0])
+        if i < 2:
+            await e.wait_state(ids[-1], SmsState.SUBMITTED, SmsState.DELIVERED)
+    rec = await e.wait_state(ids[2], SmsState.FAILED)
+    assert rec.reason == "frequency cap reached (at most 2 texts per 24 h)"
+    assert [m.text for m in e.sim.messages] == ["Notice 0", "Notice 1"]
+
+
+async def test_cost_lint_records_ucs2_templates(env: Env) -> None:
+    text = "Biblioteca: su reserva “Cien años” está lista – recójala pronto."
+    conv = await send(env.smtp_port, FROM, [TO], notice(text, Subject="Reserva lista"))
+    (qid,) = conv.queue_ids
+    await env.sim.wait_for_messages(1, timeout=5)
+    report = await env.bridge.store.cost_report(since=0)
+    ((tid, template, texts, ucs2, segments, culprits),) = report
+    assert (tid, texts) == ("riverside", 1) and template.startswith("Reserva lista | ")
+    # curly quotes and the dash were mapped to GSM; á and ó are what cost UCS-2
+    assert ucs2 == 1 and culprits == "áó" and segments == 1
+    assert qid

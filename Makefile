@@ -5,7 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config.example.yaml
 
-.PHONY: run test lint typecheck pytest bench clean venv
+.PHONY: run test lint typecheck pytest bench clean venv sysdeps
+
+# Debian packages the flow tests run against (a real IMAP server). Installed when missing and
+# we are root (CI, containers); otherwise those tests skip and say how to install them.
+DEBS := dovecot-imapd
 
 venv: $(STAMP)
 
@@ -26,7 +30,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+sysdeps:
+	@command -v /usr/sbin/dovecot >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS); \
+	  else \
+	    echo "note: $(DEBS) is not installed; IMAP flow tests will skip (apt-get install $(DEBS))"; \
+	  fi; }
+
+pytest: $(STAMP) sysdeps
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

@@ -292,6 +292,44 @@ class ComplianceConfig(_Model):
         )
 
 
+class ImapConfig(_Model):
+    """A mailbox the bridge pulls notices from (for an ILS that can only mail a mailbox)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")  # in logs and the stored UID state
+    host: str
+    port: int | None = Field(default=None, ge=1, le=65535)  # default 993 (tls) or 143
+    security: Literal["tls", "starttls", "none"] = "tls"
+    tls_verify: bool = True
+    user: str
+    password: str
+    mailbox: str = "INBOX"
+    # The library these notices belong to; without it, a notice's From must match one
+    # tenant's senders.
+    tenant: str | None = None
+    # After a notice is committed: mark it \Seen, move it to move_to, or delete it.
+    after: Literal["seen", "move", "delete"] = "seen"
+    move_to: str | None = None
+    # Notices that cannot be sent (bad number, opted out, no text) go here, with a bounce to
+    # their sender, so they are never retried forever.
+    error_folder: str = defaults.IMAP_ERROR_FOLDER
+    poll_s: float = Field(default=defaults.IMAP_POLL_S, gt=0)
+    # RFC 2177 §3: servers may drop IDLE after 30 minutes; re-issue it before that.
+    idle_renew_s: float = Field(default=defaults.IMAP_IDLE_RENEW_S, gt=0, le=29 * 60)
+    timeout_s: float = Field(default=defaults.IMAP_TIMEOUT_S, gt=0)
+    reconnect_min_s: float = Field(default=defaults.IMAP_RECONNECT_MIN_S, gt=0)
+    reconnect_max_s: float = Field(default=defaults.IMAP_RECONNECT_MAX_S, gt=0)
+
+    @model_validator(mode="after")
+    def _after(self) -> ImapConfig:
+        if self.after == "move" and not self.move_to:
+            raise ValueError("after: move needs move_to (a folder name)")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.security == "tls" else 143)
+
+
 class LogConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -389,11 +427,18 @@ class Config(_Model):
     mail: MailConfig
     inbound: InboundConfig = InboundConfig()
     compliance: ComplianceConfig = ComplianceConfig()
+    imap: tuple[ImapConfig, ...] = ()
     log: LogConfig = LogConfig()
     tenants: tuple[TenantConfig, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _unique(self) -> Config:
+        ids = {t.id for t in self.tenants}
+        for box in self.imap:
+            if box.tenant is not None and box.tenant not in ids:
+                raise ValueError(f"imap {box.name!r}: tenant {box.tenant!r} is not a tenant id")
+        if len({b.name for b in self.imap}) != len(self.imap):
+            raise ValueError("imap names must be unique")
         seen: set[str] = set()
         users: set[str] = set()
         for t in self.tenants:

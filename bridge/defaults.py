@@ -93,6 +93,14 @@ HELP_KEYWORDS = ("HELP", "INFO")
 PROGRAM_NAME = "Library text notices"
 HELP_CONTACT = "contact your library"
 
+# --- IMAP intake --------------------------------------------------------------------------------
+IMAP_ERROR_FOLDER = "sms-bridge-errors"
+IMAP_POLL_S = 60.0
+IMAP_IDLE_RENEW_S = 25 * 60.0
+IMAP_TIMEOUT_S = 60.0
+IMAP_RECONNECT_MIN_S = 1.0
+IMAP_RECONNECT_MAX_S = 300.0
+
 # --- dispatcher ----------------------------------------------------------------------------------
 DISPATCH_BATCH = 50
 DISPATCH_IDLE_POLL_S = 0.5

@@ -124,4 +124,13 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL
     )
     """,
+    # 4: IMAP intake: per mailbox UIDVALIDITY and the highest UID committed
+    """
+    CREATE TABLE imap_state (
+        mailbox TEXT PRIMARY KEY,
+        uidvalidity INTEGER NOT NULL,
+        last_uid INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
 )

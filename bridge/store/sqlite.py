@@ -715,6 +715,33 @@ class SqliteStore:
 
         return await self._call(fn)
 
+    # --- IMAP intake ---------------------------------------------------------------------------
+
+    async def imap_state(self, mailbox: str) -> tuple[int, int] | None:
+        """(UIDVALIDITY, highest UID committed) for a mailbox (RFC 3501 §2.3.1.1)."""
+
+        def fn(conn: sqlite3.Connection) -> tuple[int, int] | None:
+            row = conn.execute(
+                "SELECT uidvalidity, last_uid FROM imap_state WHERE mailbox=?", (mailbox,)
+            ).fetchone()
+            return None if row is None else (int(row[0]), int(row[1]))
+
+        return await self._call(fn)
+
+    async def set_imap_state(
+        self, mailbox: str, uidvalidity: int, last_uid: int, now: float
+    ) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO imap_state (mailbox, uidvalidity, last_uid, updated_at)"
+                " VALUES (?,?,?,?) ON CONFLICT (mailbox) DO UPDATE SET"
+                " uidvalidity=excluded.uidvalidity, last_uid=excluded.last_uid,"
+                " updated_at=excluded.updated_at",
+                (mailbox, uidvalidity, last_uid, now),
+            )
+
+        await self._call(fn)
+
     # --- outbound mail -------------------------------------------------------------------------
 
     async def enqueue_mail(self, mail: Outgoing, now: float) -> int:

@@ -199,6 +199,95 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_optout(args: argparse.Namespace) -> int:
+    from bridge.addressing import AddressError, format_msisdn, local_part_to_e164
+    from bridge.model import OptoutRecord
+    from bridge.store import Store
+
+    cfg = _load(args.config)
+    scope = (args.scope or cfg.smpp.source_addr).lstrip("+")
+
+    async def go() -> int:
+        store = Store(cfg.store.path)
+        await store.open()
+        try:
+            if args.optout_cmd == "ls":
+                recs = await store.list_optouts(None if args.all_scopes else scope)
+                rows = [
+                    {
+                        "number": format_msisdn(r.msisdn),
+                        "scope": r.scope,
+                        "since": time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.changed_at)),
+                        "keyword": r.keyword or "",
+                        "by": r.actor,
+                    }
+                    for r in recs
+                ]
+                if args.json:
+                    print(json.dumps(rows, indent=2))
+                elif rows:
+                    print(_table(rows, list(rows[0])))
+                else:
+                    print("no opt-outs")
+                return EXIT_OK
+            try:
+                msisdn = local_part_to_e164(args.number, cfg.tenants[0].region)
+            except AddressError as exc:
+                print(f"{args.number}: {exc.reason}", file=sys.stderr)
+                return EXIT_PROBLEM
+            if args.optout_cmd == "history":
+                for rec, ref in await store.optout_history(msisdn):
+                    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(rec.changed_at))
+                    what = "opted out" if rec.opted_out else "opted in"
+                    via = f" by replying {rec.keyword}" if rec.keyword else ""
+                    print(f"{when}Z {rec.scope} {what}{via} ({rec.actor}; ref {ref or '-'})")
+                return EXIT_OK
+            actor = f"admin:{getpass.getuser()}"
+            record = OptoutRecord(msisdn, scope, args.optout_cmd == "add", None, time.time(), actor)
+            await store.set_optout(record, mo_ref=args.reason)
+            what = "opted out" if record.opted_out else "opted back in"
+            print(f"{format_msisdn(msisdn)} {what} for sending number {scope}")
+            return EXIT_OK
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bridge.store import Store
+
+    cfg = _load(args.config)
+
+    async def go() -> list[dict[str, object]]:
+        store = Store(cfg.store.path)
+        await store.open()
+        try:
+            rows = await store.cost_report(time.time() - args.days * 86400)
+        finally:
+            await store.close()
+        return [
+            {
+                "tenant": t,
+                "template": tpl,
+                "texts": n,
+                "ucs2": u,
+                "segments": seg,
+                "forced_by": culprits,
+            }
+            for t, tpl, n, u, seg, culprits in rows
+        ]
+
+    rows = asyncio.run(go())
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    elif rows:
+        print(_table(rows, list(rows[0])))
+    else:
+        print(f"no notice needed UCS-2 or more than one segment in the last {args.days} days")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sms-bridge", description="Email-to-SMS bridge")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -250,6 +339,33 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "show":
             q.add_argument("--full", action="store_true", help="show the full number")
     sp.set_defaults(fn=cmd_queue)
+
+    sp = sub.add_parser("optout", help="opt-out records")
+    with_config(sp)
+    osub = sp.add_subparsers(dest="optout_cmd", required=True)
+    o = osub.add_parser("ls", help="numbers that opted out")
+    o.add_argument("--scope", help="sending number (default smpp.source_addr)")
+    o.add_argument("--all-scopes", action="store_true")
+    o.add_argument("--json", action="store_true")
+    for name, text in (
+        ("add", "opt a number out (audited as an admin change)"),
+        ("rm", "opt a number back in (audited as an admin change)"),
+        ("history", "every change for a number"),
+    ):
+        o = osub.add_parser(name, help=text)
+        o.add_argument("number")
+        o.add_argument("--scope", help="sending number (default smpp.source_addr)")
+        if name != "history":
+            o.add_argument("--reason", help="recorded in the audit trail")
+    sp.set_defaults(fn=cmd_optout)
+
+    sp = sub.add_parser("report", help="reports for library managers")
+    with_config(sp)
+    rsub = sp.add_subparsers(dest="report_cmd", required=True)
+    r = rsub.add_parser("costs", help="templates that needed UCS-2 or several segments")
+    r.add_argument("--days", type=int, default=30)
+    r.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_report)
     return p
 
 

@@ -274,6 +274,16 @@ class ComplianceConfig(_Model):
     optin_text: str | None = None
     help_text: str | None = None
 
+    @field_validator("optout_keywords", "optin_keywords", "help_keywords", mode="before")
+    @classmethod
+    def _words(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            for word in value:
+                if isinstance(word, bool):
+                    # YAML 1.1 reads bare YES/NO/ON/OFF as booleans.
+                    raise ValueError('a keyword read as true/false: quote it, e.g. "YES"')
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> ComplianceConfig:
         from bridge.policy import validate_keywords
@@ -430,6 +440,18 @@ class Config(_Model):
     imap: tuple[ImapConfig, ...] = ()
     log: LogConfig = LogConfig()
     tenants: tuple[TenantConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        # A section whose keys are all commented out is YAML null: it means "all defaults".
+        if isinstance(data, dict):
+            for key in ("store", "inbound", "compliance", "log"):
+                if key in data and data[key] is None:
+                    data = {**data, key: {}}
+            if data.get("imap", ()) is None:
+                data = {**data, "imap": ()}
+        return data
 
     @model_validator(mode="after")
     def _unique(self) -> Config:

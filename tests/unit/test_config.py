@@ -115,8 +115,8 @@ def test_example_documents_the_defaults() -> None:
         if m:
             section = m.group(1)
             continue
-        m = re.match(r"^  # (\w+): (\S+)", line)
-        if not m or section not in ("smtp", "smpp", "mail", "store"):
+        m = re.match(r"^  # (\w+): (.+?)(?:\s{2,}#.*)?$", line)
+        if not m or section not in ("smtp", "smpp", "mail", "store", "inbound", "compliance"):
             continue
         key, raw = m.groups()
         model = getattr(cfg, section)
@@ -128,9 +128,11 @@ def test_example_documents_the_defaults() -> None:
         value = yaml.safe_load(raw)
         if key.endswith("_s") or key == "max_age":
             value = parse_duration(value)
+        if isinstance(value, list):
+            value = tuple(value)
         assert value == default, f"{section}.{key}: example says {raw}, code default {default}"
         checked += 1
-    assert checked >= 25
+    assert checked >= 35
 
 
 def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -152,3 +154,9 @@ def test_password_hash_roundtrip() -> None:
     assert v.verify(b"correct horse", hashed)  # cached path
     assert not v.verify(b"wrong", hashed)
     assert isinstance(load_config_text, object) and Config is not None
+
+
+def test_bare_yes_keyword_is_explained() -> None:
+    data = merge(BASE, {"compliance": {"optin_keywords": ["START", True]}})
+    (problem,) = _problems(yaml.safe_dump(data))
+    assert problem.startswith("compliance.optin_keywords") and 'quote it, e.g. "YES"' in problem

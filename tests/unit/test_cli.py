@@ -1,0 +1,103 @@
+"""The admin CLI against a real store file (no daemon needed: SQLite WAL allows a second reader)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bridge.cli import main
+from bridge.model import NewSms
+from bridge.passwords import Verifier
+from bridge.store import Store
+from tests.conftest import BASE
+
+
+@pytest.fixture
+def cfg_path(tmp_path: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    return path
+
+
+def enqueue(cfg_path: Path, n: int) -> list[str]:
+    async def go() -> list[str]:
+        store = Store(cfg_path.parent / "bridge.db")
+        await store.open()
+        items = [
+            NewSms(
+                "riverside",
+                f"+120255501{i:02d}",
+                f"20255501{i:02d}@sms.example.org",
+                "12025550100",
+                "ils@riverside.example.org",
+                f"<m{i}@x>",
+                "Hold",
+                "Your hold is ready",
+            )
+            for i in range(n)
+        ]
+        res = await store.enqueue_sms(items, now=1000.0, dedup_window_s=0)
+        await store.close()
+        return [r.queue_id for r in res]
+
+    return asyncio.run(go())
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def test_queue_commands(cfg_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = enqueue(cfg_path, 2)
+    code, out = run(capsys, "queue", "-c", str(cfg_path), "ls", "--json")
+    rows = json.loads(out)
+    assert code == 0 and {r["queue_id"] for r in rows} == {a, b}
+    assert all(r["to"].startswith("+1") and "*" in r["to"] for r in rows)  # masked
+    code, out = run(capsys, "queue", "-c", str(cfg_path), "drop", a)
+    assert code == 0 and "dropped" in out
+    code, out = run(capsys, "queue", "-c", str(cfg_path), "show", a)
+    shown = json.loads(out)
+    assert shown["state"] == "failed" and shown["reason"] == "dropped by admin"
+    assert shown["msisdn"] != "+12025550100"
+    code, out = run(capsys, "queue", "-c", str(cfg_path), "retry", a)
+    assert code == 0 and "queued again" in out
+    code, _ = run(capsys, "queue", "-c", str(cfg_path), "show", "nope")
+    assert code == 1
+    code, out = run(capsys, "status", "-c", str(cfg_path), "--json")
+    assert json.loads(out)["sms"] == {"queued": 2}
+
+
+def test_optout_commands(cfg_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(
+        capsys, "optout", "-c", str(cfg_path), "add", "202-555-0143", "--reason", "call"
+    )
+    assert code == 0 and out.strip() == "+1 202-555-0143 opted out for sending number 12025550100"
+    code, out = run(capsys, "optout", "-c", str(cfg_path), "ls", "--json")
+    (row,) = json.loads(out)
+    assert row["number"] == "+1 202-555-0143" and row["by"].startswith("admin:")
+    code, out = run(capsys, "optout", "-c", str(cfg_path), "rm", "2025550143")
+    code, out = run(capsys, "optout", "-c", str(cfg_path), "history", "2025550143")
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and "opted out" in lines[0] and "ref call" in lines[0]
+    assert "opted in" in lines[1]
+    code, _ = run(capsys, "optout", "-c", str(cfg_path), "add", "1800FLOWERS")
+    assert code == 1
+
+
+def test_report_costs_empty(cfg_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(capsys, "report", "-c", str(cfg_path), "costs")
+    assert code == 0 and out.startswith("no notice needed UCS-2")
+
+
+def test_hash_password_from_stdin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    code, out = run(capsys, "hash-password", "--password-stdin")
+    assert code == 0 and Verifier().verify(b"s3cret", out.strip())

@@ -131,6 +131,7 @@ class Bridge:
             bounces=lambda rec, failure, now: build_bounces(self.cfg, rec, failure, now),
             policy=self.compliance,
             hold=self.locks.hold,
+            on_submitted=self.inbound.submitted,
         )
         await self.dispatcher.start()
         stack.push_async_callback(self.dispatcher.stop, cfg.smpp.drain_timeout_s)

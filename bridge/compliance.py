@@ -130,22 +130,32 @@ class Compliance:
             return await self.inbound.reply_outcome(msisdn, dest, text, now, tag=match.keyword)
         opted_out = match.action == "optout"
         current = await self.store.optout_status(msisdn, dest)
+        salt = f"{match.action}@{current.changed_at if current else 0}"
         if current is not None and current.opted_out == opted_out:
             # Already in that state: one confirmation was enough; say nothing again.
-            return MoOutcome()
+            return MoOutcome(dedup_salt=salt)
         if current is None and not opted_out:
             # START from a number that never opted out: a welcome, no state to change.
-            body = comp.optin_text or policy.optin_confirmation(comp.program_name)
-            return MoOutcome(sms=[self._answer(owner, msisdn, dest, body)])
+            body = self.welcome_text()
+            return MoOutcome(sms=[self._answer(owner, msisdn, dest, body)], dedup_salt=salt)
         record = OptoutRecord(msisdn, dest, opted_out, match.keyword, now, "patron")
         if opted_out:
             body = comp.optout_text or policy.optout_confirmation(comp.program_name)
         else:
-            body = comp.optin_text or policy.optin_confirmation(comp.program_name)
+            body = self.welcome_text()
         return MoOutcome(
             sms=[self._answer(owner, msisdn, dest, body)],
             mails=self._notify_libraries(msisdn, dest, record),
             optout=record,
+            dedup_salt=salt,
+        )
+
+    def welcome_text(self) -> str:
+        comp = self.cfg.compliance
+        return (
+            comp.welcome_text
+            or comp.optin_text
+            or policy.optin_confirmation(comp.program_name, frequency=comp.frequency_text)
         )
 
     def _answer(self, tenant: TenantConfig, msisdn: str, dest: str, body: str) -> NewSms:

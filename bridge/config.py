@@ -231,6 +231,12 @@ class InboundConfig(_Model):
     # The SMSC redelivers a deliver_sm whose response it missed; the same MO within this
     # window is acknowledged without a second email.
     dedup_window_s: float = Field(default=defaults.INBOUND_DEDUP_WINDOW_S, ge=0)
+    # A receipt whose id matches no submitted segment exactly is held (its submit_sm_resp may
+    # not be committed yet). After this delay the hex/decimal forms of its id are tried too
+    # (carriers that give a hex id in submit_sm_resp and a decimal one in the receipt), and
+    # after receipt_hold_s it is dropped as unknown.
+    receipt_match_delay_s: float = Field(default=defaults.INBOUND_RECEIPT_MATCH_DELAY_S, ge=0)
+    receipt_hold_s: float = Field(default=defaults.INBOUND_RECEIPT_HOLD_S, gt=0)
     # Parts of a long MO still missing after this long are passed on as they are.
     reassembly_timeout_s: float = Field(default=defaults.INBOUND_REASSEMBLY_TIMEOUT_S, gt=0)
 
@@ -273,6 +279,12 @@ class ComplianceConfig(_Model):
     optout_text: str | None = None
     optin_text: str | None = None
     help_text: str | None = None
+    # Sent after START and, with welcome_on_first_contact, before a patron's first notice:
+    # program name, expected frequency, rates, HELP and STOP.
+    welcome_text: str | None = None
+    welcome_on_first_contact: bool = False
+    # For the welcome text, e.g. "up to 4 msgs/month".
+    frequency_text: str = Field(default=defaults.FREQUENCY_TEXT, max_length=40)
 
     @field_validator("optout_keywords", "optin_keywords", "help_keywords", mode="before")
     @classmethod
@@ -383,6 +395,16 @@ class TenantConfig(_Model):
     optout_mode: Literal["refuse", "bounce"] = "refuse"
     # Extra MO keywords forwarded to the library as tagged emails, e.g. [RENEW].
     keywords: tuple[str, ...] = ()
+    # Shaping (bridge/shaping.py): who is texting, and how to stop it.
+    # Put before a notice that does not already start with it, e.g. "Riverside Library: ".
+    prefix: str | None = None
+    # On the first text this library's sending number sends a patron (and the first after an
+    # opt-in); on every text with footer_every_time.
+    footer: str | None = defaults.FIRST_CONTACT_FOOTER
+    footer_every_time: bool = False
+    # When prefix or footer would cost one more segment: drop_footer, shorten (cut the
+    # notice, ending in "..."), or accept (pay the extra segment).
+    extra_segment: Literal["drop_footer", "shorten", "accept"] = "drop_footer"
     # What a patron who replies gets when this library takes no replies (no reply_to, or a
     # no-reply address): one SMS with this text.
     noreply_text: str | None = None

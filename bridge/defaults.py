@@ -65,6 +65,8 @@ INBOUND_UNKNOWN_REPLY_TEXT = (
 )
 INBOUND_DEDUP_WINDOW_S = 600.0
 INBOUND_REASSEMBLY_TIMEOUT_S = 300.0
+INBOUND_RECEIPT_MATCH_DELAY_S = 5.0
+INBOUND_RECEIPT_HOLD_S = 7 * 24 * 3600.0
 
 # --- tenants -------------------------------------------------------------------------------------
 TENANT_REGION = "US"
@@ -92,6 +94,9 @@ OPTIN_KEYWORDS = ("START", "UNSTOP", "YES", "SUBSCRIBE")
 HELP_KEYWORDS = ("HELP", "INFO")
 PROGRAM_NAME = "Library text notices"
 HELP_CONTACT = "contact your library"
+
+FIRST_CONTACT_FOOTER = "Reply STOP to opt out, HELP for help."
+FREQUENCY_TEXT = "Msg frequency varies"
 
 # --- IMAP intake --------------------------------------------------------------------------------
 IMAP_ERROR_FOLDER = "sms-bridge-errors"

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 from bridge.addressing import mask_msisdn
 from bridge.config import Config
 from bridge.model import SmsRecord, SmsState
+from bridge.shaping import Shaped, shape
 from bridge.smpp import errors
 from bridge.smpp.encoding import EncodedSms, TooManySegments, encode_sms, segment_count
 from bridge.smpp.pdu import SubmitSm, source_ton_npi
@@ -68,7 +69,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         bounces: BounceBuilder | None = None,
         policy: DispatchPolicy | None = None,
-        on_submitted: Callable[[SmsRecord, float], None] | None = None,
+        on_submitted: Callable[[SmsRecord, Sequence[str]], Awaitable[None]] | None = None,
         hold: Callable[[str], AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -224,34 +225,53 @@ class Dispatcher:
                     rec, Failure(SmsState.FAILED, decision.reason, "5.7.1", "X-SMPP; policy")
                 )
                 return
+        text, shaped = await self._shape(rec)
         try:
-            encoded = await self._encode(rec)
+            encoded = await self._encode(rec, text)
         except TooManySegments as exc:
             await self._fail(
                 rec, Failure(SmsState.FAILED, exc.reason, "5.3.4", "X-SMPP; message too long")
             )
             return
-        await self._submit(rec, encoded)
+        await self._submit(rec, encoded, shaped)
 
-    async def _encode(self, rec: SmsRecord) -> EncodedSms:
+    async def _shape(self, rec: SmsRecord) -> tuple[str, Shaped | None]:
+        """Prefix and first-contact footer for a library's notices (bridge/shaping.py)."""
         assert rec.body is not None
-        tenant = self.cfg.tenant(rec.tenant_id) if self._has_tenant(rec.tenant_id) else None
+        tenant = self.cfg.tenant_or_none(rec.tenant_id)
+        if tenant is None or rec.kind != "notice":
+            return rec.body, None
+        footer = tenant.footer
+        if (
+            footer
+            and not tenant.footer_every_time
+            and await self.store.had_first_contact(rec.msisdn, rec.source_addr)
+        ):
+            footer = None
+        shaped = shape(
+            rec.body,
+            prefix=tenant.prefix,
+            footer=footer,
+            extra_segment=tenant.extra_segment,
+            concat=self.cfg.smpp.concat,
+        )
+        return shaped.text, shaped
+
+    async def _encode(self, rec: SmsRecord, text: str) -> EncodedSms:
+        tenant = self.cfg.tenant_or_none(rec.tenant_id)
         concat = self.cfg.smpp.concat
         ref = 0
-        if segment_count(rec.body, concat=concat) > 1:
+        if segment_count(text, concat=concat) > 1:
             ref = await self.store.next_concat_ref()
         return encode_sms(
-            rec.body,
+            text,
             ref=ref,
             concat=concat,
             max_segments=tenant.max_segments if tenant else None,
             overflow=tenant.on_too_long if tenant else "truncate",
         )
 
-    def _has_tenant(self, tenant_id: str) -> bool:
-        return any(t.id == tenant_id for t in self.cfg.tenants)
-
-    async def _submit(self, rec: SmsRecord, encoded: EncodedSms) -> None:
+    async def _submit(self, rec: SmsRecord, encoded: EncodedSms, shaped: Shaped | None) -> None:
         ton, npi = source_ton_npi(rec.source_addr)
         dest = rec.msisdn.lstrip("+")
         pdus: list[SubmitSm]
@@ -311,7 +331,27 @@ class Dispatcher:
             )
             return
         now = self.clock()
-        await self.store.record_submitted(rec.queue_id, ids, encoded.segments, encoded.coding, now)
+        note = None
+        if shaped is not None and (shaped.prefix_added or shaped.footer_added or shaped.shortened):
+            note = ",".join(
+                word
+                for word, on in (
+                    ("prefix", shaped.prefix_added),
+                    ("footer", shaped.footer_added),
+                    ("shortened", shaped.shortened),
+                    (f"+{shaped.extra_segments}segment", shaped.extra_segments > 0),
+                )
+                if on
+            )
+        await self.store.record_submitted(
+            rec.queue_id,
+            ids,
+            encoded.segments,
+            encoded.coding,
+            now,
+            first_contact=(rec.msisdn, rec.source_addr) if rec.kind == "notice" else None,
+            shaped=note,
+        )
         log.info(
             "submitted queue_id=%s to=%s segments=%d coding=%s smsc_ids=%s",
             rec.queue_id,
@@ -321,7 +361,8 @@ class Dispatcher:
             ",".join(ids),
         )
         if self.on_submitted is not None:
-            self.on_submitted(rec, now)
+            # receipts that overtook this submit_sm_resp's commit are waiting for these ids
+            await self.on_submitted(rec, ids)
 
     async def _retry(self, rec: SmsRecord, reason: str, *, count: bool = True) -> None:
         cfg = self.cfg.smpp

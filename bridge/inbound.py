@@ -35,6 +35,7 @@ from bridge.smpp.receipts import (
     parse_receipt,
 )
 from bridge.store import Outgoing, Store, StoreError
+from bridge.store.base import SegmentRef
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ class MoOutcome:
     sms: Sequence[NewSms] = ()
     conversations: Sequence[tuple[str, str, str, str]] = ()
     optout: OptoutRecord | None = None
+    # Mixed into the redelivery key. A patron's second STOP after a START is a new message,
+    # byte-identical to the first; its key must differ from the first's, or it would be
+    # taken for an SMSC redelivery and dropped. Keyword outcomes salt it with the opt-out state.
+    dedup_salt: str = ""
 
 
 # Keyword handling (bridge/compliance.py) gets the first look at every MO; None means "not
@@ -94,6 +99,12 @@ def rollup(rec: SmsRecord, segment_states: list[str]) -> tuple[SmsState, str | N
 def _receipt_failure(state: SmsState, reason: str | None, raw: str) -> Failure:
     status = "5.4.7" if state is SmsState.EXPIRED else "5.0.0"
     return Failure(state, reason or raw, status, f"X-SMPP; receipt {raw}")
+
+
+def _same_number(msisdn: str, patron: str) -> bool:
+    """E.164 "+12025550143" against an SMSC's "12025550143" or national "2025550143"."""
+    digits = msisdn.lstrip("+")
+    return bool(patron) and (digits == patron or digits.endswith(patron[-10:]))
 
 
 def mo_msisdn(pdu: DeliverSm, region: str) -> str:
@@ -178,40 +189,89 @@ class Inbound:
             self.counters.receipts_unknown += 1
             log.warning("receipt without a message id ignored seq=%d", pdu.sequence)
             return
-        candidates = await self.store.find_segments(id_variants(receipt.message_id))
-        if len(candidates) > 1:
-            # hex/decimal variants can collide; the receipt's source is the patron's number
-            # (SMPP 3.4 §4.6.1: receipts swap source and destination), which settles it.
-            patron = "".join(c for c in pdu.source_addr if c.isdigit())
-            narrowed = [c for c in candidates if c.msisdn.lstrip("+").endswith(patron[-10:])]
-            candidates = narrowed or candidates[:1]
-        if not candidates:
-            self.counters.receipts_unknown += 1
-            log.warning(
-                "receipt for unknown smsc_id=%s stat=%s ignored", receipt.message_id, receipt.state
+        # SMPP 3.4 §4.6.1: a receipt's source is the original destination, the patron.
+        patron = "".join(c for c in pdu.source_addr if c.isdigit())
+        raw = receipt.raw_stat or receipt.state
+        seg = await self._match(receipt.message_id, patron, variants=False)
+        if seg is None:
+            # Not (yet) ours: the submit_sm_resp it answers may still be on its way to the
+            # store, or the carrier writes the id in another base. Held durably, matched when
+            # that submit is recorded or by the sweeper; the SMSC gets ESME_ROK either way.
+            await self.store.hold_receipt(
+                receipt.message_id, patron, receipt.state, receipt.error, raw, self.clock()
+            )
+            log.info(
+                "receipt smsc_id=%s stat=%s held until its submit is known", receipt.message_id, raw
             )
             return
-        seg = candidates[0]
+        await self._apply(seg, receipt.message_id, receipt.state, receipt.error, raw)
+
+    async def _match(self, smsc_id: str, patron: str, *, variants: bool) -> SegmentRef | None:
+        """The segment a receipt is for. The exact id first (newest first: SMSCs reuse ids
+        after a restart); hex/decimal forms only when asked, and then only for the same patron,
+        since a short all-digit id reads validly in both bases."""
+        exact = await self.store.find_segments([smsc_id])
+        if patron:
+            exact = [c for c in exact if _same_number(c.msisdn, patron)]
+        if exact or not variants:
+            return exact[0] if exact else None
+        if not patron:
+            return None
+        other = [v for v in id_variants(smsc_id) if v != smsc_id]
+        candidates = await self.store.find_segments(other)
+        candidates = [c for c in candidates if _same_number(c.msisdn, patron)]
+        return candidates[0] if candidates else None
+
+    async def _apply(
+        self, seg: SegmentRef, smsc_id: str, state: str, error: str | None, raw: str
+    ) -> None:
         now = self.clock()
-        raw = receipt.raw_stat or receipt.state
         cfg = self.cfg
 
-        def bounces(rec: SmsRecord, state: SmsState, reason: str | None) -> list[Outgoing]:
-            return build_bounces(cfg, rec, _receipt_failure(state, reason, raw), now)
+        def bounces(rec: SmsRecord, final: SmsState, reason: str | None) -> list[Outgoing]:
+            return build_bounces(cfg, rec, _receipt_failure(final, reason, raw), now)
 
         new_state = await self.store.apply_receipt(
-            seg.queue_id, seg.seq, receipt.state, receipt.error, now, rollup, bounces
+            seg.queue_id, seg.seq, state, error, now, rollup, bounces
         )
         log.info(
             "receipt queue_id=%s segment=%d smsc_id=%s stat=%s%s",
             seg.queue_id,
             seg.seq,
-            receipt.message_id,
+            smsc_id,
             raw,
             f" state={new_state.value}" if new_state else "",
         )
         if new_state in (SmsState.FAILED, SmsState.EXPIRED):
             self.wake_mailer()
+
+    async def submitted(self, rec: SmsRecord, smsc_ids: Sequence[str]) -> None:
+        """The dispatcher recorded these ids: apply receipts that overtook them."""
+        for smsc_id in smsc_ids:
+            for row_id, held_id, patron, state, error, raw, _ in await self.store.held_for(smsc_id):
+                seg = await self._match(held_id, patron, variants=False)
+                if seg is not None:
+                    await self._apply(seg, held_id, state, error, raw or state)
+                    await self.store.drop_held_receipt(row_id)
+
+    async def sweep_receipts(self, now: float) -> int:
+        """Held receipts: after receipt_match_delay_s try the id's other bases; after
+        receipt_hold_s give up on them as unknown."""
+        applied = 0
+        cfg = self.cfg.inbound
+        for row_id, smsc_id, patron, state, error, raw, at in await self.store.held_receipts(
+            now - cfg.receipt_match_delay_s
+        ):
+            seg = await self._match(smsc_id, patron, variants=True)
+            if seg is not None:
+                await self._apply(seg, smsc_id, state, error, raw or state)
+                await self.store.drop_held_receipt(row_id)
+                applied += 1
+            elif at < now - cfg.receipt_hold_s:
+                self.counters.receipts_unknown += 1
+                log.warning("receipt for unknown smsc_id=%s stat=%s dropped", smsc_id, raw)
+                await self.store.drop_held_receipt(row_id)
+        return applied
 
     # --- patron messages -----------------------------------------------------------------------
 
@@ -271,6 +331,8 @@ class Inbound:
                 outcome = await self.keywords(msisdn, dest, text, now)
             if outcome is None:
                 outcome = await self.reply_outcome(msisdn, dest, text, now)
+            if outcome.dedup_salt:
+                dedup_key = hashlib.sha256(f"{dedup_key}|{outcome.dedup_salt}".encode()).hexdigest()
             fresh = await self.store.commit_mo(
                 dedup_key,
                 now,
@@ -394,9 +456,13 @@ class Inbound:
 
     async def _sweep_loop(self) -> None:
         while True:
-            await asyncio.sleep(min(30.0, self.cfg.inbound.reassembly_timeout_s / 2))
+            cfg = self.cfg.inbound
+            await asyncio.sleep(
+                max(0.05, min(30.0, cfg.reassembly_timeout_s / 2, cfg.receipt_match_delay_s / 2))
+            )
             try:
                 await self.sweep(self.clock())
+                await self.sweep_receipts(self.clock())
             except asyncio.CancelledError:
                 raise
             except Exception:

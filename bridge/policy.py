@@ -320,6 +320,23 @@ def _is_quiet(t: time, start: time, end: time) -> bool:
 def quiet_until(now: datetime, qh: QuietHours, e164: str | None = None) -> datetime | None:
     """None when sending is allowed at ``now``; else the UTC instant the window next opens.
 
+    A sending window that lies wholly inside a spring-forward gap does not exist that day:
+    the opening found is then itself quiet, and the next day's opening is the answer.
+    """
+    opens = _quiet_until_once(now, qh, e164)
+    for _ in range(3):
+        if opens is None:
+            return None
+        again = _quiet_until_once(opens, qh, e164)
+        if again is None:
+            return opens
+        opens = again
+    return opens
+
+
+def _quiet_until_once(now: datetime, qh: QuietHours, e164: str | None) -> datetime | None:
+    """None when sending is allowed at ``now``; else the UTC instant the window next opens.
+
     ``now`` must be timezone-aware. Quiet means start <= local time < end (across midnight when
     start > end). The opening is ``end`` on the local calendar, so a 09:00 opening on a DST
     change day is still 09:00 local (zoneinfo does the offset). A result is always later than
@@ -463,7 +480,7 @@ def help_text(program: str, contact: str, optout_word: str = "STOP") -> str:
     One GSM-7 segment for a program name up to 30 and a contact up to 45 GSM-7 characters.
     """
     return (
-        f"{program}: Library text notices. Help: {contact}."
+        f"{program}: Help: {contact}."
         f" Msg&data rates may apply. Reply {optout_word} to cancel."
     )
 
@@ -476,9 +493,15 @@ def optout_confirmation(program: str, *, optin_word: str = "START", help_word: s
     )
 
 
-def optin_confirmation(program: str, *, help_word: str = "HELP", optout_word: str = "STOP") -> str:
-    """Reply to an opt-in keyword."""
+def optin_confirmation(
+    program: str,
+    *,
+    help_word: str = "HELP",
+    optout_word: str = "STOP",
+    frequency: str = "Msg frequency varies",
+) -> str:
+    """Reply to an opt-in keyword: the welcome text (program, frequency, rates, HELP, STOP)."""
     return (
-        f"{program}: You are subscribed to library text notices."
-        f" Reply {help_word} for help, {optout_word} to cancel. Msg&data rates may apply."
+        f"{program}: Subscribed to library texts. {frequency}."
+        f" Msg&data rates may apply. Reply {help_word} for help, {optout_word} to cancel."
     )

@@ -32,6 +32,7 @@ ERR_451_INTERNAL = (
 )
 ERR_452_RCPTS = "452 4.5.3 Too many recipients; send the rest in another message"
 ERR_421_CONNS = "421 4.3.2 Too many connections; try again later"
+ERR_421_STOPPING = "421 4.3.2 Service shutting down; try again later"
 ERR_538_TLS = "538 5.7.11 Encryption required: use STARTTLS before AUTH"
 ERR_503_MAIL_FIRST = "503 5.5.1 Error: send MAIL first"
 OK_250 = "250 2.1.0 OK"
@@ -102,6 +103,16 @@ class BridgeSMTP(SMTP):
         if self.transport is None and self.session is None:
             return
         super().connection_lost(exc)
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        if self._bridge.stopping:
+            # RFC 5321 §3.8: a server shutting down answers 421 and closes the channel;
+            # the client keeps the notice and retries elsewhere or later.
+            await self.push(ERR_421_STOPPING)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super().smtp_MAIL(arg)
 
     async def smtp_AUTH(self, arg: str) -> None:
         peer = self.session.peer[0] if self.session and self.session.peer else ""
@@ -222,6 +233,7 @@ class SmtpIntake:
         self.verifier = Verifier()
         self.throttle = _AuthThrottle()
         self.connections = 0
+        self.stopping = False
         self._server: asyncio.Server | None = None
         self._tls: ssl.SSLContext | None = None
         self.port = 0
@@ -269,6 +281,7 @@ class SmtpIntake:
         """Stop listening, then let open sessions finish (up to grace_s)."""
         if self._server is None:
             return
+        self.stopping = True
         self._server.close()
         deadline = time.monotonic() + grace_s
         while self.connections > 0 and time.monotonic() < deadline:  # noqa: ASYNC110

@@ -32,6 +32,7 @@ BASE: dict[str, Any] = {
         "max_tps": 200,
     },
     "store": {"path": "bridge.db"},
+    "inbound": {"receipt_match_delay_s": 0.2},
     "mail": {"from": "sms-bridge@sms.example.org", "maildir": "mail"},
     "tenants": [
         {
@@ -43,6 +44,7 @@ BASE: dict[str, Any] = {
             "region": "US",
             # tests run at any hour; quiet hours have their own tests with a fake clock
             "quiet_hours": None,
+            "footer": None,  # shaping has its own tests
         }
     ],
 }

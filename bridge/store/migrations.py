@@ -133,4 +133,28 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     )
     """,
+    # 5: first contact per sending number (the footer goes on the first text only)
+    """
+    CREATE TABLE first_contact (
+        msisdn TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        first_at REAL NOT NULL,
+        queue_id TEXT NOT NULL,
+        PRIMARY KEY (msisdn, scope)
+    );
+    ALTER TABLE sms ADD COLUMN shaped TEXT
+    """,
+    # 6: receipts that arrive before their submit_sm_resp's message id is committed
+    """
+    CREATE TABLE pending_receipt (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        smsc_message_id TEXT NOT NULL,
+        patron TEXT NOT NULL,
+        state TEXT NOT NULL,
+        error TEXT,
+        raw_stat TEXT,
+        received_at REAL NOT NULL
+    );
+    CREATE INDEX pending_receipt_id ON pending_receipt (smsc_message_id)
+    """,
 )

@@ -353,8 +353,22 @@ class SqliteStore:
         segments: int,
         coding: str,
         now: float,
+        *,
+        first_contact: tuple[str, str] | None = None,
+        shaped: str | None = None,
     ) -> None:
+        """Segments' SMSC ids (receipts may come days later), the first-contact mark
+        (msisdn, scope) when this text carried the footer, and what shaping did."""
+
         def fn(conn: sqlite3.Connection) -> None:
+            if first_contact is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO first_contact (msisdn, scope, first_at, queue_id)"
+                    " VALUES (?,?,?,?)",
+                    (*first_contact, now, queue_id),
+                )
+            if shaped is not None:
+                conn.execute("UPDATE sms SET shaped=? WHERE queue_id=?", (shaped, queue_id))
             conn.execute(
                 "UPDATE sms SET state='submitted', submitted_at=?, updated_at=?, segments=?,"
                 " coding=?, reason=NULL WHERE queue_id=?",
@@ -535,6 +549,58 @@ class SqliteStore:
 
         return await self._call(fn)
 
+    async def hold_receipt(
+        self, smsc_id: str, patron: str, state: str, error: str | None, raw: str | None, now: float
+    ) -> None:
+        """Keep a receipt no message claims yet: its submit_sm_resp may not be committed."""
+
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO pending_receipt (smsc_message_id, patron, state, error, raw_stat,"
+                " received_at) VALUES (?,?,?,?,?,?)",
+                (smsc_id, patron, state, error, raw, now),
+            )
+
+        await self._call(fn)
+
+    async def held_for(
+        self, smsc_id: str
+    ) -> list[tuple[int, str, str, str, str | None, str | None, float]]:
+        def fn(
+            conn: sqlite3.Connection,
+        ) -> list[tuple[int, str, str, str, str | None, str | None, float]]:
+            rows = conn.execute(
+                "SELECT id, smsc_message_id, patron, state, error, raw_stat, received_at"
+                " FROM pending_receipt WHERE smsc_message_id=? ORDER BY id",
+                (smsc_id,),
+            ).fetchall()
+            return [(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+        return await self._call(fn)
+
+    async def held_receipts(
+        self, older_than: float
+    ) -> list[tuple[int, str, str, str, str | None, str | None, float]]:
+        """Held receipts received before `older_than`:
+        (row id, smsc id, patron, state, error, raw stat, received_at)."""
+
+        def fn(
+            conn: sqlite3.Connection,
+        ) -> list[tuple[int, str, str, str, str | None, str | None, float]]:
+            rows = conn.execute(
+                "SELECT id, smsc_message_id, patron, state, error, raw_stat, received_at"
+                " FROM pending_receipt WHERE received_at<? ORDER BY id LIMIT 1000",
+                (older_than,),
+            ).fetchall()
+            return [(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+        return await self._call(fn)
+
+    async def drop_held_receipt(self, row_id: int) -> None:
+        await self._call(
+            lambda conn: conn.execute("DELETE FROM pending_receipt WHERE id=?", (row_id,))
+        )
+
     # --- inbound (MO) --------------------------------------------------------------------------
 
     async def add_mo_part(
@@ -685,6 +751,15 @@ class SqliteStore:
                 (msisdn,),
             ).fetchall()
             return [(_optout(r[:6]), r[6]) for r in rows]
+
+        return await self._call(fn)
+
+    async def had_first_contact(self, msisdn: str, scope: str) -> bool:
+        def fn(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM first_contact WHERE msisdn=? AND scope=?", (msisdn, scope)
+            ).fetchone()
+            return row is not None
 
         return await self._call(fn)
 
@@ -864,6 +939,11 @@ def _optout(row: sqlite3.Row | tuple[Any, ...]) -> OptoutRecord:
 
 
 def _write_optout(conn: sqlite3.Connection, rec: OptoutRecord, mo_ref: str | None) -> None:
+    if not rec.opted_out:
+        # The first text after an opt-in carries the opt-out footer again.
+        conn.execute(
+            "DELETE FROM first_contact WHERE msisdn=? AND scope=?", (rec.msisdn, rec.scope)
+        )
     conn.execute(
         "INSERT INTO optout (msisdn, scope, opted_out, keyword, changed_at, actor)"
         " VALUES (?,?,?,?,?,?) ON CONFLICT (msisdn, scope) DO UPDATE SET"

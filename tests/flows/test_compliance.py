@@ -28,6 +28,7 @@ def tenant(**over: Any) -> dict[str, Any]:
         "networks": ["127.0.0.0/8"],
         "reply_to": "circulation@riverside.example.org",
         "quiet_hours": None,
+        "footer": None,
         **over,
     }
 
@@ -209,3 +210,24 @@ async def test_cost_lint_records_ucs2_templates(env: Env) -> None:
     # curly quotes and the dash were mapped to GSM; á and ó are what cost UCS-2
     assert ucs2 == 1 and culprits == "áó" and segments == 1
     assert qid
+
+
+async def test_first_contact_footer_once_prefix_always(env_factory: StartEnv) -> None:
+    e = await env_factory(
+        {"tenants": [tenant(prefix="Riverside Library: ", footer="Reply STOP to opt out.")]}
+    )
+    await send(e.smtp_port, FROM, [TO], notice("your hold Dune is ready.", Message_ID="<f1@x>"))
+    await send(
+        e.smtp_port, FROM, [TO], notice("Riverside Library: Cosmos is due.", Message_ID="<f2@x>")
+    )
+    first, second = await e.sim.wait_for_messages(2, timeout=5)
+    assert first.text == "Riverside Library: your hold Dune is ready. Reply STOP to opt out."
+    assert second.text == "Riverside Library: Cosmos is due."
+    assert first.segments == second.segments == 1
+    # after STOP and START the next text carries the footer again
+    await e.sim.inject_mo(PATRON, NUMBER, "STOP")
+    await e.sim.inject_mo(PATRON, NUMBER, "START")
+    await e.sim.wait_for_messages(4, timeout=5)
+    await send(e.smtp_port, FROM, [TO], notice("Cosmos is ready.", Message_ID="<f3@x>"))
+    msgs = await e.sim.wait_for_messages(5, timeout=5)
+    assert msgs[4].text == "Riverside Library: Cosmos is ready. Reply STOP to opt out."

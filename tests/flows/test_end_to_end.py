@@ -95,6 +95,7 @@ def _tenant() -> dict[str, object]:
         "reply_to": "circulation@riverside.example.org",
         "region": "US",
         "quiet_hours": None,
+        "footer": None,
     }
 
 
@@ -252,6 +253,7 @@ async def test_reply_routes_to_the_library_that_texted_last(env_factory: StartEn
         "networks": ["127.0.0.0/8"],
         "reply_to": "desk@ashland.example.org",
         "quiet_hours": None,
+        "footer": None,
     }
     e = await env_factory({"tenants": [_tenant(), other]})
     await send(e.smtp_port, FROM, [TO], notice())
@@ -293,3 +295,32 @@ async def test_relay_down_then_up_loses_no_mail(env: Env) -> None:
             break
         await asyncio.sleep(0.02)
     assert await env.bridge.store.mail_counts() == {"sent": 1}
+
+
+async def test_receipt_goes_to_its_own_message_not_a_base_twin(env_factory: StartEnv) -> None:
+    """Ids 10 and 16 are each other's hex/decimal forms; an exact id always wins, and a receipt
+    that overtakes its submit_sm_resp waits for it instead of landing on the twin."""
+    e = await env_factory(sim_kwargs={"receipts": False})
+    ids = []
+    for i in range(16):
+        conv = await send(e.smtp_port, FROM, [TO], notice(f"Notice {i}", Message_ID=f"<q{i}@x>"))
+        ids.append(conv.queue_ids[0])
+    await e.sim.wait_for_messages(16, timeout=10)
+    for qid in ids:
+        await e.wait_state(qid, SmsState.SUBMITTED)
+    by_smsc = {m.message_ids[0]: m.text for m in e.sim.messages}
+    ten = ids[[m.text for m in e.sim.messages].index(by_smsc["10"])]
+    sixteen = ids[[m.text for m in e.sim.messages].index(by_smsc["16"])]
+    assert await e.sim.send_receipt("10", "UNDELIV", "001") == 0
+    await e.wait_state(ten, SmsState.FAILED)
+    rec = await e.bridge.store.get_sms(sixteen)
+    assert rec is not None and rec.state is SmsState.SUBMITTED
+
+
+async def test_receipt_before_its_submit_resp_is_held_and_applied(env_factory: StartEnv) -> None:
+    e = await env_factory(sim_kwargs={"response_delay_s": 0.3, "scenario": "fail_receipts"})
+    conv = await send(e.smtp_port, FROM, [TO], notice())
+    rec = await e.wait_state(conv.queue_ids[0], SmsState.FAILED)
+    assert "could not deliver" in (rec.reason or "")
+    (dsn,) = await e.sink.wait_for(1, timeout=10)
+    assert dsn.message().get_content_type() == "multipart/report"

@@ -481,14 +481,14 @@ def test_reply_texts_fit_one_gsm_segment(text: str) -> None:
 def test_reply_texts_are_ascii_and_say_what_to_do() -> None:
     h = help_text("Ashland Library", "202-555-0101")
     assert h == (
-        "Ashland Library: Library text notices. Help: 202-555-0101."
+        "Ashland Library: Help: 202-555-0101."
         " Msg&data rates may apply. Reply STOP to cancel."
     )
     assert "Reply ALTO to cancel" in help_text("Biblioteca", "202-555-0101", optout_word="ALTO")
     out = optout_confirmation("Ashland Library")
     assert "no more texts" in out and "START" in out and "HELP" in out
     inn = optin_confirmation("Ashland Library")
-    assert "subscribed" in inn and "STOP" in inn and "HELP" in inn
+    assert "Subscribed" in inn and "STOP" in inn and "HELP" in inn and "frequency" in inn
     for text in (h, out, inn):
         assert text.isascii()
 
@@ -540,4 +540,10 @@ def test_quiet_until_properties_around_dst_changes(
     just_before = opens - timedelta(seconds=1)
     if just_before > now:
         assert quiet_until(just_before, qh) is not None
-    assert opens - now <= timedelta(hours=25)
+    # A sending window shorter than the clock change can vanish into a spring-forward gap
+    # for one day; the next opening is then a day later.
+    sh, sm = map(int, start.split(":"))
+    eh, em = map(int, end.split(":"))
+    window_min = (sh * 60 + sm - (eh * 60 + em)) % (24 * 60)
+    bound = timedelta(hours=49) if 0 < window_min <= 60 else timedelta(hours=25)
+    assert opens - now <= bound

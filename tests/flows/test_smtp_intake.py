@@ -286,3 +286,63 @@ async def test_bare_lf_smuggling_does_not_split_messages(start: Start) -> None:
     writer.close()
     rows = await srv.rows()
     assert [r.msisdn for r in rows] == ["+12025550143"]
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+async def test_starttls_then_auth(start: Start, tls_files: tuple[Path, Path]) -> None:
+    import ssl
+
+    cert, key = tls_files
+    srv = await start(
+        {
+            "smtp": {"tls": {"cert": str(cert), "key": str(key)}},
+            "tenants": [_tenant(networks=[], users={"koha": hash_password("pw")})],
+        }
+    )
+
+    def session() -> tuple[bool, int, int]:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+        with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as s:
+            s.ehlo()
+            offered = s.has_extn("starttls")
+            s.starttls(context=ctx)
+            s.ehlo()
+            code, _ = s.login("koha", "pw")
+            s.mail(FROM)
+            rcpt, _ = s.rcpt(TO)
+            return offered, code, rcpt
+
+    offered, auth, rcpt = await asyncio.wait_for(asyncio.to_thread(session), 20)
+    assert offered and auth == 235 and rcpt == 250

@@ -9,7 +9,7 @@ CONFIG ?= config.example.yaml
 
 # Debian packages the flow tests run against (a real IMAP server). Installed when missing and
 # we are root (CI, containers); otherwise those tests skip and say how to install them.
-DEBS := dovecot-imapd
+DEBS := dovecot-imapd chromium systemd
 
 venv: $(STAMP)
 
@@ -31,11 +31,12 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 sysdeps:
-	@command -v /usr/sbin/dovecot >/dev/null 2>&1 || { \
+	@{ command -v /usr/sbin/dovecot && command -v chromium && command -v systemd-analyze; } \
+	  >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS); \
 	  else \
-	    echo "note: $(DEBS) is not installed; IMAP flow tests will skip (apt-get install $(DEBS))"; \
+	    echo "note: $(DEBS) is not installed; the IMAP, browser and unit-file tests will skip (apt-get install $(DEBS))"; \
 	  fi; }
 
 pytest: $(STAMP) sysdeps

@@ -11,10 +11,11 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from bridge import sdnotify
 from bridge.bounces import build_bounces
 from bridge.compliance import Compliance, NumberLocks
 from bridge.config import Config, ConfigError, load_config
@@ -22,10 +23,13 @@ from bridge.dispatcher import Dispatcher
 from bridge.inbound import Inbound
 from bridge.intake import Intake
 from bridge.mailer import Mailer, make_transport
+from bridge.metrics import Metrics
+from bridge.model import SmsRecord
 from bridge.smpp.pdu import DeliverSm
 from bridge.smpp.session import SessionSettings, SmppSession
 from bridge.smtp_intake import SmtpIntake
 from bridge.store import Store
+from bridge.web import AdminServer
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +75,15 @@ class Bridge:
         self.simulator: object | None = None
         self.session: SmppSession | None = None
         self.dispatcher: Dispatcher | None = None
+        self.metrics = Metrics()
+        self.admin: AdminServer | None = None
         self.intake = Intake(cfg, self.store, clock)
-        self.smtp = SmtpIntake(cfg, self.intake)
+        self.smtp = SmtpIntake(cfg, self.intake, metrics=self.metrics)
         self.mailer = Mailer(cfg, self.store, make_transport(cfg), clock=clock)
-        self.inbound = Inbound(cfg, self.store, clock=clock, wake_mailer=self.mailer.wake)
+        self.inbound = Inbound(
+            cfg, self.store, clock=clock, wake_mailer=self.mailer.wake, metrics=self.metrics
+        )
+        self.metrics.watch_inbound(lambda: self.inbound.counters)
         self.locks = NumberLocks()
         self.compliance = Compliance(cfg, self.store, self.inbound, self.locks)
         self.inbound.keywords = self.compliance.keyword
@@ -91,12 +100,24 @@ class Bridge:
     async def _on_deliver(self, pdu: DeliverSm) -> int:
         return await self.inbound.handle(pdu)
 
+    async def _submitted(self, rec: SmsRecord, smsc_ids: Sequence[str]) -> None:
+        self.metrics.on_submitted(rec, self.clock())
+        await self.inbound.submitted(rec, smsc_ids)
+
     async def start(self) -> None:
         cfg = self.cfg
         stack = self._stack
         # 1. the store: everything else hands work over through it
         await self.store.open()
         stack.push_async_callback(self.store.close)
+        # the admin listener next, stopped just before the store: /healthz says 503 while
+        # everything else drains
+        if cfg.admin.listen is not None:
+            self.admin = AdminServer(
+                cfg.admin.listen.host, cfg.admin.listen.port, self, metrics=self.metrics
+            )
+            await self.admin.start()
+            stack.push_async_callback(self.admin.stop)
         # 2. the bundled SMSC simulator, when the config asks for it (embedded default)
         smpp_port = None
         if cfg.smpp.simulator:
@@ -118,7 +139,10 @@ class Bridge:
         stack.push_async_callback(self.mailer.stop)
         # 4. the SMPP session (binds in the background, reconnects by itself)
         self.session = SmppSession(
-            session_settings(cfg, port=smpp_port), self._on_deliver, name="smsc"
+            session_settings(cfg, port=smpp_port),
+            self._on_deliver,
+            name="smsc",
+            listener=self.metrics.session_listener("smsc"),
         )
         await self.session.start()
         stack.push_async_callback(self.session.stop, cfg.smpp.drain_timeout_s)
@@ -131,7 +155,8 @@ class Bridge:
             bounces=lambda rec, failure, now: build_bounces(self.cfg, rec, failure, now),
             policy=self.compliance,
             hold=self.locks.hold,
-            on_submitted=self.inbound.submitted,
+            on_submitted=self._submitted,
+            metrics=self.metrics,
         )
         await self.dispatcher.start()
         stack.push_async_callback(self.dispatcher.stop, cfg.smpp.drain_timeout_s)
@@ -187,9 +212,14 @@ class Bridge:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._signal, sig)
+        dog: asyncio.Task[None] | None = None
         try:
             await self.start()
             self.ready()
+            sdnotify.ready()
+            interval = sdnotify.watchdog_interval()
+            if interval:
+                dog = asyncio.create_task(self._watchdog(interval), name="watchdog")
             while not self.stop_requested.is_set():
                 reload_wait = asyncio.create_task(self.reload_requested.wait())
                 stop_wait = asyncio.create_task(self.stop_requested.wait())
@@ -198,12 +228,23 @@ class Bridge:
                     t.cancel()
                 if self.reload_requested.is_set():
                     self.reload_requested.clear()
+                    sdnotify.reloading()
                     self.reload()
+                    sdnotify.ready()
         finally:
+            sdnotify.stopping()
+            if dog is not None:
+                dog.cancel()
             await self.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
+
+    async def _watchdog(self, interval: float) -> None:
+        """systemd WatchdogSec: ping while the event loop turns (a hung loop stops pinging)."""
+        while True:
+            sdnotify.watchdog()
+            await asyncio.sleep(interval)
 
     def ready(self) -> None:
         cfg = self.cfg

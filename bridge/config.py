@@ -352,6 +352,18 @@ class ImapConfig(_Model):
         return self.port or (993 if self.security == "tls" else 143)
 
 
+class AdminConfig(_Model):
+    """The HTTP listener for /metrics, /healthz and the status page. It has no
+    authentication: keep it on loopback (or behind a reverse proxy that adds some)."""
+
+    listen: HostPort | None = Field(default_factory=lambda: parse_host_port(defaults.ADMIN_LISTEN))
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: object) -> HostPort | None:
+        return None if value is None else parse_host_port(value)
+
+
 class LogConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -460,6 +472,7 @@ class Config(_Model):
     inbound: InboundConfig = InboundConfig()
     compliance: ComplianceConfig = ComplianceConfig()
     imap: tuple[ImapConfig, ...] = ()
+    admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     tenants: tuple[TenantConfig, ...] = Field(min_length=1)
 
@@ -468,7 +481,7 @@ class Config(_Model):
     def _empty_sections(cls, data: Any) -> Any:
         # A section whose keys are all commented out is YAML null: it means "all defaults".
         if isinstance(data, dict):
-            for key in ("store", "inbound", "compliance", "log"):
+            for key in ("store", "inbound", "compliance", "log", "admin"):
                 if key in data and data[key] is None:
                     data = {**data, key: {}}
             if data.get("imap", ()) is None:
@@ -666,6 +679,10 @@ def summary(cfg: Config) -> Iterator[str]:
     yield f"store        SQLite {cfg.store.path}"
     relay = f"relay {cfg.mail.relay}" if cfg.mail.relay else f"Maildir {cfg.mail.maildir}"
     yield f"mail out     {relay} from {cfg.mail.from_}"
+    if cfg.admin.listen is not None:
+        yield f"admin HTTP   http://{cfg.admin.listen}/ (status page, /metrics, /healthz)"
+    for box in cfg.imap:
+        yield f"IMAP         {box.name}: {box.user}@{box.host}:{box.effective_port}/{box.mailbox}"
     for t in cfg.tenants:
         auth = f"{len(t.networks)} network(s), {len(t.users)} user(s)"
         yield f"tenant       {t.id}: {t.name} ({auth}; senders {', '.join(t.senders)})"

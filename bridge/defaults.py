@@ -106,6 +106,9 @@ IMAP_TIMEOUT_S = 60.0
 IMAP_RECONNECT_MIN_S = 1.0
 IMAP_RECONNECT_MAX_S = 300.0
 
+# --- admin HTTP listener -------------------------------------------------------------------------
+ADMIN_LISTEN = "127.0.0.1:9125"
+
 # --- dispatcher ----------------------------------------------------------------------------------
 DISPATCH_BATCH = 50
 DISPATCH_IDLE_POLL_S = 0.5

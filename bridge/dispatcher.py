@@ -20,6 +20,7 @@ from typing import Literal, Protocol
 
 from bridge.addressing import mask_msisdn
 from bridge.config import Config
+from bridge.metrics import Metrics
 from bridge.model import SmsRecord, SmsState
 from bridge.shaping import Shaped, shape
 from bridge.smpp import errors
@@ -71,6 +72,7 @@ class Dispatcher:
         policy: DispatchPolicy | None = None,
         on_submitted: Callable[[SmsRecord, Sequence[str]], Awaitable[None]] | None = None,
         hold: Callable[[str], AbstractAsyncContextManager[None]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -81,6 +83,7 @@ class Dispatcher:
         self.on_submitted = on_submitted
         # Per-number lock shared with the opt-out commit (bridge/compliance.py NumberLocks).
         self.hold = hold
+        self.metrics = metrics
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -307,11 +310,17 @@ class Dispatcher:
             try:
                 result = await self.session.submit(pdu, timeout=self.cfg.smpp.response_timeout_s)
             except NotBound:
+                if self.metrics is not None:
+                    self.metrics.submit_unanswered("not_bound")
                 await self._retry(rec, "the SMSC link is down", count=False)
                 return
             except ResponseTimeout as exc:
+                if self.metrics is not None:
+                    self.metrics.submit_unanswered("timeout")
                 await self._retry(rec, f"no answer from the SMSC ({exc.__class__.__name__})")
                 return
+            if self.metrics is not None:
+                self.metrics.submit_result(result.status)
             kind = errors.classify(result.status)
             if kind == "ok":
                 ids.append(result.message_id or "")

@@ -23,6 +23,7 @@ from bridge.bounces import build_bounces
 from bridge.config import Config, TenantConfig
 from bridge.dispatcher import Failure
 from bridge.mailbuild import build_notification, build_patron_reply
+from bridge.metrics import Metrics
 from bridge.model import NewSms, OptoutRecord, SmsRecord, SmsState
 from bridge.smpp import errors
 from bridge.smpp.encoding import concat_from_sar, decode_payload, split_udh
@@ -128,8 +129,10 @@ class Inbound:
         clock: Callable[[], float] = time.time,
         wake_mailer: Callable[[], None] = lambda: None,
         wake_dispatcher: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
+        self.metrics = metrics
         self.store = store
         self.clock = clock
         self.wake_mailer = wake_mailer
@@ -234,6 +237,8 @@ class Inbound:
         new_state = await self.store.apply_receipt(
             seg.queue_id, seg.seq, state, error, now, rollup, bounces
         )
+        if self.metrics is not None:
+            self.metrics.receipt(state)
         log.info(
             "receipt queue_id=%s segment=%d smsc_id=%s stat=%s%s",
             seg.queue_id,

@@ -479,10 +479,7 @@ def help_text(program: str, contact: str, optout_word: str = "STOP") -> str:
 
     One GSM-7 segment for a program name up to 30 and a contact up to 45 GSM-7 characters.
     """
-    return (
-        f"{program}: Help: {contact}."
-        f" Msg&data rates may apply. Reply {optout_word} to cancel."
-    )
+    return f"{program}: Help: {contact}. Msg&data rates may apply. Reply {optout_word} to cancel."
 
 
 def optout_confirmation(program: str, *, optin_word: str = "START", help_word: str = "HELP") -> str:

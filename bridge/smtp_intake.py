@@ -20,6 +20,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from bridge.config import Config
 from bridge.intake import Intake, Recipient, Rejected
+from bridge.metrics import Metrics
 from bridge.passwords import Verifier
 from bridge.store import StoreError
 
@@ -169,6 +170,7 @@ class SmtpHandler:
             await self.intake.check_backlog()
         except Rejected as exc:
             log.info("smtp mail refused peer=%s reply=%s", peer, exc.reply[:60])
+            self.server.rejected(None, exc.reply)
             return exc.reply
         setattr(envelope, _TENANT, tenant)
         setattr(envelope, _RCPTS, [])
@@ -190,6 +192,7 @@ class SmtpHandler:
             await self.intake.check_optout(tenant, rcpt)
         except Rejected as exc:
             log.info("smtp rcpt refused tenant=%s reply=%s", tenant.id, exc.reply[:40])
+            self.server.rejected(tenant.id, exc.reply)
             return exc.reply
         rcpts.append(rcpt)
         envelope.rcpt_tos.append(address)
@@ -210,10 +213,16 @@ class SmtpHandler:
             )
         except Rejected as exc:
             log.info("smtp data refused tenant=%s reply=%s", tenant.id, exc.reply[:60])
+            self.server.rejected(tenant.id, exc.reply)
             return exc.reply
         except StoreError as exc:
             log.error("smtp data not accepted tenant=%s: store failure: %s", tenant.id, exc)
+            self.server.rejected(tenant.id, ERR_451_STORE)
             return ERR_451_STORE
+        if self.server.metrics is not None:
+            self.server.metrics.message_accepted(
+                tenant.id, "smtp", sum(1 for r in results if not r.duplicate)
+            )
         ids = " ".join(r.queue_id for r in results)
         return f"250 2.0.0 OK queued as {ids}"
 
@@ -226,8 +235,9 @@ class SmtpHandler:
 class SmtpIntake:
     """The SMTP listener. start() binds (port 0 allowed: see .port), stop() closes it."""
 
-    def __init__(self, cfg: Config, intake: Intake) -> None:
+    def __init__(self, cfg: Config, intake: Intake, *, metrics: Metrics | None = None) -> None:
         self.cfg = cfg
+        self.metrics = metrics
         self.intake = intake
         self.handler = SmtpHandler(self)
         self.verifier = Verifier()
@@ -240,6 +250,10 @@ class SmtpIntake:
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
+
+    def rejected(self, tenant_id: str | None, reply: str) -> None:
+        if self.metrics is not None:
+            self.metrics.message_rejected(tenant_id, reply)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if self.cfg.smtp.tls is None:

@@ -33,6 +33,7 @@ BASE: dict[str, Any] = {
     },
     "store": {"path": "bridge.db"},
     "inbound": {"receipt_match_delay_s": 0.2},
+    "admin": {"listen": None},
     "mail": {"from": "sms-bridge@sms.example.org", "maildir": "mail"},
     "tenants": [
         {

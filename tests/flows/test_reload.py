@@ -41,8 +41,8 @@ async def peers() -> AsyncIterator[tuple[SmscSimulator, SmtpSink]]:
     await sink.stop()
 
 
-async def wait_log(proc: BridgeProcess, text: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_log(proc: BridgeProcess, text: str, within: float = 10) -> None:
+    deadline = time.monotonic() + within
     while text not in proc.log():
         if time.monotonic() > deadline:
             raise AssertionError(f"{text!r} not in the log:\n{proc.log()[-2000:]}")

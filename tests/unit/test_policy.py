@@ -481,8 +481,7 @@ def test_reply_texts_fit_one_gsm_segment(text: str) -> None:
 def test_reply_texts_are_ascii_and_say_what_to_do() -> None:
     h = help_text("Ashland Library", "202-555-0101")
     assert h == (
-        "Ashland Library: Help: 202-555-0101."
-        " Msg&data rates may apply. Reply STOP to cancel."
+        "Ashland Library: Help: 202-555-0101. Msg&data rates may apply. Reply STOP to cancel."
     )
     assert "Reply ALTO to cancel" in help_text("Biblioteca", "202-555-0101", optout_word="ALTO")
     out = optout_confirmation("Ashland Library")

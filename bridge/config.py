@@ -188,6 +188,18 @@ class SmppConfig(_Model):
 
 class StoreConfig(_Model):
     path: Path = Path(defaults.STORE_PATH)
+    # postgresql://user@host/db selects PostgreSQL (several bridge instances sharing one
+    # queue); without it, SQLite at `path`.
+    url: str | None = None
+    # PostgreSQL: a claimed message whose instance stopped renewing this lease is taken over.
+    lease_s: float = Field(default=defaults.STORE_LEASE_S, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("store.url must be a postgresql:// URL (or leave it out for SQLite)")
+        return value
     body_retention_s: float = Field(default=defaults.STORE_BODY_RETENTION_S, ge=0)
 
 

@@ -47,6 +47,7 @@ SMPP_DRAIN_TIMEOUT_S = 10.0
 
 # --- store ---------------------------------------------------------------------------------------
 STORE_PATH = "var/sms-bridge.db"
+STORE_LEASE_S = 60.0
 # How long message text is kept after a message reaches a final state (patron privacy: keep
 # bodies only briefly; the row and its state stay for reports and receipts).
 STORE_BODY_RETENTION_S = 7 * 24 * 3600.0

@@ -20,11 +20,13 @@ from bridge.bounces import build_bounces
 from bridge.compliance import Compliance, NumberLocks
 from bridge.config import Config, ConfigError, load_config
 from bridge.dispatcher import Dispatcher
+from bridge.imap_intake import ImapIntake
 from bridge.inbound import Inbound
 from bridge.intake import Intake
 from bridge.mailer import Mailer, make_transport
 from bridge.metrics import Metrics
 from bridge.model import SmsRecord
+from bridge.reports import Maintenance
 from bridge.smpp.pdu import DeliverSm
 from bridge.smpp.session import SessionSettings, SmppSession
 from bridge.smtp_intake import SmtpIntake
@@ -84,10 +86,12 @@ class Bridge:
             cfg, self.store, clock=clock, wake_mailer=self.mailer.wake, metrics=self.metrics
         )
         self.metrics.watch_inbound(lambda: self.inbound.counters)
+        self.maintenance = Maintenance(cfg, self.store, clock=clock, wake_mailer=self.mailer.wake)
         self.locks = NumberLocks()
         self.compliance = Compliance(cfg, self.store, self.inbound, self.locks)
         self.inbound.keywords = self.compliance.keyword
         self.inbound.hold = self.locks.hold
+        self.imap: list[ImapIntake] = []
         self._stack = AsyncExitStack()
         self.stop_requested = asyncio.Event()
         self.reload_requested = asyncio.Event()
@@ -164,7 +168,16 @@ class Bridge:
         self.inbound.wake_dispatcher = self.dispatcher.wake
         await self.inbound.start()
         stack.push_async_callback(self.inbound.stop)
-        # 6. intake last: only take mail once everything behind it runs
+        await self.maintenance.start()
+        stack.push_async_callback(self.maintenance.stop)
+        # 6. intake last: only take mail once everything behind it runs (IMAP, then SMTP)
+        for box in cfg.imap:
+            imap = ImapIntake(
+                cfg, box, self.intake, self.store, clock=self.clock, wake_mailer=self.mailer.wake
+            )
+            await imap.start()
+            stack.push_async_callback(imap.stop)
+            self.imap.append(imap)
         await self.smtp.start()
         stack.push_async_callback(self.smtp.stop)
 
@@ -185,6 +198,8 @@ class Bridge:
         changed = [n for n in ("smpp", "store") if getattr(new, n) != getattr(self.cfg, n)]
         if new.smtp.listen != self.cfg.smtp.listen or new.smtp.tls != self.cfg.smtp.tls:
             changed.append("smtp.listen/smtp.tls")
+        if [b.name for b in new.imap] != [i.box.name for i in self.imap]:
+            changed.append("the list of imap mailboxes")
         if changed:
             log.warning("reload: %s settings need a restart to take effect", ", ".join(changed))
         self.cfg = new
@@ -192,6 +207,9 @@ class Bridge:
         self.smtp.reload(new)
         self.inbound.reload(new)
         self.compliance.reload(new)
+        self.maintenance.reload(new)
+        for imap in self.imap:
+            imap.reload(new)
         self.mailer.reload(new)
         if self.dispatcher is not None:
             self.dispatcher.reload(new)

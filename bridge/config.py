@@ -200,7 +200,6 @@ class StoreConfig(_Model):
         if value is not None and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("store.url must be a postgresql:// URL (or leave it out for SQLite)")
         return value
-    body_retention_s: float = Field(default=defaults.STORE_BODY_RETENTION_S, ge=0)
 
 
 class MailConfig(_Model):
@@ -376,6 +375,22 @@ class AdminConfig(_Model):
         return None if value is None else parse_host_port(value)
 
 
+class PrivacyConfig(_Model):
+    """What the bridge keeps about patrons, and for how long (library patron privacy)."""
+
+    # Message text is erased this long after a text is final (delivered, failed, expired).
+    retain_bodies_days: float = Field(default=defaults.PRIVACY_RETAIN_BODIES_DAYS, ge=0)
+    # The rest of a message's record (number, state, times, reason) is deleted after this.
+    retain_metadata_days: float = Field(default=defaults.PRIVACY_RETAIN_METADATA_DAYS, ge=1)
+
+
+class ReportsConfig(_Model):
+    """A scheduled email per library: sent, delivered, failed (with the numbers to fix),
+    opt-outs, and the notices that cost most."""
+
+    every_days: float | None = Field(default=defaults.REPORT_EVERY_DAYS, gt=0)  # null: off
+
+
 class LogConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -432,6 +447,8 @@ class TenantConfig(_Model):
     # What a patron who replies gets when this library takes no replies (no reply_to, or a
     # no-reply address): one SMS with this text.
     noreply_text: str | None = None
+    # Where the scheduled report goes (default: reply_to, else bounce_to).
+    report_to: str | None = None
 
     @field_validator("networks", mode="before")
     @classmethod
@@ -485,6 +502,8 @@ class Config(_Model):
     compliance: ComplianceConfig = ComplianceConfig()
     imap: tuple[ImapConfig, ...] = ()
     admin: AdminConfig = AdminConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    reports: ReportsConfig = ReportsConfig()
     log: LogConfig = LogConfig()
     tenants: tuple[TenantConfig, ...] = Field(min_length=1)
 
@@ -493,7 +512,7 @@ class Config(_Model):
     def _empty_sections(cls, data: Any) -> Any:
         # A section whose keys are all commented out is YAML null: it means "all defaults".
         if isinstance(data, dict):
-            for key in ("store", "inbound", "compliance", "log", "admin"):
+            for key in ("store", "inbound", "compliance", "log", "admin", "privacy", "reports"):
                 if key in data and data[key] is None:
                     data = {**data, key: {}}
             if data.get("imap", ()) is None:

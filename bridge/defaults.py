@@ -48,9 +48,14 @@ SMPP_DRAIN_TIMEOUT_S = 10.0
 # --- store ---------------------------------------------------------------------------------------
 STORE_PATH = "var/sms-bridge.db"
 STORE_LEASE_S = 60.0
-# How long message text is kept after a message reaches a final state (patron privacy: keep
-# bodies only briefly; the row and its state stay for reports and receipts).
-STORE_BODY_RETENTION_S = 7 * 24 * 3600.0
+
+# --- privacy and reports --------------------------------------------------------------------------
+# Message text is kept only briefly (staff may need it to answer a bounce); the record of who was
+# texted when lasts longer (receipts can arrive days later, reports need a season's history).
+PRIVACY_RETAIN_BODIES_DAYS = 7.0
+PRIVACY_RETAIN_METADATA_DAYS = 90.0
+REPORT_EVERY_DAYS = 7.0
+MAINTENANCE_EVERY_S = 3600.0
 
 # --- outbound mail -------------------------------------------------------------------------------
 MAIL_MAILDIR = "var/mail"

@@ -14,8 +14,10 @@ stalls the reader; each deliver_sm_resp is written only after its handler return
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import math
 import random
 import socket
 import ssl
@@ -39,6 +41,9 @@ MIN_THROTTLED_TPS = 0.5
 # A burst of throttled responses (the whole window comes back 0x58 at once) is one signal, not
 # `window` signals: halve at most once per this many seconds.
 THROTTLE_COOLDOWN_S = 1.0
+# Slack kept at the edge of every one-second window, for arrival jitter at the SMSC (~0.5 %
+# of the rate): cheaper than one ESME_RTHROTTLED, which halves the rate for recovery_s.
+WINDOW_GUARD_S = 0.005
 
 
 class NotBound(Exception):
@@ -121,6 +126,9 @@ class RateLimiter:
         self.max_tps = max_tps
         self.recovery_s = recovery_s
         self._next = float("-inf")
+        self._recent: collections.deque[float] = collections.deque(
+            maxlen=max(1, math.ceil(max_tps))
+        )
         self._low = max_tps  # rate right after the last throttle
         self._since = float("-inf")  # when the last throttle happened
 
@@ -135,10 +143,22 @@ class RateLimiter:
     def reserve(self, now: float) -> float:
         """Claim the next send slot; returns the time at which to send (>= now)."""
         start = max(now, self._next)
+        rate = self.rate(start)
+        # Sliding-window guard, on *actual* send times (mark_sent): a carrier that counts
+        # arrivals per second must never see more than floor(rate) of them, even when one
+        # send woke late and the next on time. GUARD_S absorbs arrival jitter at the SMSC.
+        per_second = max(1, math.floor(rate))
+        if len(self._recent) >= per_second:
+            start = max(start, self._recent[-per_second] + 1.0 + WINDOW_GUARD_S)
         # The nanosecond keeps float rounding (0.1 * 10 < 1.0) from letting rate + 1 sends
         # into a half-open second.
-        self._next = start + 1.0 / self.rate(start) + 1e-9
+        self._next = start + 1.0 / rate + 1e-9
         return start
+
+    def mark_sent(self, at: float) -> None:
+        """Record when a send actually went out (a sleeping task can wake late)."""
+        self._recent.append(at)
+        self._next = max(self._next, at + 1.0 / self.rate(at) + 1e-9)
 
     def throttled(self, now: float) -> bool:
         """Record an ESME_RTHROTTLED; True when the rate was actually lowered."""
@@ -387,6 +407,7 @@ class SmppSession:
         self._links: list[_Link] = []
         self._tx: _Link | None = None
         self._window = asyncio.Semaphore(settings.window)
+        self._pace = asyncio.Lock()
         self._limiter = RateLimiter(settings.max_tps, settings.throttle_recovery_s)
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -454,12 +475,17 @@ class SmppSession:
         async with self._window:
             while True:
                 link = await self._wait_tx(deadline)
-                send_at = self._limiter.reserve(loop.time())
-                delay = send_at - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if not link.is_open:
-                    continue  # dropped while we waited for the slot: nothing sent yet
+                # One sender at a time through the pacing gate, so slots are handed out in
+                # the order sends really happen. link.request() writes the PDU before its
+                # first await, so nothing can overtake between the gate and the wire.
+                async with self._pace:
+                    send_at = self._limiter.reserve(loop.time())
+                    delay = send_at - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    if not link.is_open:
+                        continue  # dropped while we waited for the slot: nothing sent yet
+                    self._limiter.mark_sent(loop.time())
                 self._inflight += 1
                 self._idle.clear()
                 try:

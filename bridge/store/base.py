@@ -51,3 +51,18 @@ class CostLintRow:
     gsm_segments: int | None  # with accents and punctuation folded, when that helps
     culprits: str  # the characters that forced UCS-2
     template: str  # subject and first words: which ILS template to fix
+
+
+@dataclass(frozen=True)
+class PurgeCounts:
+    bodies: int  # message texts erased
+    records: int  # message records deleted
+    mails: int  # delivered or dead emails deleted
+
+
+@dataclass(frozen=True)
+class ReportData:
+    states: dict[str, int]  # notices by state
+    failed: list[tuple[str, str, str, float]]  # (msisdn, reason, subject, created_at)
+    optout_changes: list[tuple[str, bool, str | None, float]]  # (msisdn, opted_out, keyword, at)
+    costly: list[tuple[str, int, int, int, str]]  # (template, texts, ucs2, segments, culprits)

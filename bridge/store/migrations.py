@@ -157,4 +157,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX pending_receipt_id ON pending_receipt (smsc_message_id)
     """,
+    # 7: scheduled jobs (purges, reports) run once per period, remembered across restarts
+    """
+    CREATE TABLE job (
+        name TEXT PRIMARY KEY,
+        last_run REAL NOT NULL
+    );
+    CREATE INDEX sms_created ON sms (created_at);
+    CREATE INDEX optout_audit_time ON optout_audit (changed_at)
+    """,
 )

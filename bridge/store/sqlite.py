@@ -31,7 +31,15 @@ from bridge.model import (
     SmsState,
     new_queue_id,
 )
-from bridge.store.base import CostLintRow, Outgoing, SegmentRef, SmsFilter, StoreError
+from bridge.store.base import (
+    CostLintRow,
+    Outgoing,
+    PurgeCounts,
+    ReportData,
+    SegmentRef,
+    SmsFilter,
+    StoreError,
+)
 from bridge.store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -235,7 +243,8 @@ class SqliteStore:
             for item in items:
                 if item.dup_key and dup_window_s > 0:
                     row = conn.execute(
-                        "SELECT queue_id FROM sms WHERE dup_key=? AND created_at>=? LIMIT 1",
+                        "SELECT queue_id FROM sms INDEXED BY sms_dup_key"
+                        " WHERE dup_key=? AND created_at>=? LIMIT 1",
                         (item.dup_key, now - dup_window_s),
                     ).fetchone()
                     if row is not None:
@@ -243,8 +252,10 @@ class SqliteStore:
                         continue
                 if item.message_id and dedup_window_s > 0:
                     row = conn.execute(
-                        "SELECT queue_id FROM sms WHERE message_id=? AND msisdn=? AND tenant_id=?"
-                        " AND created_at>=? LIMIT 1",
+                        # INDEXED BY: without statistics the planner picked the
+                        # (msisdn, tenant) index and scanned a patron's whole history.
+                        "SELECT queue_id FROM sms INDEXED BY sms_dedup WHERE message_id=?"
+                        " AND msisdn=? AND tenant_id=? AND created_at>=? LIMIT 1",
                         (item.message_id, item.msisdn, item.tenant_id, now - dedup_window_s),
                     ).fetchone()
                     if row is not None:
@@ -887,16 +898,93 @@ class SqliteStore:
 
     # --- maintenance ---------------------------------------------------------------------------
 
-    async def purge_bodies(self, now: float, retention_s: float) -> int:
-        """Patron privacy: drop message text once it is no longer needed."""
+    async def purge(self, bodies_before: float, records_before: float, now: float) -> PurgeCounts:
+        """Patron privacy: erase message text of texts final before `bodies_before`, delete
+        message records created before `records_before`, and drop delivered emails and old
+        bookkeeping. Opt-out records and their audit trail are kept."""
 
-        def fn(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
+        def fn(conn: sqlite3.Connection) -> PurgeCounts:
+            bodies = conn.execute(
                 "UPDATE sms SET body=NULL WHERE body IS NOT NULL AND final_at IS NOT NULL"
                 " AND final_at<=?",
-                (now - retention_s,),
+                (bodies_before,),
+            ).rowcount
+            old = "SELECT queue_id FROM sms WHERE created_at<? AND state IN"
+            old += " ('delivered','failed','expired','submitted')"
+            conn.execute(f"DELETE FROM sms_segment WHERE queue_id IN ({old})", (records_before,))
+            conn.execute(f"DELETE FROM cost_lint WHERE queue_id IN ({old})", (records_before,))
+            records = conn.execute(
+                "DELETE FROM sms WHERE created_at<? AND state IN"
+                " ('delivered','failed','expired','submitted')",
+                (records_before,),
+            ).rowcount
+            mails = conn.execute(
+                "DELETE FROM mail_outbox WHERE state IN ('sent','dead') AND updated_at<?",
+                (bodies_before,),
+            ).rowcount
+            conn.execute("DELETE FROM conversation WHERE created_at<?", (records_before,))
+            conn.execute("DELETE FROM mo_seen WHERE received_at<?", (bodies_before,))
+            return PurgeCounts(bodies, records, mails)
+
+        return await self._call(fn)
+
+    async def job_due(self, name: str, now: float, every_s: float) -> bool:
+        """True (and the run recorded) when `name` last ran `every_s` ago or more. The first
+        call only starts the clock, so a new install does not send a report on its first day."""
+
+        def fn(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT last_run FROM job WHERE name=?", (name,)).fetchone()
+            if row is None:
+                conn.execute("INSERT INTO job (name, last_run) VALUES (?,?)", (name, now))
+                return False
+            if float(row[0]) > now - every_s:
+                return False
+            conn.execute("UPDATE job SET last_run=? WHERE name=?", (now, name))
+            return True
+
+        return await self._call(fn)
+
+    async def tenant_report(
+        self, tenant_id: str, scope: str, since: float, until: float
+    ) -> ReportData:
+        """What a library's periodic report shows, for texts created in [since, until)."""
+
+        def fn(conn: sqlite3.Connection) -> ReportData:
+            states = dict(
+                conn.execute(
+                    "SELECT state, count(*) FROM sms WHERE tenant_id=? AND kind='notice'"
+                    " AND created_at>=? AND created_at<? GROUP BY state",
+                    (tenant_id, since, until),
+                ).fetchall()
             )
-            return cur.rowcount
+            failed = [
+                (r[0], r[1] or "", r[2] or "", float(r[3]))
+                for r in conn.execute(
+                    "SELECT msisdn, reason, subject, created_at FROM sms WHERE tenant_id=?"
+                    " AND kind='notice' AND state IN ('failed','expired')"
+                    " AND created_at>=? AND created_at<? ORDER BY created_at",
+                    (tenant_id, since, until),
+                )
+            ]
+            changes = [
+                (r[0], bool(r[1]), r[2], float(r[3]))
+                for r in conn.execute(
+                    "SELECT msisdn, opted_out, keyword, changed_at FROM optout_audit"
+                    " WHERE scope=? AND changed_at>=? AND changed_at<? ORDER BY changed_at",
+                    (scope, since, until),
+                )
+            ]
+            costly = [
+                (r[0], int(r[1]), int(r[2]), int(r[3]), r[4] or "")
+                for r in conn.execute(
+                    "SELECT template, count(*), sum(coding='ucs2'), sum(segments),"
+                    " group_concat(DISTINCT culprits) FROM cost_lint WHERE tenant_id=?"
+                    " AND created_at>=? AND created_at<? GROUP BY template"
+                    " ORDER BY sum(segments) DESC LIMIT 10",
+                    (tenant_id, since, until),
+                )
+            ]
+            return ReportData({str(k): int(v) for k, v in states.items()}, failed, changes, costly)
 
         return await self._call(fn)
 

@@ -88,14 +88,25 @@ async def test_admin_retry_drop_and_list(store: Store) -> None:
     assert await store.counts() == {"queued": 2}
 
 
-async def test_purge_bodies(store: Store) -> None:
+async def test_privacy_purge(store: Store) -> None:
     await store.enqueue_sms([sms()], now=1.0, dedup_window_s=0)
     (rec,) = await store.claim_sms(now=1.0, limit=1)
     await store.record_final(rec.queue_id, SmsState.DELIVERED, None, now=2.0)
-    assert await store.purge_bodies(now=50.0, retention_s=100) == 0
-    assert await store.purge_bodies(now=200.0, retention_s=100) == 1
+    counts = await store.purge(bodies_before=1.0, records_before=0.5, now=50.0)
+    assert (counts.bodies, counts.records) == (0, 0)
+    counts = await store.purge(bodies_before=100.0, records_before=0.5, now=200.0)
+    assert counts.bodies == 1
     got = await store.get_sms(rec.queue_id)
     assert got is not None and got.body is None and got.msisdn == "+12025550143"
+    counts = await store.purge(bodies_before=100.0, records_before=100.0, now=200.0)
+    assert counts.records == 1 and await store.get_sms(rec.queue_id) is None
+
+
+async def test_jobs_run_once_per_period(store: Store) -> None:
+    assert not await store.job_due("report:x", now=0.0, every_s=100)  # starts the clock
+    assert not await store.job_due("report:x", now=50.0, every_s=100)
+    assert await store.job_due("report:x", now=100.0, every_s=100)
+    assert not await store.job_due("report:x", now=150.0, every_s=100)
 
 
 async def test_concat_ref_is_persistent(tmp_path: Path) -> None:

@@ -29,9 +29,25 @@ class _Formatter(logging.Formatter):
         self.converter = time.gmtime  # UTC timestamps: one clock for every host of a consortium
 
 
-def setup_logging(level: str) -> None:
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers (log.format: json)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _Formatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -51,7 +67,7 @@ def _load(path: str) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    setup_logging(args.log_level or cfg.log.level)
+    setup_logging(args.log_level or cfg.log.level, cfg.log.format)
     from bridge.app import Bridge
 
     bridge = Bridge(cfg, config_path=Path(args.config))
@@ -211,6 +227,17 @@ def cmd_optout(args: argparse.Namespace) -> int:
         store = Store(cfg.store.path)
         await store.open()
         try:
+            if args.optout_cmd == "export":
+                # CSV for the ILS: one row per opted-out number, E.164 in full (the library
+                # needs it to update patron records); written to stdout.
+                import csv
+
+                out = csv.writer(sys.stdout)
+                out.writerow(["msisdn", "sending_number", "opted_out_at", "keyword", "by"])
+                for r in await store.list_optouts(None if args.all_scopes else scope):
+                    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.changed_at))
+                    out.writerow([r.msisdn, r.scope, when, r.keyword or "", r.actor])
+                return EXIT_OK
             if args.optout_cmd == "ls":
                 recs = await store.list_optouts(None if args.all_scopes else scope)
                 rows = [
@@ -258,6 +285,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bridge.store import Store
 
     cfg = _load(args.config)
+    if args.report_cmd == "send":
+        from bridge.reports import Maintenance
+
+        async def send() -> int:
+            store = Store(cfg.store.path)
+            await store.open()
+            try:
+                m = Maintenance(cfg, store)
+                now = time.time()
+                sent = 0
+                for tenant in cfg.tenants:
+                    if args.tenant in (None, tenant.id):
+                        sent += await m.send_report(tenant, now - args.days * 86400, now)
+                return sent
+            finally:
+                await store.close()
+
+        n = asyncio.run(send())
+        print(f"{n} report(s) queued; the running bridge mails them")
+        return EXIT_OK if n else EXIT_PROBLEM
 
     async def go() -> list[dict[str, object]]:
         store = Store(cfg.store.path)
@@ -286,6 +333,62 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print(f"no notice needed UCS-2 or more than one segment in the last {args.days} days")
     return EXIT_OK
+
+
+def cmd_send_test(args: argparse.Namespace) -> int:
+    """Send one text through the running bridge: SMTP to its listener, as a tenant would."""
+    import smtplib
+    from email.message import EmailMessage
+
+    from bridge.store import Store
+
+    cfg = _load(args.config)
+    tenant = cfg.tenant(args.tenant) if args.tenant else cfg.tenants[0]
+    sender = args.sender or tenant.senders[0].replace("*", "sms-bridge-test")
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = f"{args.number}@{cfg.smtp.domains[0]}"
+    msg["Subject"] = "sms-bridge test"
+    msg.set_content(args.text)
+    host = cfg.smtp.listen.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    try:
+        with smtplib.SMTP(host, cfg.smtp.listen.port, timeout=30) as smtp:
+            refused = smtp.send_message(msg, from_addr=sender, to_addrs=[msg["To"]])
+    except smtplib.SMTPResponseException as exc:
+        err = exc.smtp_error
+        text = err.decode(errors="replace") if isinstance(err, bytes) else str(err)
+        print(f"refused: {exc.smtp_code} {text}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except (OSError, smtplib.SMTPException) as exc:
+        print(f"cannot reach the bridge at {cfg.smtp.listen}: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if refused:
+        print(f"refused: {refused}", file=sys.stderr)
+        return EXIT_PROBLEM
+    print(f"accepted by the bridge for {msg['To']}")
+    if args.wait <= 0:
+        return EXIT_OK
+
+    async def watch() -> str | None:
+        store = Store(cfg.store.path)
+        await store.open()
+        try:
+            deadline = time.monotonic() + args.wait
+            from bridge.store import SmsFilter
+
+            while time.monotonic() < deadline:
+                recs = await store.list_sms(SmsFilter(limit=1), time.time())
+                if recs and recs[0].state.value in ("submitted", "delivered", "failed", "expired"):
+                    return f"{recs[0].queue_id}: {recs[0].state.value} {recs[0].reason or ''}"
+                await asyncio.sleep(0.2)
+            return None
+        finally:
+            await store.close()
+
+    outcome = asyncio.run(watch())
+    print(outcome or f"still queued after {args.wait:g} s (quiet hours? SMSC down?)")
+    return EXIT_OK if outcome and "failed" not in outcome else EXIT_PROBLEM
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,10 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("optout", help="opt-out records")
     with_config(sp)
     osub = sp.add_subparsers(dest="optout_cmd", required=True)
-    o = osub.add_parser("ls", help="numbers that opted out")
-    o.add_argument("--scope", help="sending number (default smpp.source_addr)")
-    o.add_argument("--all-scopes", action="store_true")
-    o.add_argument("--json", action="store_true")
+    for name, text in (("ls", "numbers that opted out"), ("export", "opt-outs as CSV")):
+        o = osub.add_parser(name, help=text)
+        o.add_argument("--scope", help="sending number (default smpp.source_addr)")
+        o.add_argument("--all-scopes", action="store_true")
+        o.add_argument("--json", action="store_true")
     for name, text in (
         ("add", "opt a number out (audited as an admin change)"),
         ("rm", "opt a number back in (audited as an admin change)"),
@@ -359,12 +463,24 @@ def build_parser() -> argparse.ArgumentParser:
             o.add_argument("--reason", help="recorded in the audit trail")
     sp.set_defaults(fn=cmd_optout)
 
+    sp = sub.add_parser("send-test", help="send one test SMS through the running bridge")
+    with_config(sp)
+    sp.add_argument("number", help="patron number, e.g. 2025550143")
+    sp.add_argument("--text", default="Test message from sms-bridge.")
+    sp.add_argument("--tenant", help="tenant id (default: the first)")
+    sp.add_argument("--sender", help="envelope sender (default from the tenant's senders)")
+    sp.add_argument("--wait", type=float, default=10.0, help="seconds to watch its state")
+    sp.set_defaults(fn=cmd_send_test)
+
     sp = sub.add_parser("report", help="reports for library managers")
     with_config(sp)
     rsub = sp.add_subparsers(dest="report_cmd", required=True)
     r = rsub.add_parser("costs", help="templates that needed UCS-2 or several segments")
     r.add_argument("--days", type=int, default=30)
     r.add_argument("--json", action="store_true")
+    r = rsub.add_parser("send", help="queue each library's report now (the daemon mails it)")
+    r.add_argument("--days", type=int, default=7)
+    r.add_argument("--tenant", help="only this tenant")
     sp.set_defaults(fn=cmd_report)
     return p
 

@@ -324,3 +324,29 @@ async def test_receipt_before_its_submit_resp_is_held_and_applied(env_factory: S
     assert "could not deliver" in (rec.reason or "")
     (dsn,) = await e.sink.wait_for(1, timeout=10)
     assert dsn.message().get_content_type() == "multipart/report"
+
+
+async def test_send_test_command_through_the_running_bridge(env: Env) -> None:
+    import yaml
+
+    from bridge.cli import main
+    from tests.conftest import BASE, merge
+
+    cfg_file = env.tmp / "cli.yaml"
+    cfg_file.write_text(
+        yaml.safe_dump(
+            merge(
+                BASE,
+                {
+                    "smtp": {"listen": f"127.0.0.1:{env.smtp_port}"},
+                    "store": {"path": str(env.bridge.cfg.store.path)},
+                },
+            )
+        )
+    )
+    code = await asyncio.to_thread(
+        main, ["send-test", "-c", str(cfg_file), "2025550143", "--text", "Ping", "--wait", "10"]
+    )
+    assert code == 0
+    (sms,) = await env.sim.wait_for_messages(1, timeout=5)
+    assert sms.text == "Ping" and sms.destination == "+12025550143"

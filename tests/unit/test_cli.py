@@ -101,3 +101,24 @@ def test_hash_password_from_stdin(
     monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
     code, out = run(capsys, "hash-password", "--password-stdin")
     assert code == 0 and Verifier().verify(b"s3cret", out.strip())
+
+
+def test_optout_export_csv(cfg_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "optout", "-c", str(cfg_path), "add", "2025550143")
+    code, out = run(capsys, "optout", "-c", str(cfg_path), "export")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0] == "msisdn,sending_number,opted_out_at,keyword,by"
+    assert lines[1].startswith("+12025550143,12025550100,")
+
+
+def test_json_log_format(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from bridge.cli import setup_logging
+
+    setup_logging("INFO", "json")
+    logging.getLogger("bridge.test").info("queued queue_id=%s", "abc")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    data = json.loads(line)
+    assert data["message"] == "queued queue_id=abc" and data["level"] == "INFO"
+    logging.getLogger().handlers.clear()

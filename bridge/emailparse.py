@@ -28,6 +28,7 @@ import codecs
 import email
 import email.errors
 import email.policy
+import email.utils
 import logging
 import re
 import unicodedata
@@ -270,7 +271,10 @@ def html_to_text(html: str) -> str:
 
 
 def _parse(raw: bytes, opts: TextOptions) -> ParsedNotice:
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    # compat32, not policy.default: the structured-header machinery of policy.default costs
+    # ~2 ms a message (measured: 2.4 ms against 0.1 ms for a Koha notice), most of the
+    # intake's time; we decode the few headers we need ourselves (RFC 2047, RFC 6532).
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
     raw_headers: dict[str, str] = {}
     decoded_headers: dict[str, str] = {}
     for name, value in msg.raw_items():
@@ -282,7 +286,7 @@ def _parse(raw: bytes, opts: TextOptions) -> ParsedNotice:
         decoded_headers[key] = _decode_rfc2047(unfolded).strip()
 
     subject = " ".join(decoded_headers.get("subject", "").split())
-    from_addr, from_name = _from_header(msg)
+    from_addr, from_name = _from_header(decoded_headers.get("from"))
     body, had_attachment = _body_text(msg, opts, from_name)
     subject_text = normalise_text(subject, opts).replace("\n", " ")
 
@@ -396,15 +400,14 @@ def _decode_bytes(data: bytes, charset: str | None) -> str:
         return data.decode("cp1252", "replace")
 
 
-def _from_header(msg: Message) -> tuple[str | None, str]:
+def _from_header(value: str | None) -> tuple[str | None, str]:
     """(addr-spec, display name) of the first From address, or (None, '')."""
+    if not value:
+        return None, ""
     try:
-        header = msg.get("from")
-        addresses = getattr(header, "addresses", ()) if header is not None else ()
-        for address in addresses:
-            addr_spec = str(address.addr_spec)
+        for name, addr_spec in email.utils.getaddresses([value]):
             if "@" in addr_spec:
-                return addr_spec, " ".join(str(address.display_name).split())
+                return addr_spec, " ".join(name.split())
     except _PARSER_ERRORS as exc:
         logger.debug("unparseable From header: %s", type(exc).__name__)
     return None, ""

@@ -229,6 +229,7 @@ class SmscSimulator:
         self._reassembly: dict[tuple[str, str, int, int, int], _Pending] = {}
         self._conns: set[_SimConn] = set()
         self._conn_tasks: set[asyncio.Task[None]] = set()
+        self._receipt_tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
         self._server: asyncio.Server | None = None
         self._pending_malformed = False
@@ -242,6 +243,8 @@ class SmscSimulator:
         log.info("SMSC simulator listening on %s:%d (scenario %s)", self.host, self.port, self)
 
     async def stop(self) -> None:
+        for task in list(self._receipt_tasks):
+            task.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self._conns):
@@ -548,7 +551,9 @@ class SmscSimulator:
             text = self._record_segment(sm, message_id)
             self._submitted[message_id] = _Submitted(conn, sm, text, time.time())
             if self.receipts and sm.registered_delivery & 0x03:
-                conn.spawn(self._auto_receipt(conn, message_id))
+                task = asyncio.ensure_future(self._auto_receipt(conn, message_id))
+                self._receipt_tasks.add(task)
+                task.add_done_callback(self._receipt_tasks.discard)
         unbind_now = scenario.name == "unbind_after" and self._scenario_submits == scenario.arg
         if unbind_now:
             self._scenario = Scenario("ok")
@@ -697,21 +702,28 @@ class SmscSimulator:
         )
 
     async def _auto_receipt(self, conn: _SimConn, message_id: str) -> None:
+        """Deliver a receipt like an SMSC's store-and-forward: to the submitting session, else
+        any bound receiver; when none is bound or the ESME answers an error (e.g. 0x64), try
+        again later (bounded: about 20 s)."""
         await asyncio.sleep(self.receipt_delay_s)
         fail = self._scenario.name == "fail_receipts"
         stat, err = ("UNDELIV", "001") if fail else ("DELIVRD", "000")
         record = self._submitted.get(message_id)
-        try:
-            target = self._receiver(conn)
-            raw = self._receipt_pdu(message_id, stat, err, record, None)
-            status = await target.request(raw)
-        except (ConnectionError, TimeoutError) as exc:
-            log.info("simulator: receipt for %s not delivered: %s", message_id, exc)
-            return
-        if status != errors.ESME_ROK:
-            log.info(
-                "simulator: receipt for %s answered %s", message_id, errors.status_name(status)
-            )
+        for attempt in range(50):
+            try:
+                target = self._receiver(conn)
+                raw = self._receipt_pdu(message_id, stat, err, record, None)
+                status = await target.request(raw)
+            except (ConnectionError, TimeoutError) as exc:
+                log.info("simulator: receipt for %s not delivered yet: %s", message_id, exc)
+            else:
+                if status == errors.ESME_ROK:
+                    return
+                log.info(
+                    "simulator: receipt for %s answered %s", message_id, errors.status_name(status)
+                )
+            await asyncio.sleep(min(1.0, 0.1 * (attempt + 1)))
+        log.warning("simulator: receipt for %s given up", message_id)
 
 
 def _display(address: str, ton: int) -> str:

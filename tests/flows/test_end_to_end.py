@@ -350,3 +350,34 @@ async def test_send_test_command_through_the_running_bridge(env: Env) -> None:
     assert code == 0
     (sms,) = await env.sim.wait_for_messages(1, timeout=5)
     assert sms.text == "Ping" and sms.destination == "+12025550143"
+
+
+async def test_disk_full_answers_451_and_recovers(env: Env) -> None:
+    def fill(conn: object) -> None:
+        import sqlite3
+
+        assert isinstance(conn, sqlite3.Connection)
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={pages}")  # SQLITE_FULL on the next new page
+
+    await env.bridge.store.run(fill)
+    body = "x" * 900  # a few of these need new pages
+    codes = []
+    for i in range(8):
+        conv = await send(env.smtp_port, FROM, [TO], notice(f"{body} {i}", Message_ID=f"<d{i}@x>"))
+        codes.append(conv.data[0] if conv.data else conv.rcpts[0][0])
+    assert 451 in codes and 500 not in codes
+    await env.bridge.store.run(lambda conn: conn.execute("PRAGMA max_page_count=1073741823"))
+    conv = await send(env.smtp_port, FROM, [TO], notice("after", Message_ID="<after@x>"))
+    assert conv.data is not None and conv.data[0] == 250
+    await env.wait_state(conv.queue_ids[0], SmsState.DELIVERED)
+
+
+async def test_smsc_drops_the_link_mid_stream_nothing_lost(env: Env) -> None:
+    env.sim.set_scenario("drop_after:4")
+    rcpts = [f"20255501{n:02d}@sms.example.org" for n in range(20, 32)]
+    conv = await send(env.smtp_port, FROM, rcpts, notice("Closing early today"))
+    for qid in conv.queue_ids:
+        await env.wait_state(qid, SmsState.DELIVERED, timeout=15)
+    assert env.sim.binds >= 2  # it reconnected
+    assert {m.destination for m in env.sim.messages} == {f"+1{r[:10]}" for r in rcpts}

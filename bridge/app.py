@@ -267,22 +267,28 @@ class Bridge:
     def ready(self) -> None:
         cfg = self.cfg
         domain = cfg.smtp.domains[0]
+        mail = f"relay {cfg.mail.relay}" if cfg.mail.relay else f"Maildir {cfg.mail.maildir}"
         log.info(
-            "ready: smtp %s:%d, smsc %s:%d, store %s",
+            "ready: smtp %s:%d, smsc %s:%d%s, store %s, replies and bounces to %s%s",
             cfg.smtp.listen.host,
             self.smtp.port,
             cfg.smpp.host,
             cfg.smpp.port,
+            " (bundled simulator)" if cfg.smpp.simulator else "",
             cfg.store.path,
+            mail,
+            f", status page http://{cfg.admin.listen}/" if cfg.admin.listen else "",
         )
-        log.info(
-            "try it: python3 -c \"import smtplib; smtplib.SMTP('%s', %d).sendmail("
-            "'%s', ['2025550143@%s'], 'Subject: hi\\r\\n\\r\\nYour hold is ready.')\"",
-            cfg.smtp.listen.host,
-            self.smtp.port,
-            _example_sender(cfg),
-            domain,
-        )
+        if cfg.smpp.simulator:
+            # The first thing a new user wants: how to see it work.
+            log.info(
+                "try it: python3 -c \"import smtplib; smtplib.SMTP('%s', %d).sendmail("
+                "'%s', ['2025550143@%s'], 'Subject: hi\\r\\n\\r\\nYour hold is ready.')\"",
+                cfg.smtp.listen.host,
+                self.smtp.port,
+                _example_sender(cfg),
+                domain,
+            )
 
 
 def _example_sender(cfg: Config) -> str:

@@ -21,7 +21,8 @@ from typing import Literal, Protocol
 from bridge.addressing import mask_msisdn
 from bridge.config import Config
 from bridge.metrics import Metrics
-from bridge.model import SmsRecord, SmsState
+from bridge.model import NewSms, SmsRecord, SmsState
+from bridge.policy import optin_confirmation
 from bridge.shaping import Shaped, shape
 from bridge.smpp import errors
 from bridge.smpp.encoding import EncodedSms, TooManySegments, encode_sms, segment_count
@@ -228,6 +229,8 @@ class Dispatcher:
                     rec, Failure(SmsState.FAILED, decision.reason, "5.7.1", "X-SMPP; policy")
                 )
                 return
+        if await self._welcome_first(rec, now):
+            return
         text, shaped = await self._shape(rec)
         try:
             encoded = await self._encode(rec, text)
@@ -237,6 +240,44 @@ class Dispatcher:
             )
             return
         await self._submit(rec, encoded, shaped)
+
+    async def _welcome_first(self, rec: SmsRecord, now: float) -> bool:
+        """compliance.welcome_on_first_contact: before a library's first notice to a number,
+        the welcome text (program, frequency, rates, HELP, STOP) goes out on its own; the
+        notice follows a moment later, so the welcome arrives first."""
+        comp = self.cfg.compliance
+        if not comp.welcome_on_first_contact or rec.kind != "notice":
+            return False
+        if await self.store.had_first_contact(rec.msisdn, rec.source_addr):
+            return False
+        welcome = (
+            comp.welcome_text
+            or comp.optin_text
+            or optin_confirmation(comp.program_name, frequency=comp.frequency_text)
+        )
+        await self.store.enqueue_sms(
+            [
+                NewSms(
+                    tenant_id=rec.tenant_id,
+                    msisdn=rec.msisdn,
+                    rcpt_addr=rec.rcpt_addr,
+                    source_addr=rec.source_addr,
+                    envelope_from="",
+                    message_id=None,
+                    subject="",
+                    body=welcome,
+                    kind="confirmation",
+                )
+            ],
+            now,
+            0.0,
+        )
+        await self.store.mark_first_contact(rec.msisdn, rec.source_addr, rec.queue_id, now)
+        await self.store.record_retry(
+            rec.queue_id, "after the welcome text", now + 2.0, now, count=False
+        )
+        self.wake()
+        return True
 
     async def _shape(self, rec: SmsRecord) -> tuple[str, Shaped | None]:
         """Prefix and first-contact footer for a library's notices (bridge/shaping.py)."""

@@ -774,6 +774,16 @@ class SqliteStore:
 
         return await self._call(fn)
 
+    async def mark_first_contact(self, msisdn: str, scope: str, queue_id: str, now: float) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO first_contact (msisdn, scope, first_at, queue_id)"
+                " VALUES (?,?,?,?)",
+                (msisdn, scope, now, queue_id),
+            )
+
+        await self._call(fn)
+
     async def sent_times(self, msisdn: str, tenant_id: str, since: float) -> list[float]:
         """When this library's texts to this number were submitted (frequency caps)."""
 

@@ -77,7 +77,10 @@ def read_db(path: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any,
 class BridgeProcess:
     """One `sms-bridge run` child process; stderr (the log) goes to `log_path`."""
 
-    def __init__(self, cfg_path: Path, smtp_port: int, log_path: Path) -> None:
+    def __init__(
+        self, cfg_path: Path, smtp_port: int, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.env = env or {}
         self.cfg_path = cfg_path
         self.smtp_port = smtp_port
         self.log_path = log_path
@@ -104,7 +107,7 @@ class BridgeProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         await self.wait_ready(timeout)
 

@@ -231,3 +231,53 @@ async def test_first_contact_footer_once_prefix_always(env_factory: StartEnv) ->
     await send(e.smtp_port, FROM, [TO], notice("Cosmos is ready.", Message_ID="<f3@x>"))
     msgs = await e.sim.wait_for_messages(5, timeout=5)
     assert msgs[4].text == "Riverside Library: Cosmos is ready. Reply STOP to opt out."
+
+
+async def test_welcome_text_before_the_first_notice(env_factory: StartEnv) -> None:
+    e = await env_factory({"compliance": {"welcome_on_first_contact": True}})
+    await send(e.smtp_port, FROM, [TO], notice("Your hold is ready.", Message_ID="<w1@x>"))
+    welcome, first = await e.sim.wait_for_messages(2, timeout=10)
+    assert welcome.text == policy.optin_confirmation(PROGRAM, frequency="Msg frequency varies")
+    assert first.text == "Your hold is ready."
+    await send(e.smtp_port, FROM, [TO], notice("Cosmos is due.", Message_ID="<w2@x>"))
+    msgs = await e.sim.wait_for_messages(3, timeout=5)
+    assert msgs[2].text == "Cosmos is due."  # no second welcome
+
+
+async def test_frequency_cap_defers_until_the_window_frees(env_factory: StartEnv) -> None:
+    clock = FakeClock(1_800_000_000.0)
+    e = await env_factory(
+        {"tenants": [tenant(frequency_cap={"max_messages": 1, "per_s": 3600})]}, clock=clock
+    )
+    a = await send(e.smtp_port, FROM, [TO], notice("First", Message_ID="<k1@x>"))
+    await e.wait_state(a.queue_ids[0], SmsState.SUBMITTED, SmsState.DELIVERED)
+    b = await send(e.smtp_port, FROM, [TO], notice("Second", Message_ID="<k2@x>"))
+    await asyncio.sleep(0.4)
+    rec = await e.bridge.store.get_sms(b.queue_ids[0])
+    assert rec is not None and rec.state is SmsState.QUEUED
+    assert rec.reason == "frequency cap: at most 1 texts per 1 h"
+    assert rec.next_attempt_at == clock.now + 3600
+    clock.now += 3600
+    assert e.bridge.dispatcher is not None
+    e.bridge.dispatcher.wake()
+    msgs = await e.sim.wait_for_messages(2, timeout=5)
+    assert msgs[1].text == "Second"
+
+
+async def test_bounces_to_a_fixed_address_as_well(env_factory: StartEnv) -> None:
+    e = await env_factory(
+        {"tenants": [tenant(bounce_mode="both", bounce_to="it@riverside.example.org")]}
+    )
+    e.sim.set_scenario("reject:0x0B")
+    conv = await send(e.smtp_port, FROM, [TO], notice())
+    await e.wait_state(conv.queue_ids[0], SmsState.FAILED)
+    mails = await e.sink.wait_for(2, timeout=10)
+    assert sorted(m.rcpt_tos[0] for m in mails) == [FROM, "it@riverside.example.org"]
+
+
+async def test_unclaimed_reply_goes_to_the_fallback_address(env_factory: StartEnv) -> None:
+    e = await env_factory({"inbound": {"fallback_to": "helpdesk@consortium.example.org"}})
+    await e.sim.inject_mo("+12025550199", NUMBER, "who is this?")
+    (mail,) = await e.sink.wait_for(1, timeout=10)
+    assert mail.rcpt_tos == ("helpdesk@consortium.example.org",)
+    assert mail.message()["Subject"] == "SMS reply: who is this?"

@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 from phonenumbers import timezone as pn_timezone
 
+from bridge import defaults
 from bridge.emailparse import TextOptions, normalise_text
 from bridge.smpp.encoding import Coding, choose_coding, segment_count
 
@@ -66,19 +67,9 @@ class KeywordSet:
 
     # CTIA's standard opt-out words plus the FCC 2024 list (which spells "OPT OUT" with a space;
     # match_keyword treats a space, hyphen or underscore inside a keyword as the same thing).
-    optout: tuple[str, ...] = (
-        "STOP",
-        "STOPALL",
-        "UNSUBSCRIBE",
-        "CANCEL",
-        "END",
-        "QUIT",
-        "REVOKE",
-        "OPTOUT",
-        "OPT-OUT",
-    )
-    optin: tuple[str, ...] = ("START", "UNSTOP", "YES", "SUBSCRIBE")
-    help: tuple[str, ...] = ("HELP", "INFO")
+    optout: tuple[str, ...] = defaults.OPTOUT_KEYWORDS
+    optin: tuple[str, ...] = defaults.OPTIN_KEYWORDS
+    help: tuple[str, ...] = defaults.HELP_KEYWORDS
     # Tenant keywords forwarded to the library as tagged emails, e.g. ("RENEW",).
     custom: tuple[str, ...] = ()
 

@@ -70,3 +70,33 @@ def notice(body: str = "Your hold is ready at Main Branch.", **headers: str) -> 
     }
     head = "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
     return (head + "\r\n" + body + "\r\n").encode()
+
+
+class RawSmtp:
+    """A byte-level SMTP client for probes that smtplib would refuse to send."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int) -> RawSmtp:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        await client.reply()  # greeting
+        return client
+
+    async def reply(self) -> bytes:
+        out = b""
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), 5)
+            out += line
+            if line[3:4] != b"-":
+                return out
+
+    async def cmd(self, line: bytes) -> bytes:
+        self.writer.write(line)
+        await self.writer.drain()
+        return await self.reply()
+
+    def close(self) -> None:
+        self.writer.close()

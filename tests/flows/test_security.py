@@ -8,7 +8,7 @@ import pytest
 
 from bridge.model import SmsState
 from tests.flows.harness import Env
-from tests.smtp_client import notice, send
+from tests.smtp_client import RawSmtp, notice, send
 
 FROM = "ils@riverside.example.org"
 TO = "2025550143@sms.example.org"
@@ -57,24 +57,13 @@ async def test_patron_text_cannot_inject_headers_into_reply_email(env: Env) -> N
 
 
 async def test_overlong_line_is_refused_and_session_survives(env: Env) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", env.smtp_port)
-
-    async def cmd(line: bytes) -> bytes:
-        writer.write(line)
-        await writer.drain()
-        reply = b""
-        while True:
-            chunk = await asyncio.wait_for(reader.readline(), 5)
-            reply += chunk
-            if chunk[3:4] != b"-":
-                return reply
-
-    await asyncio.wait_for(reader.readline(), 5)
+    smtp = await RawSmtp.connect(env.smtp_port)
+    cmd = smtp.cmd
     await cmd(b"EHLO x\r\n")
     reply = await cmd(b"MAIL FROM:<" + b"a" * 5000 + b"@riverside.example.org>\r\n")
     assert reply[:1] == b"5"  # refused, not a crash
     assert (await cmd(b"NOOP\r\n")).startswith(b"250")
-    writer.close()
+    smtp.close()
     ok = await send(env.smtp_port, FROM, [TO], notice())
     assert ok.data is not None and ok.data[0] == 250
     rec = await env.wait_state(ok.queue_ids[0], SmsState.DELIVERED, SmsState.SUBMITTED)

@@ -19,7 +19,7 @@ from bridge.passwords import hash_password
 from bridge.smtp_intake import SmtpIntake
 from bridge.store import SmsFilter, Store
 from tests.conftest import SAMPLES, MakeConfig
-from tests.smtp_client import notice, send
+from tests.smtp_client import RawSmtp, notice, send
 
 FROM = "ils@riverside.example.org"
 TO = "2025550143@sms.example.org"
@@ -260,19 +260,8 @@ async def test_connection_cap_answers_421(start: Start) -> None:
 async def test_bare_lf_smuggling_does_not_split_messages(start: Start) -> None:
     """SMTP smuggling: '<LF>.<LF>' inside DATA must not end the message (aiosmtpd >= 1.4.5)."""
     srv = await start()
-    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
-
-    async def cmd(line: bytes) -> bytes:
-        writer.write(line)
-        await writer.drain()
-        reply = b""
-        while True:
-            chunk = await asyncio.wait_for(reader.readline(), 5)
-            reply += chunk
-            if chunk[3:4] == b" ":
-                return reply
-
-    await asyncio.wait_for(reader.readline(), 5)
+    smtp = await RawSmtp.connect(srv.port)
+    cmd = smtp.cmd
     await cmd(b"EHLO x\r\n")
     await cmd(f"MAIL FROM:<{FROM}>\r\n".encode())
     await cmd(f"RCPT TO:<{TO}>\r\n".encode())
@@ -283,7 +272,7 @@ async def test_bare_lf_smuggling_does_not_split_messages(start: Start) -> None:
     )
     reply = await cmd(payload)
     assert reply.startswith(b"250")
-    writer.close()
+    smtp.close()
     rows = await srv.rows()
     assert [r.msisdn for r in rows] == ["+12025550143"]
 

@@ -381,3 +381,32 @@ async def test_smsc_drops_the_link_mid_stream_nothing_lost(env: Env) -> None:
         await env.wait_state(qid, SmsState.DELIVERED, timeout=15)
     assert env.sim.binds >= 2  # it reconnected
     assert {m.destination for m in env.sim.messages} == {f"+1{r[:10]}" for r in rcpts}
+
+
+async def test_only_the_owning_library_may_answer_and_never_an_auto_reply(
+    env_factory: StartEnv,
+) -> None:
+    other = {
+        "id": "ashland",
+        "name": "Ashland Library",
+        "senders": ["*@ashland.example.org"],
+        "networks": ["127.0.0.0/8"],
+        "quiet_hours": None,
+        "footer": None,
+    }
+    e = await env_factory({"tenants": [_tenant(), other]})
+    await send(e.smtp_port, FROM, [TO], notice())
+    await e.sim.wait_for_messages(1, timeout=5)
+    await e.sim.inject_mo("+12025550143", "12025550100", "Is my book in?")
+    (reply,) = await e.sink.wait_for(1, timeout=10)
+    reply_id = reply.message()["Message-ID"]
+    answer = notice("Yes it is.", In_Reply_To=reply_id, Message_ID="<ans@x>")
+    conv = await send(e.smtp_port, "staff@ashland.example.org", [TO], answer)
+    assert conv.data is not None and conv.data[0] == 550
+    assert "belongs to another library" in conv.data[1]
+    ooo = notice("I am out of the office.", In_Reply_To=reply_id, Auto_Submitted="auto-replied")
+    conv = await send(e.smtp_port, "maria@riverside.example.org", [TO], ooo)
+    assert conv.data is not None and conv.data[0] == 550
+    assert "Automatic replies" in conv.data[1]
+    await asyncio.sleep(0.3)
+    assert len(e.sim.messages) == 1

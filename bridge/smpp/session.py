@@ -156,9 +156,10 @@ class RateLimiter:
         return start
 
     def mark_sent(self, at: float) -> None:
-        """Record when a send actually went out (a sleeping task can wake late)."""
+        """Record when a send actually went out. The schedule itself stays on the ideal
+        slots (a late wake-up does not push every later slot back, which would cost rate);
+        the sliding-window guard in reserve() works on these actual times."""
         self._recent.append(at)
-        self._next = max(self._next, at + 1.0 / self.rate(at) + 1e-9)
 
     def throttled(self, now: float) -> bool:
         """Record an ESME_RTHROTTLED; True when the rate was actually lowered."""

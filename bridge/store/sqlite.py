@@ -11,6 +11,7 @@ rest of the group down with it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -106,6 +107,11 @@ class SqliteStore:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._open_error: BaseException | None = None
+        # Reads go to their own connection on their own thread: in WAL mode a reader never
+        # waits for the writer (and its fsync), so an SMTP session's opt-out lookup at RCPT
+        # does not queue behind another session's commit.
+        self._reader = concurrent.futures.ThreadPoolExecutor(1, "store-reader")
+        self._rconn: sqlite3.Connection | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -120,6 +126,9 @@ class SqliteStore:
     async def close(self) -> None:
         if self._thread is None:
             return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._reader, self._close_reader)
+        self._reader.shutdown(wait=True)
         self._q.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._thread = None
@@ -212,6 +221,31 @@ class SqliteStore:
             with contextlib.suppress(RuntimeError):  # loop already closed
                 call.loop.call_soon_threadsafe(_settle, call.future, ok, value)
 
+    def _close_reader(self) -> None:
+        if self._rconn is not None:
+            self._rconn.close()
+            self._rconn = None
+
+    def _read_in_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._rconn is None:
+            self._rconn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._rconn.execute("PRAGMA busy_timeout=5000")
+        conn = self._rconn
+        try:
+            conn.execute("BEGIN")  # one snapshot for every statement of fn
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"the store could not be read: {exc}") from exc
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._thread is None:
+            raise StoreError("the store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, self._read_in_thread, fn)
+
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._thread is None:
             raise StoreError("the store is not open")
@@ -289,7 +323,7 @@ class SqliteStore:
             row = conn.execute("SELECT count(*) FROM sms WHERE state IN ('queued','sending')")
             return int(row.fetchone()[0])
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def requeue_inflight(self, now: float) -> int:
         """At start: a crash may have left messages claimed but not finished."""
@@ -341,7 +375,7 @@ class SqliteStore:
             value = row.fetchone()[0]
             return None if value is None else float(value)
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def next_concat_ref(self) -> int:
         """A persistent counter for concatenation references (3GPP TS 23.040 §9.2.3.24.1):
@@ -436,7 +470,7 @@ class SqliteStore:
             ).fetchone()
             return None if row is None else _sms(row)
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def list_sms(self, flt: SmsFilter, now: float) -> list[SmsRecord]:
         def fn(conn: sqlite3.Connection) -> list[SmsRecord]:
@@ -459,7 +493,7 @@ class SqliteStore:
             ).fetchall()
             return [_sms(r) for r in rows]
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def retry_sms(self, queue_id: str, now: float) -> bool:
         """Admin: put a failed/expired (or stuck) message back in the queue, attempts reset."""
@@ -491,7 +525,7 @@ class SqliteStore:
             rows = conn.execute("SELECT state, count(*) FROM sms GROUP BY state").fetchall()
             return {str(s): int(n) for s, n in rows}
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     # --- delivery receipts ---------------------------------------------------------------------
 
@@ -508,7 +542,7 @@ class SqliteStore:
             ).fetchall()
             return [SegmentRef(r[0], r[1], r[2], r[3], SmsState(r[4])) for r in rows]
 
-        return await self._call(fn) if smsc_ids else []
+        return await self._read(fn) if smsc_ids else []
 
     async def apply_receipt(
         self,
@@ -711,7 +745,7 @@ class SqliteStore:
             ).fetchone()
             return None if row is None else _sms(row)
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def conversation_for(self, message_ids: Sequence[str]) -> tuple[str, str] | None:
         """(tenant_id, msisdn) of a reply email the bridge sent, by its Message-ID."""
@@ -725,7 +759,7 @@ class SqliteStore:
             ).fetchone()
             return None if row is None else (row[0], row[1])
 
-        return await self._call(fn) if message_ids else None
+        return await self._read(fn) if message_ids else None
 
     # --- compliance ----------------------------------------------------------------------------
 
@@ -740,7 +774,7 @@ class SqliteStore:
             ).fetchone()
             return None if row is None else _optout(row)
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def set_optout(self, record: OptoutRecord, mo_ref: str | None = None) -> None:
         await self._call(lambda conn: _write_optout(conn, record, mo_ref))
@@ -752,7 +786,7 @@ class SqliteStore:
             rows = conn.execute(sql + " ORDER BY changed_at", (scope,) if scope else ())
             return [_optout(r) for r in rows.fetchall()]
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def optout_history(self, msisdn: str) -> list[tuple[OptoutRecord, str | None]]:
         def fn(conn: sqlite3.Connection) -> list[tuple[OptoutRecord, str | None]]:
@@ -763,7 +797,7 @@ class SqliteStore:
             ).fetchall()
             return [(_optout(r[:6]), r[6]) for r in rows]
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def had_first_contact(self, msisdn: str, scope: str) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
@@ -772,7 +806,7 @@ class SqliteStore:
             ).fetchone()
             return row is not None
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def mark_first_contact(self, msisdn: str, scope: str, queue_id: str, now: float) -> None:
         def fn(conn: sqlite3.Connection) -> None:
@@ -795,7 +829,7 @@ class SqliteStore:
             )
             return [float(r[0]) for r in rows.fetchall()]
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def cost_report(self, since: float) -> list[tuple[str, str, int, int, int, str]]:
         """(tenant, template, texts, UCS-2 texts, segments, culprits) since a time."""
@@ -809,7 +843,7 @@ class SqliteStore:
             )
             return [(r[0], r[1], r[2], r[3], r[4], r[5] or "") for r in rows.fetchall()]
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     # --- IMAP intake ---------------------------------------------------------------------------
 
@@ -822,7 +856,7 @@ class SqliteStore:
             ).fetchone()
             return None if row is None else (int(row[0]), int(row[1]))
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def set_imap_state(
         self, mailbox: str, uidvalidity: int, last_uid: int, now: float
@@ -896,7 +930,7 @@ class SqliteStore:
             rows = conn.execute("SELECT state, count(*) FROM mail_outbox GROUP BY state")
             return {str(s): int(n) for s, n in rows.fetchall()}
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def next_mail_due(self) -> float | None:
         def fn(conn: sqlite3.Connection) -> float | None:
@@ -904,7 +938,7 @@ class SqliteStore:
             value = row.fetchone()[0]
             return None if value is None else float(value)
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     # --- maintenance ---------------------------------------------------------------------------
 
@@ -996,7 +1030,7 @@ class SqliteStore:
             ]
             return ReportData({str(k): int(v) for k, v in states.items()}, failed, changes, costly)
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Escape hatch for modules that own their own tables (inbound, policy)."""

@@ -334,7 +334,11 @@ async def test_temporary_refusal_neither_advances_nor_flags(
     await imap.start()
     try:
         await _until(lambda: server.connections >= 2, "a retry on a new connection")
-        assert imap.state.startswith("backoff: 452 4.3.1") or imap.state == "connecting"
+        # between retries it backs off; by the time we look it may already be reconnecting
+        assert imap.state.startswith("backoff: 452 4.3.1") or imap.state in (
+            "connecting",
+            "processing",
+        )
     finally:
         await asyncio.wait_for(imap.stop(), 5)
     assert await store.imap_state("lib") == (7, 0)

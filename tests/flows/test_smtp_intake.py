@@ -327,3 +327,17 @@ async def test_starttls_then_auth(start: Start, tls_files: tuple[Path, Path]) ->
 
     offered, auth, rcpt = await asyncio.wait_for(asyncio.to_thread(session), 20)
     assert offered and auth == 235 and rcpt == 250
+
+
+async def test_auth_without_tls_is_refused_from_a_remote_client(
+    start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AUTH over plain text is allowed only from loopback. The test client is on loopback, so
+    the address check is made to answer "remote" (it is ipaddress.is_loopback underneath)."""
+    monkeypatch.setattr("bridge.smtp_intake._is_loopback", lambda ip: False)
+    srv = await start({"tenants": [_tenant(networks=[], users={"koha": hash_password("pw")})]})
+    smtp = await RawSmtp.connect(srv.port)
+    await smtp.cmd(b"EHLO x\r\n")
+    reply = await smtp.cmd(b"AUTH PLAIN AGtvaGEAcHc=\r\n")  # \0koha\0pw
+    assert reply.startswith(b"538 5.7.11")
+    smtp.close()

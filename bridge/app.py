@@ -26,11 +26,12 @@ from bridge.intake import Intake
 from bridge.mailer import Mailer, make_transport
 from bridge.metrics import Metrics
 from bridge.model import SmsRecord
+from bridge.ratebudget import RateBudget
 from bridge.reports import Maintenance
 from bridge.smpp.pdu import DeliverSm
 from bridge.smpp.session import SessionSettings, SmppSession
 from bridge.smtp_intake import SmtpIntake
-from bridge.store import Store
+from bridge.store import PostgresStore, make_store
 from bridge.web import AdminServer
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ class Bridge:
         self.cfg = cfg
         self.config_path = config_path
         self.clock = clock
-        self.store = Store(cfg.store.path)
+        self.store = make_store(cfg.store)
+        self.budget: RateBudget | None = None
         self.simulator: object | None = None
         self.session: SmppSession | None = None
         self.dispatcher: Dispatcher | None = None
@@ -150,6 +152,17 @@ class Bridge:
         )
         await self.session.start()
         stack.push_async_callback(self.session.stop, cfg.smpp.drain_timeout_s)
+        # 4b. several instances on one PostgreSQL database share the carrier's max_tps: wait
+        # until this one has settled in and knows its share before anything is sent
+        if isinstance(self.store, PostgresStore):
+            self.budget = RateBudget(
+                self.store.heartbeat,
+                self.session.set_max_tps,
+                instance_id=self.store.instance_id,
+                max_tps=cfg.smpp.max_tps,
+            )
+            await self.budget.start()
+            stack.push_async_callback(self.budget.stop)
         # 5. the dispatcher: drains the queue into the session
         self.dispatcher = Dispatcher(
             cfg,
@@ -213,6 +226,8 @@ class Bridge:
         self.mailer.reload(new)
         if self.dispatcher is not None:
             self.dispatcher.reload(new)
+        if self.budget is not None:
+            self.budget.reload(new.smpp.max_tps)
         logging.getLogger().setLevel(new.log.level)
         log.info("configuration reloaded: %d tenant(s)", len(new.tenants))
 

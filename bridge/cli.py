@@ -119,12 +119,12 @@ def _table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> str:
 
 def cmd_queue(args: argparse.Namespace) -> int:
     from bridge.addressing import mask_msisdn
-    from bridge.store import SmsFilter, Store
+    from bridge.store import SmsFilter, make_store
 
     cfg = _load(args.config)
 
     async def go() -> int:
-        store = Store(cfg.store.path)
+        store = make_store(cfg.store)
         await store.open()
         try:
             now = time.time()
@@ -192,12 +192,12 @@ def _age(seconds: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bridge.store import Store
+    from bridge.store import make_store
 
     cfg = _load(args.config)
 
     async def go() -> dict[str, object]:
-        store = Store(cfg.store.path)
+        store = make_store(cfg.store)
         await store.open()
         try:
             return {"sms": await store.counts(), "mail": await store.mail_counts()}
@@ -218,13 +218,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_optout(args: argparse.Namespace) -> int:
     from bridge.addressing import AddressError, format_msisdn, local_part_to_e164
     from bridge.model import OptoutRecord
-    from bridge.store import Store
+    from bridge.store import make_store
 
     cfg = _load(args.config)
     scope = (args.scope or cfg.smpp.source_addr).lstrip("+")
 
     async def go() -> int:
-        store = Store(cfg.store.path)
+        store = make_store(cfg.store)
         await store.open()
         try:
             if args.optout_cmd == "export":
@@ -282,14 +282,14 @@ def cmd_optout(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bridge.store import Store
+    from bridge.store import make_store
 
     cfg = _load(args.config)
     if args.report_cmd == "send":
         from bridge.reports import Maintenance
 
         async def send() -> int:
-            store = Store(cfg.store.path)
+            store = make_store(cfg.store)
             await store.open()
             try:
                 m = Maintenance(cfg, store)
@@ -307,7 +307,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return EXIT_OK if n else EXIT_PROBLEM
 
     async def go() -> list[dict[str, object]]:
-        store = Store(cfg.store.path)
+        store = make_store(cfg.store)
         await store.open()
         try:
             rows = await store.cost_report(time.time() - args.days * 86400)
@@ -340,7 +340,7 @@ def cmd_send_test(args: argparse.Namespace) -> int:
     import smtplib
     from email.message import EmailMessage
 
-    from bridge.store import Store
+    from bridge.store import make_store
 
     cfg = _load(args.config)
     tenant = cfg.tenant(args.tenant) if args.tenant else cfg.tenants[0]
@@ -371,7 +371,7 @@ def cmd_send_test(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     async def watch() -> str | None:
-        store = Store(cfg.store.path)
+        store = make_store(cfg.store)
         await store.open()
         try:
             deadline = time.monotonic() + args.wait

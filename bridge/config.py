@@ -193,6 +193,10 @@ class StoreConfig(_Model):
     url: str | None = None
     # PostgreSQL: a claimed message whose instance stopped renewing this lease is taken over.
     lease_s: float = Field(default=defaults.STORE_LEASE_S, gt=0)
+    # PostgreSQL: this instance's name in the shared database (its claims and heartbeat). Keep
+    # it stable across restarts so a restart takes back its own in-flight work at once;
+    # default: the host name.
+    instance_id: str | None = None
 
     @field_validator("url")
     @classmethod

@@ -18,7 +18,6 @@ import contextlib
 import html
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,7 +84,7 @@ class StoreView(Protocol):
 
     async def list_optouts(self, scope: str | None = None) -> list[OptoutRecord]: ...
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+    async def ping(self) -> int: ...
 
 
 class SessionView(Protocol):
@@ -131,17 +130,13 @@ class Health:
         return json.dumps({"status": "ok" if self.ok else "unavailable", **self.__dict__}).encode()
 
 
-def _ping(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT 1").fetchone()[0])
-
-
 async def check_health(bridge: BridgeView, timeout_s: float = HEALTH_TIMEOUT_S) -> Health:
     """Store: a trivial query through the store's writer thread, which opens every batch with
     BEGIN IMMEDIATE (so an answer means the write lock could be taken, and COMMIT succeeded).
     SMSC: the session is bound."""
     try:
         async with asyncio.timeout(timeout_s):
-            store = "ok" if await bridge.store.run(_ping) == 1 else "unexpected answer"
+            store = "ok" if await bridge.store.ping() == 1 else "unexpected answer"
     except TimeoutError:
         store = f"no answer within {timeout_s:g} s"
     except Exception as exc:  # any failure is the answer here; CancelledError passes

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from bridge.config import Config, load_config_text
-from bridge.store import Store
+from bridge.store import SqliteStore, Store
 
 SAMPLES = Path(__file__).parent / "fixtures" / "samples"
 
@@ -75,7 +75,7 @@ def make_config(tmp_path: Path) -> MakeConfig:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(tmp_path / "store.db")
+    s = SqliteStore(tmp_path / "store.db")
     await s.open()
     try:
         yield s

@@ -126,6 +126,7 @@ class RateLimiter:
         self.max_tps = max_tps
         self.recovery_s = recovery_s
         self._next = float("-inf")
+        self._last_slot = float("-inf")  # the latest slot reserve() handed out
         self._recent: collections.deque[float] = collections.deque(
             maxlen=max(1, math.ceil(max_tps))
         )
@@ -153,6 +154,7 @@ class RateLimiter:
         # The nanosecond keeps float rounding (0.1 * 10 < 1.0) from letting rate + 1 sends
         # into a half-open second.
         self._next = start + 1.0 / rate + 1e-9
+        self._last_slot = start
         return start
 
     def mark_sent(self, at: float) -> None:
@@ -160,6 +162,20 @@ class RateLimiter:
         slots (a late wake-up does not push every later slot back, which would cost rate);
         the sliding-window guard in reserve() works on these actual times."""
         self._recent.append(at)
+
+    def set_max_tps(self, max_tps: float, now: float) -> None:
+        """A new ceiling: this instance's share of the carrier's max_tps changed (several
+        instances, bridge/ratebudget.py). The next slot is spaced from the last one at the new
+        rate; the sliding window applies the new rate from the next reservation on."""
+        if max_tps <= 0:
+            raise ValueError("max_tps must be positive")
+        self.max_tps = max_tps
+        self._low = min(self._low, max_tps)
+        want = max(1, math.ceil(max_tps))
+        if self._recent.maxlen is None or self._recent.maxlen < want:
+            self._recent = collections.deque(self._recent, maxlen=want)
+        if self._last_slot > float("-inf"):
+            self._next = self._last_slot + 1.0 / self.rate(now) + 1e-9
 
     def throttled(self, now: float) -> bool:
         """Record an ESME_RTHROTTLED; True when the rate was actually lowered."""
@@ -432,6 +448,10 @@ class SmppSession:
     def last_error(self) -> str | None:
         """Why the last connection attempt or link ended (for status pages)."""
         return self._last_error
+
+    def set_max_tps(self, max_tps: float) -> None:
+        """This instance's share of the carrier's max_tps (bridge/ratebudget.py RateBudget)."""
+        self._limiter.set_max_tps(max_tps, asyncio.get_running_loop().time())
 
     @property
     def current_tps(self) -> float:

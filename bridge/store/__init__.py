@@ -1,8 +1,35 @@
-"""Durable state behind one interface (SQLite is the embedded default)."""
+"""Durable state behind one interface: SQLite (store.path, the embedded default) or PostgreSQL
+(store.url: several bridge instances sharing one queue)."""
 
+from __future__ import annotations
+
+import socket
+from typing import TypeAlias
+
+from bridge.config import StoreConfig
 from bridge.store.base import CostLintRow, Outgoing, SmsFilter, StoreError
+from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
 
-Store = SqliteStore
+Store: TypeAlias = SqliteStore | PostgresStore
 
-__all__ = ["CostLintRow", "Outgoing", "SmsFilter", "SqliteStore", "Store", "StoreError"]
+
+def make_store(cfg: StoreConfig) -> Store:
+    """The backend the configuration names (not opened yet)."""
+    if cfg.url is not None:
+        return PostgresStore(
+            cfg.url, instance_id=cfg.instance_id or socket.gethostname(), lease_s=cfg.lease_s
+        )
+    return SqliteStore(cfg.path)
+
+
+__all__ = [
+    "CostLintRow",
+    "Outgoing",
+    "PostgresStore",
+    "SmsFilter",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "make_store",
+]

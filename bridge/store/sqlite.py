@@ -1032,6 +1032,10 @@ class SqliteStore:
 
         return await self._read(fn)
 
+    async def ping(self) -> int:
+        """1 when a write transaction can be opened and committed (health checks)."""
+        return await self._call(lambda conn: int(conn.execute("SELECT 1").fetchone()[0]))
+
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Escape hatch for modules that own their own tables (inbound, policy)."""
         return await self._call(fn)

@@ -16,7 +16,7 @@ import pytest
 from bridge.config import Config
 from bridge.imap_intake import ImapIntake
 from bridge.intake import Intake
-from bridge.store import SmsFilter, Store
+from bridge.store import SmsFilter, SqliteStore, Store
 from tests.conftest import SAMPLES, MakeConfig
 from tests.flows.dovecot import Dovecot, dovecot, dovecot_server
 from tests.flows.harness import StartEnv
@@ -114,7 +114,7 @@ async def harness(
 
     async def make(**over: Any) -> Harness:
         cfg = make_config({"imap": [imap_entry(dovecot, **over)]})
-        store = Store(tmp_path / "imap.db")
+        store = SqliteStore(tmp_path / "imap.db")
         await store.open()
         stores.append(store)
         h = Harness(cfg, store)

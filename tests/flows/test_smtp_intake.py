@@ -17,7 +17,7 @@ from bridge.intake import Intake
 from bridge.model import SmsState
 from bridge.passwords import hash_password
 from bridge.smtp_intake import SmtpIntake
-from bridge.store import SmsFilter, Store
+from bridge.store import SmsFilter, SqliteStore, Store
 from tests.conftest import SAMPLES, MakeConfig
 from tests.smtp_client import RawSmtp, notice, send
 
@@ -49,7 +49,7 @@ async def start(make_config: MakeConfig, tmp_path: Path) -> AsyncIterator[Start]
 
     async def go(over: dict[str, Any] | None = None) -> Server:
         cfg = make_config(over)
-        store = Store(tmp_path / f"s{len(running)}.db")
+        store = SqliteStore(tmp_path / f"s{len(running)}.db")
         await store.open()
         intake = Intake(cfg, store)
         smtp = SmtpIntake(cfg, intake)

@@ -116,7 +116,7 @@ async def test_healthz_503_with_reason_when_smsc_down(env: Env, admin: AdminServ
 
 
 class _BrokenStore:
-    async def run(self, fn: Any) -> Any:
+    async def ping(self) -> int:
         raise StoreError("the store could not commit: disk I/O error")
 
     async def counts(self) -> dict[str, int]:
@@ -133,8 +133,9 @@ class _BrokenStore:
 
 
 class _HungStore(_BrokenStore):
-    async def run(self, fn: Any) -> Any:
+    async def ping(self) -> int:
         await asyncio.sleep(30)
+        return 1
 
 
 @dataclass

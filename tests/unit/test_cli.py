@@ -13,7 +13,7 @@ import yaml
 from bridge.cli import main
 from bridge.model import NewSms
 from bridge.passwords import Verifier
-from bridge.store import Store
+from bridge.store import SqliteStore
 from tests.conftest import BASE
 
 
@@ -26,7 +26,7 @@ def cfg_path(tmp_path: Path) -> Path:
 
 def enqueue(cfg_path: Path, n: int) -> list[str]:
     async def go() -> list[str]:
-        store = Store(cfg_path.parent / "bridge.db")
+        store = SqliteStore(cfg_path.parent / "bridge.db")
         await store.open()
         items = [
             NewSms(

@@ -1,0 +1,1079 @@
+"""PostgreSQL store: several bridge instances sharing one queue (store.url).
+
+Same methods, arguments and results as SqliteStore (bridge/store/sqlite.py), so the intake,
+dispatcher, inbound router and mailer do not know which one they talk to. Every method is one
+transaction on a connection from a small asyncpg pool; PostgreSQL's own group commit does what
+the SQLite writer thread does by hand.
+
+What several instances need beyond SQLite's semantics:
+
+* claim_sms takes rows with ``FOR UPDATE SKIP LOCKED`` (two instances never claim the same
+  message, and neither waits for the other) and stamps them with this instance's id and a lease
+  (``lease_until = now + lease_s``). A background task renews the leases of this instance's
+  in-flight messages every lease_s / 3; once an instance dies, its leases run out and any
+  instance claims those messages again (the outcome of a submit in flight at the death is
+  unknown: at worst the patron gets that text twice, as after a single-instance crash).
+* requeue_inflight(now) at start gives back only this instance's own claims (and expired or
+  unowned ones), never a live peer's in-flight work.
+* Checks that must not race across instances (Message-ID dedup, concatenated MO parts) hold a
+  transaction-level advisory lock on their key; receipts lock the message row.
+* heartbeat() and try_lead() back the shared rate budget (bridge/ratebudget.py) and scheduled
+  work done once for all instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+
+from bridge.model import (
+    EnqueueResult,
+    MailRecord,
+    NewSms,
+    OptoutRecord,
+    SmsRecord,
+    SmsState,
+    new_queue_id,
+)
+from bridge.ratebudget import ALIVE_S, Peer
+from bridge.store.base import (
+    CostLintRow,
+    Outgoing,
+    PurgeCounts,
+    ReportData,
+    SegmentRef,
+    SmsFilter,
+    StoreError,
+)
+from bridge.store.pg_migrations import MIGRATION_LOCK_KEY, MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+# A handful of connections: the dispatcher, intake, inbound router and mailer each hold one
+# for a few milliseconds at a time. Many instances times a large pool would exhaust the
+# server's max_connections (100 by default) for no gain.
+_POOL_MIN = 1
+_POOL_MAX = 6
+# A statement that takes longer than this means the server is in trouble: fail the call
+# (the edges answer 451 / retry later) rather than hang an SMTP session forever.
+_COMMAND_TIMEOUT_S = 30.0
+_CONNECT_TIMEOUT_S = 10.0
+# Heartbeat rows of instances gone this long are deleted (they no longer count anyway).
+_FORGET_INSTANCE_S = 3600.0
+
+_SMS_COLUMNS = (
+    "queue_id, tenant_id, msisdn, rcpt_addr, source_addr, envelope_from, message_id, subject,"
+    " body, state, attempts, reason, created_at, updated_at, next_attempt_at, segments, coding,"
+    " kind, urgent"
+)
+
+_Errors = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+HeldReceipt = tuple[int, str, str, str, str | None, str | None, float]
+
+
+def _sms(row: Any) -> SmsRecord:
+    return SmsRecord(
+        queue_id=row[0],
+        tenant_id=row[1],
+        msisdn=row[2],
+        rcpt_addr=row[3],
+        source_addr=row[4],
+        envelope_from=row[5],
+        message_id=row[6],
+        subject=row[7],
+        body=row[8],
+        state=SmsState(row[9]),
+        attempts=int(row[10]),
+        reason=row[11],
+        created_at=float(row[12]),
+        updated_at=float(row[13]),
+        next_attempt_at=float(row[14]),
+        segments=row[15],
+        coding=row[16],
+        kind=row[17],
+        urgent=bool(row[18]),
+    )
+
+
+def _optout(row: Any) -> OptoutRecord:
+    return OptoutRecord(row[0], row[1], bool(row[2]), row[3], float(row[4]), row[5])
+
+
+def _held(row: Any) -> HeldReceipt:
+    return (int(row[0]), row[1], row[2], row[3], row[4], row[5], float(row[6]))
+
+
+def _rowcount(status: str) -> int:
+    """Rows touched, from a command tag such as "UPDATE 3" or "INSERT 0 1"."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class PostgresStore:
+    def __init__(
+        self,
+        url: str,
+        *,
+        instance_id: str,
+        lease_s: float,
+        clock: Callable[[], float] = time.time,
+        renew_leases: bool = True,
+    ) -> None:
+        self.url = url
+        self.instance_id = instance_id
+        self.lease_s = lease_s
+        self.clock = clock
+        self._auto_renew = renew_leases
+        self._pool: Any = None
+        self._renewer: asyncio.Task[None] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=_POOL_MIN,
+                max_size=_POOL_MAX,
+                command_timeout=_COMMAND_TIMEOUT_S,
+                timeout=_CONNECT_TIMEOUT_S,
+            )
+        except (*_Errors, ValueError) as exc:
+            raise StoreError(f"cannot open the PostgreSQL store: {exc}") from exc
+        try:
+            await self._migrate()
+        except BaseException:
+            await self._pool.close()
+            self._pool = None
+            raise
+        if self._auto_renew:
+            self._renewer = asyncio.create_task(self._renew_loop(), name="store-lease-renewer")
+
+    async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def _migrate(self) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                # Session-level lock: instances starting together migrate one after the other.
+                await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+                try:
+                    await conn.execute(
+                        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+                    )
+                    version = await conn.fetchval("SELECT max(version) FROM schema_version")
+                    version = int(version or 0)
+                    if version > len(MIGRATIONS):
+                        raise StoreError(
+                            f"the store schema is version {version}, newer than this bridge"
+                            f" knows ({len(MIGRATIONS)}); run the newer release"
+                        )
+                    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                        async with conn.transaction():
+                            await conn.execute(script)
+                            await conn.execute(
+                                "INSERT INTO schema_version (version) VALUES ($1)", number
+                            )
+                        log.info("store schema migrated to version %d", number)
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        except _Errors as exc:
+            raise StoreError(f"cannot migrate the PostgreSQL store: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[Any]:
+        """One pooled connection inside one transaction; database errors become StoreError."""
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield conn
+        except _Errors as exc:
+            raise StoreError(f"the store could not commit: {exc}") from exc
+
+    async def _renew_loop(self) -> None:
+        every = max(0.2, self.lease_s / 3)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.renew_leases(self.clock())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("store: lease renewal failed (%s); next try in %.1f s", exc, every)
+
+    async def ping(self) -> int:
+        """1 when the database answers (health checks)."""
+        async with self._tx() as conn:
+            return int(await conn.fetchval("SELECT 1"))
+
+    # --- several instances ---------------------------------------------------------------------
+
+    async def renew_leases(self, now: float) -> int:
+        """Extend the lease of every message this instance has in flight (run by open())."""
+        async with self._tx() as conn:
+            status = await conn.execute(
+                "UPDATE sms SET lease_until=$1 WHERE state='sending' AND claimed_by=$2",
+                now + self.lease_s,
+                self.instance_id,
+            )
+        return _rowcount(status)
+
+    async def heartbeat(self, alive_s: float = ALIVE_S) -> tuple[float, list[Peer]]:
+        """Record that this instance is alive; (database time, every instance's row).
+
+        The database clock, not ours: hosts' clocks differ, the server's is one. An instance
+        whose last beat is older than alive_s starts a new life (joined_at reset), so it
+        settles in again before taking a share of the rate budget."""
+        async with self._tx() as conn:
+            now = float(await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8"))
+            await conn.execute(
+                "INSERT INTO instance (instance_id, joined_at, beat_at) VALUES ($1,$2,$2)"
+                " ON CONFLICT (instance_id) DO UPDATE SET beat_at=excluded.beat_at,"
+                " joined_at=CASE WHEN instance.beat_at < excluded.beat_at - $3"
+                " THEN excluded.joined_at ELSE instance.joined_at END",
+                self.instance_id,
+                now,
+                alive_s,
+            )
+            await conn.execute("DELETE FROM instance WHERE beat_at < $1", now - _FORGET_INSTANCE_S)
+            rows = await conn.fetch(
+                "SELECT instance_id, joined_at, beat_at FROM instance ORDER BY instance_id"
+            )
+        return now, [Peer(r[0], float(r[1]), float(r[2])) for r in rows]
+
+    async def try_lead(self, job: str, now: float, every_s: float) -> bool:
+        """True for exactly one instance per period of `every_s`: that one runs `job`.
+
+        A row per job holds the last run; the conditional UPDATE takes the row lock, and under
+        READ COMMITTED a second instance waiting on that lock re-checks the condition against
+        the committed row, finds the period taken, and gets False."""
+        async with self._tx() as conn:
+            status = await conn.execute(
+                "INSERT INTO job (name, last_run) VALUES ($1,$2) ON CONFLICT (name) DO NOTHING",
+                job,
+                now,
+            )
+            if _rowcount(status) == 1:
+                return True
+            status = await conn.execute(
+                "UPDATE job SET last_run=$2 WHERE name=$1 AND last_run <= $3",
+                job,
+                now,
+                now - every_s,
+            )
+            return _rowcount(status) == 1
+
+    # --- outbound SMS queue --------------------------------------------------------------------
+
+    async def enqueue_sms(
+        self,
+        items: Sequence[NewSms],
+        now: float,
+        dedup_window_s: float,
+        dup_window_s: float = 0.0,
+        lint: Sequence[CostLintRow] = (),
+    ) -> list[EnqueueResult]:
+        """Commit every recipient of one email at once (SqliteStore.enqueue_sms).
+
+        The dedup checks hold an advisory lock on their key for the transaction: the same
+        email retried to two instances at once must still be queued once."""
+        async with self._tx() as conn:
+            out: list[EnqueueResult] = []
+            for item in items:
+                if item.dup_key and dup_window_s > 0:
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtext($1))", "dup:" + item.dup_key
+                    )
+                    row = await conn.fetchrow(
+                        "SELECT queue_id FROM sms WHERE dup_key=$1 AND created_at>=$2 LIMIT 1",
+                        item.dup_key,
+                        now - dup_window_s,
+                    )
+                    if row is not None:
+                        out.append(EnqueueResult(row[0], duplicate=True))
+                        continue
+                if item.message_id and dedup_window_s > 0:
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtext($1))",
+                        f"mid:{item.message_id}:{item.msisdn}",
+                    )
+                    row = await conn.fetchrow(
+                        "SELECT queue_id FROM sms WHERE message_id=$1 AND msisdn=$2"
+                        " AND tenant_id=$3 AND created_at>=$4 LIMIT 1",
+                        item.message_id,
+                        item.msisdn,
+                        item.tenant_id,
+                        now - dedup_window_s,
+                    )
+                    if row is not None:
+                        out.append(EnqueueResult(row[0], duplicate=True))
+                        continue
+                qid = await _insert_sms(conn, item, now)
+                for lrow in lint:
+                    if lrow.item_index == len(out):
+                        await conn.execute(
+                            "INSERT INTO cost_lint (queue_id, tenant_id, coding, segments,"
+                            " gsm_segments, culprits, template, created_at)"
+                            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+                            qid,
+                            item.tenant_id,
+                            lrow.coding,
+                            lrow.segments,
+                            lrow.gsm_segments,
+                            lrow.culprits,
+                            lrow.template,
+                            now,
+                        )
+                out.append(EnqueueResult(qid, duplicate=False))
+            return out
+
+    async def backlog(self) -> int:
+        async with self._tx() as conn:
+            n = await conn.fetchval("SELECT count(*) FROM sms WHERE state IN ('queued','sending')")
+        return int(n)
+
+    async def requeue_inflight(self, now: float) -> int:
+        """At start: give back what a crash of *this* instance left claimed, and whatever no
+        live instance holds (expired or unowned leases). A live peer's work stays its own."""
+        async with self._tx() as conn:
+            status = await conn.execute(
+                "UPDATE sms SET state='queued', updated_at=$1, next_attempt_at=$1,"
+                " claimed_by=NULL, lease_until=NULL WHERE state='sending' AND (claimed_by=$2"
+                " OR claimed_by IS NULL OR lease_until IS NULL OR lease_until < $1)",
+                now,
+                self.instance_id,
+            )
+        return _rowcount(status)
+
+    async def claim_sms(self, now: float, limit: int) -> list[SmsRecord]:
+        """Claim due messages, and messages whose claimer's lease ran out (it died)."""
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "WITH due AS (SELECT queue_id FROM sms WHERE (state='queued'"
+                " AND next_attempt_at<=$1) OR (state='sending' AND lease_until<$1)"
+                " ORDER BY next_attempt_at, created_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                " UPDATE sms SET state='sending', attempts=sms.attempts+1, updated_at=$1,"
+                " claimed_by=$3, lease_until=$4 FROM due WHERE sms.queue_id=due.queue_id"
+                f" RETURNING {', '.join('sms.' + c.strip() for c in _SMS_COLUMNS.split(','))}",
+                now,
+                limit,
+                self.instance_id,
+                now + self.lease_s,
+            )
+        out = [_sms(r) for r in rows]
+        # RETURNING has no order: keep the queue's (due time, then arrival).
+        out.sort(key=lambda r: (r.next_attempt_at, r.created_at))
+        return out
+
+    async def next_due(self) -> float | None:
+        """When the earliest queued message becomes due (or an in-flight lease expires)."""
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                "SELECT (SELECT min(next_attempt_at) FROM sms WHERE state='queued'),"
+                " (SELECT min(lease_until) FROM sms WHERE state='sending' AND claimed_by<>$1)",
+                self.instance_id,
+            )
+        values = [float(v) for v in row if v is not None]
+        return min(values) if values else None
+
+    async def next_concat_ref(self) -> int:
+        """Concatenation reference (3GPP TS 23.040 §9.2.3.24.1) from a cycling sequence: no
+        two instances hand out the same one, and it survives restarts."""
+        async with self._tx() as conn:
+            return int(await conn.fetchval("SELECT nextval('concat_ref')"))
+
+    async def record_submitted(
+        self,
+        queue_id: str,
+        smsc_ids: Sequence[str],
+        segments: int,
+        coding: str,
+        now: float,
+        *,
+        first_contact: tuple[str, str] | None = None,
+        shaped: str | None = None,
+    ) -> None:
+        async with self._tx() as conn:
+            if first_contact is not None:
+                await conn.execute(
+                    "INSERT INTO first_contact (msisdn, scope, first_at, queue_id)"
+                    " VALUES ($1,$2,$3,$4) ON CONFLICT DO NOTHING",
+                    *first_contact,
+                    now,
+                    queue_id,
+                )
+            if shaped is not None:
+                await conn.execute("UPDATE sms SET shaped=$1 WHERE queue_id=$2", shaped, queue_id)
+            # claimed_by stays: it tells which instance (which bind) sent the message.
+            await conn.execute(
+                "UPDATE sms SET state='submitted', submitted_at=$1, updated_at=$1, segments=$2,"
+                " coding=$3, reason=NULL, lease_until=NULL WHERE queue_id=$4",
+                now,
+                segments,
+                coding,
+                queue_id,
+            )
+            await conn.execute("DELETE FROM sms_segment WHERE queue_id=$1", queue_id)
+            await conn.executemany(
+                "INSERT INTO sms_segment (queue_id, seq, smsc_message_id, state, updated_at)"
+                " VALUES ($1,$2,$3,'submitted',$4)",
+                [(queue_id, i, sid, now) for i, sid in enumerate(smsc_ids)],
+            )
+
+    async def record_retry(
+        self, queue_id: str, reason: str, next_at: float, now: float, *, count: bool = True
+    ) -> None:
+        """Give a claimed message back; only while this instance still holds the claim (a
+        peer that took it over after our lease expired owns it now)."""
+        async with self._tx() as conn:
+            await conn.execute(
+                "UPDATE sms SET state='queued', reason=$1, next_attempt_at=$2, updated_at=$3,"
+                " attempts=attempts-$4, lease_until=NULL WHERE queue_id=$5 AND state='sending'"
+                " AND (claimed_by=$6 OR claimed_by IS NULL)",
+                reason,
+                next_at,
+                now,
+                0 if count else 1,
+                queue_id,
+                self.instance_id,
+            )
+
+    async def record_final(
+        self,
+        queue_id: str,
+        state: SmsState,
+        reason: str | None,
+        now: float,
+        mails: Sequence[Outgoing] = (),
+    ) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                "UPDATE sms SET state=$1, reason=$2, final_at=$3, updated_at=$3,"
+                " lease_until=NULL WHERE queue_id=$4",
+                state.value,
+                reason,
+                now,
+                queue_id,
+            )
+            for mail in mails:
+                await _insert_mail(conn, mail, now)
+
+    async def get_sms(self, queue_id: str) -> SmsRecord | None:
+        async with self._tx() as conn:
+            row = await conn.fetchrow(f"SELECT {_SMS_COLUMNS} FROM sms WHERE queue_id=$1", queue_id)
+        return None if row is None else _sms(row)
+
+    async def list_sms(self, flt: SmsFilter, now: float) -> list[SmsRecord]:
+        where: list[str] = ["TRUE"]
+        args: list[str | float | int] = []
+        if flt.state:
+            args.append(flt.state)
+            where.append(f"state=${len(args)}")
+        if flt.tenant_id:
+            args.append(flt.tenant_id)
+            where.append(f"tenant_id=${len(args)}")
+        if flt.older_than_s is not None:
+            args.append(now - flt.older_than_s)
+            where.append(f"created_at<=${len(args)}")
+        args.append(flt.limit)
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_SMS_COLUMNS} FROM sms WHERE {' AND '.join(where)}"
+                f" ORDER BY created_at DESC LIMIT ${len(args)}",
+                *args,
+            )
+        return [_sms(r) for r in rows]
+
+    async def retry_sms(self, queue_id: str, now: float) -> bool:
+        """Admin: put a failed/expired (or stuck) message back in the queue, attempts reset."""
+        async with self._tx() as conn:
+            status = await conn.execute(
+                "UPDATE sms SET state='queued', attempts=0, next_attempt_at=$1, updated_at=$1,"
+                " created_at=$1, reason='retried by admin', lease_until=NULL WHERE queue_id=$2"
+                " AND body IS NOT NULL AND state IN ('queued','failed','expired')",
+                now,
+                queue_id,
+            )
+        return _rowcount(status) == 1
+
+    async def drop_sms(self, queue_id: str, now: float) -> bool:
+        async with self._tx() as conn:
+            status = await conn.execute(
+                "UPDATE sms SET state='failed', reason='dropped by admin', final_at=$1,"
+                " updated_at=$1, lease_until=NULL WHERE queue_id=$2"
+                " AND state IN ('queued','sending')",
+                now,
+                queue_id,
+            )
+        return _rowcount(status) == 1
+
+    async def counts(self) -> dict[str, int]:
+        async with self._tx() as conn:
+            rows = await conn.fetch("SELECT state, count(*) FROM sms GROUP BY state")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    # --- delivery receipts ---------------------------------------------------------------------
+
+    async def find_segments(self, smsc_ids: Sequence[str]) -> list[SegmentRef]:
+        """Segments whose SMSC message id is any of `smsc_ids`, whichever instance sent them."""
+        if not smsc_ids:
+            return []
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "SELECT g.queue_id, g.seq, s.msisdn, s.tenant_id, s.state FROM sms_segment g"
+                " JOIN sms s ON s.queue_id = g.queue_id WHERE g.smsc_message_id = ANY($1::text[])"
+                " ORDER BY s.created_at DESC",
+                list(smsc_ids),
+            )
+        return [SegmentRef(r[0], int(r[1]), r[2], r[3], SmsState(r[4])) for r in rows]
+
+    async def apply_receipt(
+        self,
+        queue_id: str,
+        seq: int,
+        segment_state: str,
+        error: str | None,
+        now: float,
+        rollup: Callable[[SmsRecord, list[str]], tuple[SmsState, str | None] | None],
+        bounces: Callable[[SmsRecord, SmsState, str | None], Sequence[Outgoing]],
+    ) -> SmsState | None:
+        """Record one segment's receipt and roll the segments up (SqliteStore.apply_receipt).
+
+        The message row is locked first: receipts for two segments of one text can arrive on
+        two instances' binds at once, and each must see the other's segment state."""
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_SMS_COLUMNS} FROM sms WHERE queue_id=$1 FOR UPDATE", queue_id
+            )
+            await conn.execute(
+                "UPDATE sms_segment SET state=$1, error=$2, updated_at=$3"
+                " WHERE queue_id=$4 AND seq=$5",
+                segment_state,
+                error,
+                now,
+                queue_id,
+                seq,
+            )
+            if row is None:
+                return None
+            rec = _sms(row)
+            states = [
+                str(r[0])
+                for r in await conn.fetch(
+                    "SELECT state FROM sms_segment WHERE queue_id=$1 ORDER BY seq", queue_id
+                )
+            ]
+            decided = rollup(rec, states)
+            if decided is None or decided[0] == rec.state or rec.state.final:
+                return None
+            state, reason = decided
+            await conn.execute(
+                "UPDATE sms SET state=$1, reason=$2, final_at=$3, updated_at=$4 WHERE queue_id=$5",
+                state.value,
+                reason,
+                now if state.final else None,
+                now,
+                queue_id,
+            )
+            if state in (SmsState.FAILED, SmsState.EXPIRED):
+                for mail in bounces(rec, state, reason):
+                    await _insert_mail(conn, mail, now)
+            return state
+
+    async def hold_receipt(
+        self, smsc_id: str, patron: str, state: str, error: str | None, raw: str | None, now: float
+    ) -> None:
+        """Keep a receipt no message claims yet: its submit_sm_resp may not be committed."""
+        async with self._tx() as conn:
+            await conn.execute(
+                "INSERT INTO pending_receipt (smsc_message_id, patron, state, error, raw_stat,"
+                " received_at) VALUES ($1,$2,$3,$4,$5,$6)",
+                smsc_id,
+                patron,
+                state,
+                error,
+                raw,
+                now,
+            )
+
+    async def held_for(self, smsc_id: str) -> list[HeldReceipt]:
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "SELECT id, smsc_message_id, patron, state, error, raw_stat, received_at"
+                " FROM pending_receipt WHERE smsc_message_id=$1 ORDER BY id",
+                smsc_id,
+            )
+        return [_held(r) for r in rows]
+
+    async def held_receipts(self, older_than: float) -> list[HeldReceipt]:
+        """Held receipts received before `older_than`:
+        (row id, smsc id, patron, state, error, raw stat, received_at)."""
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "SELECT id, smsc_message_id, patron, state, error, raw_stat, received_at"
+                " FROM pending_receipt WHERE received_at<$1 ORDER BY id LIMIT 1000",
+                older_than,
+            )
+        return [_held(r) for r in rows]
+
+    async def drop_held_receipt(self, row_id: int) -> None:
+        async with self._tx() as conn:
+            await conn.execute("DELETE FROM pending_receipt WHERE id=$1", row_id)
+
+    # --- inbound (MO) --------------------------------------------------------------------------
+
+    async def add_mo_part(
+        self, group_key: str, seq: int, total: int, text: str, now: float
+    ) -> list[str] | None:
+        """Keep one part of a concatenated MO; all texts in order once every part is here.
+
+        Parts of one text may arrive on different instances' binds at the same moment: the
+        advisory lock on the group makes the last one see all the others."""
+        async with self._tx() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", "mo:" + group_key)
+            await conn.execute(
+                "INSERT INTO mo_part (group_key, seq, total, text, received_at)"
+                " VALUES ($1,$2,$3,$4,$5) ON CONFLICT DO NOTHING",
+                group_key,
+                seq,
+                total,
+                text,
+                now,
+            )
+            rows = await conn.fetch(
+                "SELECT seq, text FROM mo_part WHERE group_key=$1 ORDER BY seq", group_key
+            )
+        if len(rows) < total:
+            return None
+        return [str(r[1]) for r in rows]
+
+    async def stale_mo_groups(self, older_than: float) -> list[tuple[str, list[str]]]:
+        """Concatenated MOs still missing parts after the reassembly timeout."""
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "SELECT group_key, array_agg(text ORDER BY seq) FROM mo_part GROUP BY group_key"
+                " HAVING max(received_at)<$1 ORDER BY group_key",
+                older_than,
+            )
+        return [(str(r[0]), [str(t) for t in r[1]]) for r in rows]
+
+    async def commit_mo(
+        self,
+        dedup_key: str,
+        now: float,
+        window_s: float,
+        *,
+        mails: Sequence[Outgoing] = (),
+        sms: Sequence[NewSms] = (),
+        conversations: Sequence[tuple[str, str, str, str]] = (),
+        done_group: str | None = None,
+        optout: OptoutRecord | None = None,
+    ) -> bool:
+        """Commit everything one MO causes, atomically (SqliteStore.commit_mo). The primary key
+        on mo_seen makes a redelivery to another instance's bind a no-op as well."""
+        async with self._tx() as conn:
+            await conn.execute("DELETE FROM mo_seen WHERE received_at<$1", now - window_s)
+            status = await conn.execute(
+                "INSERT INTO mo_seen (dedup_key, received_at) VALUES ($1,$2)"
+                " ON CONFLICT DO NOTHING",
+                dedup_key,
+                now,
+            )
+            if _rowcount(status) == 0:
+                return False
+            for mail in mails:
+                await _insert_mail(conn, mail, now)
+            for item in sms:
+                await _insert_sms(conn, item, now)
+            if conversations:
+                await conn.executemany(
+                    "INSERT INTO conversation"
+                    " (mail_message_id, tenant_id, msisdn, source_addr, created_at)"
+                    " VALUES ($1,$2,$3,$4,$5) ON CONFLICT (mail_message_id) DO UPDATE SET"
+                    " tenant_id=excluded.tenant_id, msisdn=excluded.msisdn,"
+                    " source_addr=excluded.source_addr, created_at=excluded.created_at",
+                    [(*c, now) for c in conversations],
+                )
+            if done_group is not None:
+                await conn.execute("DELETE FROM mo_part WHERE group_key=$1", done_group)
+            if optout is not None:
+                await _write_optout(conn, optout, dedup_key)
+            return True
+
+    async def last_sms_to(self, msisdn: str, source_addr: str, since: float) -> SmsRecord | None:
+        """The most recent text to this patron from this sending number (reply routing)."""
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_SMS_COLUMNS} FROM sms WHERE msisdn=$1 AND source_addr=$2"
+                " AND created_at>=$3 ORDER BY created_at DESC LIMIT 1",
+                msisdn,
+                source_addr,
+                since,
+            )
+        return None if row is None else _sms(row)
+
+    async def conversation_for(self, message_ids: Sequence[str]) -> tuple[str, str] | None:
+        """(tenant_id, msisdn) of a reply email the bridge sent, by its Message-ID."""
+        if not message_ids:
+            return None
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                "SELECT tenant_id, msisdn FROM conversation"
+                " WHERE mail_message_id = ANY($1::text[]) ORDER BY created_at DESC LIMIT 1",
+                list(message_ids),
+            )
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    # --- compliance ----------------------------------------------------------------------------
+
+    async def optout_status(self, msisdn: str, scope: str) -> OptoutRecord | None:
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                "SELECT msisdn, scope, opted_out, keyword, changed_at, actor FROM optout"
+                " WHERE msisdn=$1 AND scope=$2",
+                msisdn,
+                scope,
+            )
+        return None if row is None else _optout(row)
+
+    async def set_optout(self, record: OptoutRecord, mo_ref: str | None = None) -> None:
+        async with self._tx() as conn:
+            await _write_optout(conn, record, mo_ref)
+
+    async def list_optouts(self, scope: str | None = None) -> list[OptoutRecord]:
+        sql = "SELECT msisdn, scope, opted_out, keyword, changed_at, actor FROM optout"
+        sql += " WHERE opted_out" + (" AND scope=$1" if scope else "")
+        async with self._tx() as conn:
+            rows = await conn.fetch(sql + " ORDER BY changed_at", *((scope,) if scope else ()))
+        return [_optout(r) for r in rows]
+
+    async def optout_history(self, msisdn: str) -> list[tuple[OptoutRecord, str | None]]:
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "SELECT msisdn, scope, opted_out, keyword, changed_at, actor, mo_ref"
+                " FROM optout_audit WHERE msisdn=$1 ORDER BY id",
+                msisdn,
+            )
+        return [(_optout(r), r[6]) for r in rows]
+
+    async def had_first_contact(self, msisdn: str, scope: str) -> bool:
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                "SELECT 1 FROM first_contact WHERE msisdn=$1 AND scope=$2", msisdn, scope
+            )
+        return row is not None
+
+    async def mark_first_contact(self, msisdn: str, scope: str, queue_id: str, now: float) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                "INSERT INTO first_contact (msisdn, scope, first_at, queue_id)"
+                " VALUES ($1,$2,$3,$4) ON CONFLICT DO NOTHING",
+                msisdn,
+                scope,
+                now,
+                queue_id,
+            )
+
+    async def sent_times(self, msisdn: str, tenant_id: str, since: float) -> list[float]:
+        """When this library's texts to this number were submitted (frequency caps)."""
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "SELECT submitted_at FROM sms WHERE msisdn=$1 AND tenant_id=$2 AND kind='notice'"
+                " AND submitted_at IS NOT NULL AND submitted_at>=$3",
+                msisdn,
+                tenant_id,
+                since,
+            )
+        return [float(r[0]) for r in rows]
+
+    async def cost_report(self, since: float) -> list[tuple[str, str, int, int, int, str]]:
+        """(tenant, template, texts, UCS-2 texts, segments, culprits) since a time."""
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "SELECT tenant_id, template, count(*), count(*) FILTER (WHERE coding='ucs2'),"
+                " sum(segments), string_agg(DISTINCT culprits, ',') FROM cost_lint"
+                " WHERE created_at>=$1 GROUP BY tenant_id, template"
+                " ORDER BY sum(segments) DESC",
+                since,
+            )
+        return [(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), r[5] or "") for r in rows]
+
+    # --- IMAP intake ---------------------------------------------------------------------------
+
+    async def imap_state(self, mailbox: str) -> tuple[int, int] | None:
+        """(UIDVALIDITY, highest UID committed) for a mailbox (RFC 3501 §2.3.1.1)."""
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                "SELECT uidvalidity, last_uid FROM imap_state WHERE mailbox=$1", mailbox
+            )
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    async def set_imap_state(
+        self, mailbox: str, uidvalidity: int, last_uid: int, now: float
+    ) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                "INSERT INTO imap_state (mailbox, uidvalidity, last_uid, updated_at)"
+                " VALUES ($1,$2,$3,$4) ON CONFLICT (mailbox) DO UPDATE SET"
+                " uidvalidity=excluded.uidvalidity, last_uid=excluded.last_uid,"
+                " updated_at=excluded.updated_at",
+                mailbox,
+                uidvalidity,
+                last_uid,
+                now,
+            )
+
+    # --- outbound mail -------------------------------------------------------------------------
+
+    async def enqueue_mail(self, mail: Outgoing, now: float) -> int:
+        async with self._tx() as conn:
+            return await _insert_mail(conn, mail, now)
+
+    async def claim_mail(self, now: float, limit: int) -> list[MailRecord]:
+        """Due emails. Like SqliteStore, a claimed email stays queued (attempts counted) until
+        mail_done(); here its due time also moves lease_s ahead, so another instance's mailer
+        does not send it again meanwhile, and takes it over if this instance dies. SKIP LOCKED:
+        two mailers claiming at the same moment take different emails."""
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "WITH due AS (SELECT id FROM mail_outbox WHERE state='queued'"
+                " AND next_attempt_at<=$1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                " UPDATE mail_outbox m SET attempts=m.attempts+1, updated_at=$1,"
+                " next_attempt_at=$3 FROM due WHERE m.id=due.id"
+                " RETURNING m.id, m.kind, m.mail_from, m.rcpt_to, m.data, m.attempts, m.ref",
+                now,
+                limit,
+                now + self.lease_s,
+            )
+        out = [
+            MailRecord(
+                id=int(r[0]),
+                kind=r[1],
+                mail_from=r[2],
+                rcpt_to=tuple(json.loads(r[3])),
+                data=bytes(r[4]),
+                attempts=int(r[5]),
+                ref=r[6],
+            )
+            for r in rows
+        ]
+        out.sort(key=lambda m: m.id)
+        return out
+
+    async def mail_done(
+        self, mail_id: int, state: str, reason: str | None, now: float, next_at: float = 0.0
+    ) -> None:
+        """state: 'sent' (bytes dropped), 'queued' (retry at next_at) or 'dead'."""
+        async with self._tx() as conn:
+            if state == "sent":
+                await conn.execute(
+                    "UPDATE mail_outbox SET state='sent', data=''::bytea, reason=NULL,"
+                    " updated_at=$1 WHERE id=$2",
+                    now,
+                    mail_id,
+                )
+            else:
+                await conn.execute(
+                    "UPDATE mail_outbox SET state=$1, reason=$2, next_attempt_at=$3,"
+                    " updated_at=$4 WHERE id=$5",
+                    state,
+                    reason,
+                    next_at,
+                    now,
+                    mail_id,
+                )
+
+    async def mail_counts(self) -> dict[str, int]:
+        async with self._tx() as conn:
+            rows = await conn.fetch("SELECT state, count(*) FROM mail_outbox GROUP BY state")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    async def next_mail_due(self) -> float | None:
+        async with self._tx() as conn:
+            value = await conn.fetchval(
+                "SELECT min(next_attempt_at) FROM mail_outbox WHERE state='queued'"
+            )
+        return None if value is None else float(value)
+
+    # --- maintenance ---------------------------------------------------------------------------
+
+    async def purge(self, bodies_before: float, records_before: float, now: float) -> PurgeCounts:
+        """Patron privacy (SqliteStore.purge). Segments go with their message (ON DELETE
+        CASCADE); opt-out records and their audit trail are kept."""
+        done = "('delivered','failed','expired','submitted')"
+        async with self._tx() as conn:
+            bodies = _rowcount(
+                await conn.execute(
+                    "UPDATE sms SET body=NULL WHERE body IS NOT NULL AND final_at IS NOT NULL"
+                    " AND final_at<=$1",
+                    bodies_before,
+                )
+            )
+            await conn.execute(
+                "DELETE FROM cost_lint WHERE queue_id IN (SELECT queue_id FROM sms"
+                f" WHERE created_at<$1 AND state IN {done})",
+                records_before,
+            )
+            records = _rowcount(
+                await conn.execute(
+                    f"DELETE FROM sms WHERE created_at<$1 AND state IN {done}", records_before
+                )
+            )
+            mails = _rowcount(
+                await conn.execute(
+                    "DELETE FROM mail_outbox WHERE state IN ('sent','dead') AND updated_at<$1",
+                    bodies_before,
+                )
+            )
+            await conn.execute("DELETE FROM conversation WHERE created_at<$1", records_before)
+            await conn.execute("DELETE FROM mo_seen WHERE received_at<$1", bodies_before)
+        return PurgeCounts(bodies, records, mails)
+
+    async def job_due(self, name: str, now: float, every_s: float) -> bool:
+        """True (and the run recorded) when `name` last ran `every_s` ago or more; the first
+        call only starts the clock (SqliteStore.job_due). Across instances exactly one gets
+        True per period: the conditional UPDATE is decided under the row lock (see try_lead)."""
+        async with self._tx() as conn:
+            status = await conn.execute(
+                "INSERT INTO job (name, last_run) VALUES ($1,$2) ON CONFLICT (name) DO NOTHING",
+                name,
+                now,
+            )
+            if _rowcount(status) == 1:
+                return False
+            status = await conn.execute(
+                "UPDATE job SET last_run=$2 WHERE name=$1 AND last_run <= $3",
+                name,
+                now,
+                now - every_s,
+            )
+            return _rowcount(status) == 1
+
+    async def tenant_report(
+        self, tenant_id: str, scope: str, since: float, until: float
+    ) -> ReportData:
+        """What a library's periodic report shows, for texts created in [since, until)."""
+        async with self._tx() as conn:
+            states = await conn.fetch(
+                "SELECT state, count(*) FROM sms WHERE tenant_id=$1 AND kind='notice'"
+                " AND created_at>=$2 AND created_at<$3 GROUP BY state",
+                tenant_id,
+                since,
+                until,
+            )
+            failed = await conn.fetch(
+                "SELECT msisdn, reason, subject, created_at FROM sms WHERE tenant_id=$1"
+                " AND kind='notice' AND state IN ('failed','expired')"
+                " AND created_at>=$2 AND created_at<$3 ORDER BY created_at",
+                tenant_id,
+                since,
+                until,
+            )
+            changes = await conn.fetch(
+                "SELECT msisdn, opted_out, keyword, changed_at FROM optout_audit"
+                " WHERE scope=$1 AND changed_at>=$2 AND changed_at<$3 ORDER BY changed_at, id",
+                scope,
+                since,
+                until,
+            )
+            costly = await conn.fetch(
+                "SELECT template, count(*), count(*) FILTER (WHERE coding='ucs2'),"
+                " sum(segments), string_agg(DISTINCT culprits, ',') FROM cost_lint"
+                " WHERE tenant_id=$1 AND created_at>=$2 AND created_at<$3 GROUP BY template"
+                " ORDER BY sum(segments) DESC LIMIT 10",
+                tenant_id,
+                since,
+                until,
+            )
+        return ReportData(
+            {str(r[0]): int(r[1]) for r in states},
+            [(r[0], r[1] or "", r[2] or "", float(r[3])) for r in failed],
+            [(r[0], bool(r[1]), r[2], float(r[3])) for r in changes],
+            [(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] or "") for r in costly],
+        )
+
+
+async def _insert_sms(conn: Any, item: NewSms, now: float) -> str:
+    qid = new_queue_id()
+    await conn.execute(
+        "INSERT INTO sms (queue_id, tenant_id, msisdn, rcpt_addr, source_addr,"
+        " envelope_from, message_id, subject, body, in_reply_to, state, attempts,"
+        " created_at, updated_at, next_attempt_at, kind, dup_key, urgent)"
+        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,'queued',0,$11,$11,$11,$12,$13,$14)",
+        qid,
+        item.tenant_id,
+        item.msisdn,
+        item.rcpt_addr,
+        item.source_addr,
+        item.envelope_from,
+        item.message_id,
+        item.subject,
+        item.body,
+        item.in_reply_to,
+        now,
+        item.kind,
+        item.dup_key,
+        item.urgent,
+    )
+    return qid
+
+
+async def _write_optout(conn: Any, rec: OptoutRecord, mo_ref: str | None) -> None:
+    if not rec.opted_out:
+        # The first text after an opt-in carries the opt-out footer again.
+        await conn.execute(
+            "DELETE FROM first_contact WHERE msisdn=$1 AND scope=$2", rec.msisdn, rec.scope
+        )
+    await conn.execute(
+        "INSERT INTO optout (msisdn, scope, opted_out, keyword, changed_at, actor)"
+        " VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (msisdn, scope) DO UPDATE SET"
+        " opted_out=excluded.opted_out, keyword=excluded.keyword,"
+        " changed_at=excluded.changed_at, actor=excluded.actor",
+        rec.msisdn,
+        rec.scope,
+        rec.opted_out,
+        rec.keyword,
+        rec.changed_at,
+        rec.actor,
+    )
+    await conn.execute(
+        "INSERT INTO optout_audit (msisdn, scope, opted_out, keyword, changed_at, actor, mo_ref)"
+        " VALUES ($1,$2,$3,$4,$5,$6,$7)",
+        rec.msisdn,
+        rec.scope,
+        rec.opted_out,
+        rec.keyword,
+        rec.changed_at,
+        rec.actor,
+        mo_ref,
+    )
+
+
+async def _insert_mail(conn: Any, mail: Outgoing, now: float) -> int:
+    value = await conn.fetchval(
+        "INSERT INTO mail_outbox (kind, mail_from, rcpt_to, data, state, attempts,"
+        " next_attempt_at, created_at, updated_at, ref)"
+        " VALUES ($1,$2,$3,$4,'queued',0,$5,$5,$5,$6) RETURNING id",
+        mail.kind,
+        mail.mail_from,
+        json.dumps(list(mail.rcpt_to)),
+        mail.data,
+        now,
+        mail.ref,
+    )
+    return int(value)

@@ -1,0 +1,187 @@
+"""Three `sms-bridge run` processes on one PostgreSQL database behave as one bridge.
+
+One SMSC simulator (in the test's loop) enforces the carrier contract: scenario
+"throttle:<max_tps>" answers ESME_RTHROTTLED to any submit beyond max_tps in a sliding second.
+Notices go to all three instances' SMTP listeners; one instance is SIGKILLed while it has
+messages in flight. Then:
+
+* nothing accepted is lost: every queue id answered with 250 reaches the handset;
+* nothing is sent twice except messages the dead instance had in flight at its death;
+* the carrier never saw more than max_tps in any second, and never answered ESME_RTHROTTLED;
+* receipts for texts the dead instance sent arrive on the survivors' binds and are matched
+  through the shared database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bridge.testing.smsc_sim import SmscSimulator
+from bridge.testing.smtp_sink import SmtpSink
+from tests.flows.proc import BridgeProcess, write_config
+from tests.pg import query, throwaway_database
+from tests.smtp_client import notice, send
+
+pytestmark = pytest.mark.slow
+
+MAX_TPS = 6
+NOTICES = 48
+LEASE_S = 2.0
+FROM = "ils@riverside.example.org"
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    async with throwaway_database() as url:
+        yield url
+
+
+def _max_per_second(times: list[float]) -> int:
+    """Most submits in any one-second window [t, t + 1) starting at a submit."""
+    times = sorted(times)
+    best = 0
+    j = 0
+    for i, start in enumerate(times):
+        j = max(j, i)
+        while j < len(times) and times[j] < start + 1.0:
+            j += 1
+        best = max(best, j - i)
+    return best
+
+
+def test_max_per_second_counts_windows() -> None:
+    assert _max_per_second([0.0, 0.5, 0.99, 1.0, 1.5]) == 3
+    assert _max_per_second([0.0, 1.0, 2.0]) == 1
+    assert _max_per_second([]) == 0
+
+
+async def _wait(predicate: object, timeout: float, what: str) -> None:  # noqa: ASYNC109
+    assert callable(predicate)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+async def test_three_instances_share_queue_rate_and_receipts(tmp_path: Path, pg_url: str) -> None:
+    sim = SmscSimulator(scenario=f"throttle:{MAX_TPS}", receipts=False)
+    sink = SmtpSink()
+    await sim.start()
+    await sink.start()
+    procs: dict[str, BridgeProcess] = {}
+    try:
+        for name in "abc":
+            home = tmp_path / name
+            home.mkdir()
+            cfg, port = write_config(
+                home,
+                sim_port=sim.port,
+                sink_port=sink.port,
+                over={
+                    "store": {"url": pg_url, "instance_id": name, "lease_s": LEASE_S},
+                    "smpp": {"max_tps": MAX_TPS, "window": 4},
+                },
+            )
+            procs[name] = BridgeProcess(cfg, port, home / "bridge.log")
+        # All three start together: each settles in (ratebudget.SETTLE_S) before sending.
+        await asyncio.gather(*(p.start(timeout=40) for p in procs.values()))
+        await sim.wait_for(lambda: sim.bound_sessions >= 3, timeout=10)
+
+        # Accept every notice first (250 = committed), spread over the three listeners.
+        bodies: dict[str, str] = {}  # queue id -> text
+
+        async def submit(i: int) -> None:
+            body = f"Notice {i:03d}: your hold is ready at Main Branch."
+            number = f"202555{101 + i:04d}"
+            proc = procs["abc"[i % 3]]
+            conv = await send(
+                proc.smtp_port,
+                FROM,
+                [f"{number}@sms.example.org"],
+                notice(body, To=f"{number}@sms.example.org", Message_ID=f"<n{i}@riverside>"),
+            )
+            (qid,) = conv.queue_ids
+            bodies[qid] = body
+
+        for start in range(0, NOTICES, 12):
+            await asyncio.gather(*(submit(i) for i in range(start, min(NOTICES, start + 12))))
+        assert len(bodies) == NOTICES
+
+        # Under load, kill "a" while it holds claims.
+        async def a_in_flight() -> bool:
+            rows = await query(
+                pg_url, "SELECT count(*) FROM sms WHERE state='sending' AND claimed_by='a'"
+            )
+            return bool(rows[0][0]) and len(sim.submits) >= 6
+
+        await _wait(a_in_flight, 20, "instance a to hold claims under load")
+        procs["a"].kill()
+        assert await procs["a"].wait(10) != 0
+        await asyncio.sleep(0.2)  # a commit the server was finishing for "a" lands first
+        in_flight = {
+            str(r[0])
+            for r in await query(
+                pg_url, "SELECT body FROM sms WHERE state='sending' AND claimed_by='a'"
+            )
+        }
+        submits_at_kill = len(sim.submits)
+
+        # Nothing lost: every accepted queue id reaches a handset.
+        async def all_delivered() -> bool:
+            seen = {m.text for m in sim.messages}
+            return all(b in seen for b in bodies.values())
+
+        await _wait(all_delivered, 40, "every accepted notice at the simulator")
+        assert submits_at_kill < len(sim.submits), "the kill came after the work was done"
+
+        # Nothing sent twice except what "a" had in flight at its death.
+        counts = collections.Counter(m.text for m in sim.messages)
+        twice = {text for text, n in counts.items() if n > 1}
+        assert twice <= in_flight, (twice, in_flight)
+        assert set(counts) == set(bodies.values())
+
+        # The carrier's contract held across the join, the kill and the take-over.
+        times = [t for t, _ in sim.submits]
+        assert _max_per_second(times) <= MAX_TPS + 1
+        throttled = len(sim.submits) - len(sim.messages)  # one segment each; ROK -> handset
+        assert throttled == 0
+
+        # Receipts: "a"'s bind is gone, so the receipts for what it sent arrive on b or c.
+        for message in list(sim.messages):
+            for mid in message.message_ids:
+                status = await asyncio.wait_for(sim.send_receipt(mid), timeout=5)
+                assert status == 0
+
+        async def receipts_matched() -> bool:
+            rows = await query(
+                pg_url,
+                "SELECT count(*) FROM sms WHERE state='delivered' AND queue_id = ANY($1::text[])",
+                list(bodies),
+            )
+            return rows[0][0] == NOTICES
+
+        await _wait(receipts_matched, 20, "every notice marked delivered by a receipt")
+        by_a = await query(
+            pg_url, "SELECT count(*) FROM sms WHERE state='delivered' AND claimed_by='a'"
+        )
+        assert by_a[0][0] >= 1  # sent on a's bind, receipt matched on b's or c's
+        peers = await query(pg_url, "SELECT instance_id FROM instance ORDER BY instance_id")
+        assert [r[0] for r in peers] == ["a", "b", "c"]
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            with contextlib.suppress(AssertionError):
+                await p.wait(15)
+            await p.close()
+        await sink.stop()
+        await sim.stop()

@@ -1,0 +1,99 @@
+"""The shared carrier rate: pure share logic, and the beat loop with a fake heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.ratebudget import ALIVE_S, PAUSED_TPS, SETTLE_S, Peer, RateBudget, live_peers, share
+
+
+def test_alone_after_settling_gets_everything() -> None:
+    me = Peer("a", joined_at=100.0, beat_at=110.0)
+    assert share(10.0, "a", [me], now=100.0 + SETTLE_S - 0.01) == 0.0
+    assert share(10.0, "a", [me], now=110.5) == 10.0
+
+
+def test_split_between_live_instances() -> None:
+    peers = [Peer("a", 0.0, 50.0), Peer("b", 0.0, 49.0), Peer("c", 0.0, 48.5)]
+    assert share(12.0, "a", peers, now=50.0) == 4.0
+    assert [p.instance_id for p in live_peers(peers, 50.0)] == ["a", "b", "c"]
+
+
+def test_dead_instance_share_held_until_its_beat_expires() -> None:
+    peers = [Peer("a", 0.0, 50.0), Peer("b", 0.0, 50.0), Peer("dead", 0.0, 47.5)]
+    # dead's last beat is 2.5 s old: still counted (survivors under budget, never over)
+    assert share(9.0, "a", peers, now=50.0) == 3.0
+    # ALIVE_S after its last beat it no longer counts
+    assert share(9.0, "a", peers, now=47.5 + ALIVE_S) == 4.5
+
+
+def test_newcomer_counted_by_others_at_once_but_waits_itself() -> None:
+    peers = [Peer("a", 0.0, 60.0), Peer("new", 59.5, 59.5)]
+    assert share(10.0, "a", peers, now=60.0) == 5.0
+    assert share(10.0, "new", peers, now=60.0) == 0.0
+    later = [Peer("a", 0.0, 62.4), Peer("new", 59.5, 62.5)]
+    assert share(10.0, "new", later, now=59.5 + SETTLE_S) == 5.0
+
+
+def test_missing_or_stale_own_row_means_do_not_send() -> None:
+    peers = [Peer("a", 0.0, 10.0), Peer("me", 0.0, 10.0 - ALIVE_S)]  # my beats failed lately
+    assert share(10.0, "me", peers, now=10.0) == 0.0  # a already took my share over
+    assert share(10.0, "a", peers, now=10.0) == 10.0
+    assert share(10.0, "ghost", [Peer("a", 0.0, 10.0)], now=10.0) == 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    max_tps=st.integers(min_value=1, max_value=200),
+    beats=st.lists(st.floats(min_value=0.0, max_value=10.0), min_size=1, max_size=8),
+)
+def test_sum_of_whole_shares_never_exceeds_budget(max_tps: int, beats: list[float]) -> None:
+    """Each instance's RateLimiter allows floor(share) sends per second: the sum over every
+    instance that believes it may send stays within max_tps, whatever the beat ages."""
+    now = 10.0
+    peers = [Peer(f"i{n}", 0.0, beat) for n, beat in enumerate(beats)]
+    senders = [p for p in peers if share(max_tps, p.instance_id, peers, now) > 0]
+    if len(live_peers(peers, now)) <= max_tps:
+        total = sum(math.floor(share(max_tps, p.instance_id, peers, now)) for p in senders)
+        assert total <= max_tps
+
+
+async def test_budget_loop_settles_then_applies_and_follows_changes() -> None:
+    clock = [100.0]
+    rows = {"a": Peer("a", 100.0, 100.0)}
+    applied: list[float] = []
+
+    async def beat() -> tuple[float, list[Peer]]:
+        clock[0] += 1.0
+        me = rows["a"]
+        rows["a"] = Peer("a", me.joined_at, clock[0])
+        return clock[0], list(rows.values())
+
+    budget = RateBudget(
+        beat, applied.append, instance_id="a", max_tps=10.0, beat_every_s=0.01, settle_s=3.0
+    )
+    await asyncio.wait_for(budget.start(), timeout=5)
+    assert applied == [10.0] and budget.current == 10.0
+    rows["b"] = Peer("b", clock[0], clock[0] + 100)  # b joins (beats far ahead: stays live)
+    await asyncio.wait_for(_until(lambda: applied[-1] == 5.0), timeout=5)
+    del rows["b"]
+    await asyncio.wait_for(_until(lambda: applied[-1] == 10.0), timeout=5)
+    # a lost its heartbeat long enough to restart its life: it pauses until settled again
+    rows["a"] = Peer("a", clock[0] + 1.0, clock[0])
+    await asyncio.wait_for(_until(lambda: PAUSED_TPS in applied), timeout=5)
+    await asyncio.wait_for(_until(lambda: applied[-1] == 10.0), timeout=5)
+    await budget.stop()
+    assert budget.live == 1
+
+
+async def _until(cond: object) -> None:
+    assert callable(cond)
+    for _ in range(1000):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")

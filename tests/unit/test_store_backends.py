@@ -1,0 +1,530 @@
+"""The store interface, one set of tests run against both backends (SQLite and PostgreSQL).
+
+`store` is parametrized: every test here runs once per backend. Tests for what only several
+instances on PostgreSQL do (leases, SKIP LOCKED, heartbeats, once-only jobs) are at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.model import NewSms, OptoutRecord, SmsRecord, SmsState
+from bridge.ratebudget import Peer, share
+from bridge.store.base import CostLintRow, Outgoing, SmsFilter
+from bridge.store.postgres import PostgresStore
+from bridge.store.sqlite import SqliteStore
+from tests.pg import create_database, drop_database, url_for
+
+AnyStore = Any  # SqliteStore | PostgresStore: the same methods
+Opener = Callable[..., Awaitable[AnyStore]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """Opens stores on one shared backend: `await open_store(instance_id="a")`."""
+    opened: list[AnyStore] = []
+    db: str | None = None
+    if request.param == "postgres":
+        db = await create_database()
+
+    async def opener(instance_id: str = "a", lease_s: float = 30.0) -> AnyStore:
+        s: AnyStore
+        if db is None:
+            s = SqliteStore(tmp_path / "store.db")
+        else:
+            s = PostgresStore(
+                url_for(db), instance_id=instance_id, lease_s=lease_s, renew_leases=False
+            )
+        await s.open()
+        opened.append(s)
+        return s
+
+    try:
+        yield opener
+    finally:
+        for s in opened:
+            await s.close()
+        if db is not None:
+            await drop_database(db)
+
+
+@pytest.fixture
+async def store(open_store: Opener) -> AnyStore:
+    return await open_store()
+
+
+@pytest.fixture
+async def pg(tmp_path: Path) -> AsyncIterator[Opener]:
+    """PostgreSQL only: stores of several instances on one database."""
+    db = await create_database()
+    opened: list[PostgresStore] = []
+
+    async def opener(instance_id: str = "a", lease_s: float = 30.0) -> PostgresStore:
+        s = PostgresStore(url_for(db), instance_id=instance_id, lease_s=lease_s, renew_leases=False)
+        await s.open()
+        opened.append(s)
+        return s
+
+    try:
+        yield opener
+    finally:
+        for s in opened:
+            await s.close()
+        await drop_database(db)
+
+
+def sms(n: int = 0, message_id: str | None = "<m1@lib>", msisdn: str = "+12025550143") -> NewSms:
+    return NewSms(
+        tenant_id="riverside",
+        msisdn=msisdn,
+        rcpt_addr=f"{msisdn[1:]}@sms.example.org",
+        source_addr="12025550100",
+        envelope_from="ils@riverside.example.org",
+        message_id=message_id,
+        subject="Hold",
+        body=f"Your hold {n} is ready",
+    )
+
+
+BOUNCE = Outgoing("dsn", "", ("ils@riverside.example.org",), b"Subject: x\r\n\r\nx\r\n", ref="q")
+
+
+# --- outbound queue ------------------------------------------------------------------------------
+
+
+async def test_enqueue_claim_submit(store: AnyStore) -> None:
+    (res,) = await store.enqueue_sms([sms()], now=100.0, dedup_window_s=60)
+    assert not res.duplicate
+    assert await store.backlog() == 1
+    assert await store.claim_sms(now=99.0, limit=10) == []  # not due yet
+    (rec,) = await store.claim_sms(now=100.0, limit=10)
+    assert rec.state is SmsState.SENDING and rec.attempts == 1 and rec.queue_id == res.queue_id
+    assert rec.body == "Your hold 0 is ready" and rec.urgent is False and rec.kind == "notice"
+    assert await store.claim_sms(now=100.0, limit=10) == []  # claimed once only
+    await store.record_submitted(rec.queue_id, ["a1", "a2"], 2, "gsm7", now=101.0)
+    got = await store.get_sms(rec.queue_id)
+    assert got is not None and got.state is SmsState.SUBMITTED and got.segments == 2
+    assert got.coding == "gsm7" and got.updated_at == 101.0
+    assert await store.backlog() == 0
+
+
+async def test_claim_order_and_limit(store: AnyStore) -> None:
+    a, b, c = await store.enqueue_sms(
+        [sms(1, None), sms(2, None), sms(3, None)], now=10.0, dedup_window_s=0
+    )
+    (late,) = await store.enqueue_sms([sms(4, None)], now=5.0, dedup_window_s=0)
+    got = await store.claim_sms(now=20.0, limit=3)
+    assert got[0].queue_id == late.queue_id
+    assert len(got) == 3
+    rest = await store.claim_sms(now=20.0, limit=3)
+    assert len(rest) == 1
+    assert {r.queue_id for r in got + rest} == {a.queue_id, b.queue_id, c.queue_id, late.queue_id}
+
+
+async def test_dedup_window(store: AnyStore) -> None:
+    (a,) = await store.enqueue_sms([sms()], now=100.0, dedup_window_s=60)
+    (b,) = await store.enqueue_sms([sms()], now=130.0, dedup_window_s=60)
+    assert b.duplicate and b.queue_id == a.queue_id
+    (c,) = await store.enqueue_sms([sms()], now=200.0, dedup_window_s=60)
+    assert not c.duplicate and c.queue_id != a.queue_id
+    (d,) = await store.enqueue_sms([sms(message_id=None)], now=200.0, dedup_window_s=60)
+    assert not d.duplicate
+
+
+async def test_duplicate_words_window_and_cost_lint(store: AnyStore) -> None:
+    item = NewSms(**{**sms(1, None).__dict__, "dup_key": "k1"})
+    lint = [CostLintRow(0, "ucs2", 2, 1, "’", "Hold ready: Your")]
+    (a,) = await store.enqueue_sms([item], now=10.0, dedup_window_s=0, dup_window_s=50, lint=lint)
+    (b,) = await store.enqueue_sms([item], now=40.0, dedup_window_s=0, dup_window_s=50)
+    assert b.duplicate and b.queue_id == a.queue_id
+    (c,) = await store.enqueue_sms([item], now=61.0, dedup_window_s=0, dup_window_s=50)
+    assert not c.duplicate
+    assert await store.cost_report(since=0.0) == [("riverside", "Hold ready: Your", 1, 1, 2, "’")]
+    assert await store.cost_report(since=11.0) == []
+
+
+async def test_requeue_inflight_and_retry_counting(store: AnyStore) -> None:
+    await store.enqueue_sms([sms()], now=1.0, dedup_window_s=0)
+    (rec,) = await store.claim_sms(now=1.0, limit=1)
+    assert await store.requeue_inflight(now=2.0) == 1
+    (rec,) = await store.claim_sms(now=2.0, limit=1)
+    assert rec.attempts == 2
+    await store.record_retry(rec.queue_id, "link down", next_at=5.0, now=2.0, count=False)
+    got = await store.get_sms(rec.queue_id)
+    assert got is not None and got.attempts == 1 and got.state is SmsState.QUEUED
+    assert got.reason == "link down" and await store.next_due() == 5.0
+
+
+async def test_final_state_queues_bounce_in_same_transaction(store: AnyStore) -> None:
+    await store.enqueue_sms([sms()], now=1.0, dedup_window_s=0)
+    (rec,) = await store.claim_sms(now=1.0, limit=1)
+    await store.record_final(rec.queue_id, SmsState.FAILED, "bad number", 2.0, [BOUNCE])
+    got = await store.get_sms(rec.queue_id)
+    assert got is not None and got.state is SmsState.FAILED and got.reason == "bad number"
+    assert await store.next_mail_due() == 2.0
+    (mail,) = await store.claim_mail(now=2.0, limit=10)
+    assert mail.kind == "dsn" and mail.rcpt_to == ("ils@riverside.example.org",)
+    assert mail.data == BOUNCE.data and mail.attempts == 1 and mail.ref == "q"
+    await store.mail_done(mail.id, "queued", "relay down", now=2.0, next_at=10.0)
+    assert await store.claim_mail(now=5.0, limit=10) == []
+    (again,) = await store.claim_mail(now=10.0, limit=10)
+    assert again.attempts == 2
+    await store.mail_done(again.id, "sent", None, now=11.0)
+    assert await store.mail_counts() == {"sent": 1}
+    assert await store.next_mail_due() is None
+    assert await store.enqueue_mail(BOUNCE, now=12.0) > again.id
+
+
+async def test_admin_retry_drop_and_list(store: AnyStore) -> None:
+    r1, r2 = await store.enqueue_sms(
+        [sms(1, msisdn="+12025550143"), sms(2, msisdn="+12025550167")], now=1.0, dedup_window_s=0
+    )
+    assert await store.drop_sms(r1.queue_id, now=2.0)
+    assert not await store.drop_sms(r1.queue_id, now=2.0)  # already final
+    assert await store.counts() == {"queued": 1, "failed": 1}
+    assert await store.retry_sms(r1.queue_id, now=3.0)
+    listed = await store.list_sms(SmsFilter(state="queued"), now=4.0)
+    assert {r.queue_id for r in listed} == {r1.queue_id, r2.queue_id}
+    assert listed[0].queue_id == r1.queue_id  # newest first (retry renews it)
+    assert await store.list_sms(SmsFilter(tenant_id="elsewhere"), now=4.0) == []
+    old = await store.list_sms(SmsFilter(older_than_s=2.5, limit=5), now=4.0)
+    assert [r.queue_id for r in old] == [r2.queue_id]
+    assert await store.counts() == {"queued": 2}
+
+
+async def test_privacy_purge(store: AnyStore) -> None:
+    await store.enqueue_sms([sms()], now=1.0, dedup_window_s=0)
+    (rec,) = await store.claim_sms(now=1.0, limit=1)
+    await store.record_submitted(rec.queue_id, ["p1"], 1, "gsm7", now=1.5)
+    await store.record_final(rec.queue_id, SmsState.DELIVERED, None, now=2.0)
+    counts = await store.purge(bodies_before=1.0, records_before=0.5, now=50.0)
+    assert (counts.bodies, counts.records) == (0, 0)
+    counts = await store.purge(bodies_before=100.0, records_before=0.5, now=200.0)
+    assert counts.bodies == 1
+    got = await store.get_sms(rec.queue_id)
+    assert got is not None and got.body is None and got.msisdn == "+12025550143"
+    counts = await store.purge(bodies_before=100.0, records_before=100.0, now=200.0)
+    assert counts.records == 1 and await store.get_sms(rec.queue_id) is None
+    assert await store.find_segments(["p1"]) == []
+
+
+async def test_jobs_run_once_per_period(store: AnyStore) -> None:
+    assert not await store.job_due("report:x", now=0.0, every_s=100)  # starts the clock
+    assert not await store.job_due("report:x", now=50.0, every_s=100)
+    assert await store.job_due("report:x", now=100.0, every_s=100)
+    assert not await store.job_due("report:x", now=150.0, every_s=100)
+
+
+async def test_concat_ref_is_persistent(open_store: Opener) -> None:
+    s = await open_store()
+    refs = [await s.next_concat_ref() for _ in range(3)]
+    await s.close()
+    s = await open_store()
+    assert refs == [1, 2, 3] and await s.next_concat_ref() == 4
+
+
+async def test_many_concurrent_writers(store: AnyStore) -> None:
+    results = await asyncio.gather(
+        *(
+            store.enqueue_sms([sms(i, message_id=f"<m{i}@lib>")], now=1.0, dedup_window_s=60)
+            for i in range(300)
+        )
+    )
+    assert len({r[0].queue_id for r in results}) == 300
+    assert await store.backlog() == 300
+
+
+# --- receipts ------------------------------------------------------------------------------------
+
+
+def _rollup(rec: SmsRecord, states: list[str]) -> tuple[SmsState, str | None] | None:
+    if any(s == "undelivered" for s in states):
+        return SmsState.FAILED, "undeliverable"
+    if all(s == "delivered" for s in states):
+        return SmsState.DELIVERED, None
+    return None
+
+
+def _bounces(rec: SmsRecord, state: SmsState, reason: str | None) -> Sequence[Outgoing]:
+    return [Outgoing("dsn", "", (rec.envelope_from,), f"{state.value}: {reason}".encode())]
+
+
+async def test_receipts_roll_up_and_bounce(store: AnyStore) -> None:
+    await store.enqueue_sms([sms(1, None), sms(2, None)], now=1.0, dedup_window_s=0)
+    a, b = await store.claim_sms(now=1.0, limit=2)
+    await store.record_submitted(a.queue_id, ["10", "11"], 2, "gsm7", now=2.0)
+    await store.record_submitted(b.queue_id, ["12"], 1, "gsm7", now=2.0)
+    (seg,) = await store.find_segments(["11", "0xB"])
+    assert (seg.queue_id, seg.seq, seg.msisdn, seg.tenant_id, seg.state) == (
+        a.queue_id,
+        1,
+        "+12025550143",
+        "riverside",
+        SmsState.SUBMITTED,
+    )
+    assert await store.find_segments([]) == []
+    args = (3.0, _rollup, _bounces)
+    assert await store.apply_receipt(a.queue_id, 1, "delivered", None, *args) is None
+    assert await store.apply_receipt(a.queue_id, 0, "delivered", None, *args) is SmsState.DELIVERED
+    # a late duplicate receipt changes nothing on a final message
+    assert await store.apply_receipt(a.queue_id, 0, "undelivered", "1", *args) is None
+    assert await store.apply_receipt(b.queue_id, 0, "undelivered", "001", *args) is SmsState.FAILED
+    got = await store.get_sms(b.queue_id)
+    assert got is not None and got.state is SmsState.FAILED and got.reason == "undeliverable"
+    (mail,) = await store.claim_mail(now=3.0, limit=5)
+    assert mail.data == b"failed: undeliverable" and mail.rcpt_to == ("ils@riverside.example.org",)
+    assert await store.apply_receipt("nope", 0, "delivered", None, *args) is None
+
+
+async def test_held_receipts(store: AnyStore) -> None:
+    await store.hold_receipt("77", "12025550143", "delivered", None, "DELIVRD", now=5.0)
+    await store.hold_receipt("78", "12025550143", "undelivered", "001", None, now=6.0)
+    (held,) = await store.held_for("77")
+    assert held[1:] == ("77", "12025550143", "delivered", None, "DELIVRD", 5.0)
+    old = await store.held_receipts(older_than=5.5)
+    assert [h[1] for h in old] == ["77"]
+    await store.drop_held_receipt(held[0])
+    assert await store.held_for("77") == []
+    assert [h[1] for h in await store.held_receipts(older_than=10.0)] == ["78"]
+
+
+# --- inbound -------------------------------------------------------------------------------------
+
+
+async def test_mo_parts_reassemble_and_go_stale(store: AnyStore) -> None:
+    assert await store.add_mo_part("g1", 2, 2, "world", now=1.0) is None
+    assert await store.add_mo_part("g1", 2, 2, "world", now=1.5) is None  # redelivered part
+    assert await store.add_mo_part("g1", 1, 2, "hello ", now=2.0) == ["hello ", "world"]
+    assert await store.add_mo_part("g2", 1, 3, "a", now=3.0) is None
+    assert await store.add_mo_part("g2", 3, 3, "c", now=4.0) is None
+    assert await store.stale_mo_groups(older_than=3.5) == [("g1", ["hello ", "world"])]
+    stale = await store.stale_mo_groups(older_than=10.0)
+    assert stale == [("g1", ["hello ", "world"]), ("g2", ["a", "c"])]
+
+
+async def test_commit_mo_is_atomic_and_deduplicated(store: AnyStore) -> None:
+    await store.add_mo_part("g", 1, 1, "STOP", now=1.0)
+    reply = Outgoing("reply", "sms-bridge@x", ("circ@lib",), b"reply", ref="mo1")
+    optout = OptoutRecord("+12025550143", "12025550100", True, "STOP", 1.0, "patron")
+    confirm = NewSms(**{**sms(9, None).__dict__, "kind": "confirmation"})
+    done = await store.commit_mo(
+        "mo1",
+        now=1.0,
+        window_s=600,
+        mails=[reply],
+        sms=[confirm],
+        conversations=[("<r1@bridge>", "riverside", "+12025550143", "12025550100")],
+        done_group="g",
+        optout=optout,
+    )
+    assert done
+    again = await store.commit_mo("mo1", now=2.0, window_s=600, mails=[reply])
+    assert not again
+    assert await store.mail_counts() == {"queued": 1}
+    assert await store.stale_mo_groups(older_than=100.0) == []
+    assert await store.conversation_for(["<x@y>", "<r1@bridge>"]) == ("riverside", "+12025550143")
+    assert await store.conversation_for([]) is None
+    assert await store.optout_status("+12025550143", "12025550100") == optout
+    ((rec, ref),) = await store.optout_history("+12025550143")
+    assert rec == optout and ref == "mo1"
+    (queued,) = await store.claim_sms(now=1.0, limit=5)
+    assert queued.kind == "confirmation"
+    # outside the dedup window the same key is new again
+    assert await store.commit_mo("mo1", now=700.0, window_s=600)
+
+
+async def test_last_sms_to(store: AnyStore) -> None:
+    (a,) = await store.enqueue_sms([sms(1, None)], now=1.0, dedup_window_s=0)
+    (b,) = await store.enqueue_sms([sms(2, None)], now=2.0, dedup_window_s=0)
+    got = await store.last_sms_to("+12025550143", "12025550100", since=0.0)
+    assert got is not None and got.queue_id == b.queue_id
+    assert await store.last_sms_to("+12025550143", "12025550100", since=3.0) is None
+    assert await store.last_sms_to("+12025550167", "12025550100", since=0.0) is None
+    assert a.queue_id != b.queue_id
+
+
+# --- compliance ----------------------------------------------------------------------------------
+
+
+async def test_optouts_first_contact_and_caps(store: AnyStore) -> None:
+    num, scope = "+12025550143", "12025550100"
+    assert await store.optout_status(num, scope) is None
+    await store.enqueue_sms([sms(1, None)], now=1.0, dedup_window_s=0)
+    (rec,) = await store.claim_sms(now=1.0, limit=1)
+    await store.record_submitted(
+        rec.queue_id, ["1"], 1, "gsm7", now=5.0, first_contact=(num, scope), shaped="footer"
+    )
+    assert await store.had_first_contact(num, scope)
+    assert await store.sent_times(num, "riverside", since=0.0) == [5.0]
+    assert await store.sent_times(num, "riverside", since=6.0) == []
+    out = OptoutRecord(num, scope, True, "STOP", 10.0, "patron")
+    await store.set_optout(out, mo_ref="m1")
+    assert await store.list_optouts() == [out]
+    assert await store.list_optouts(scope="other") == []
+    back = OptoutRecord(num, scope, False, "START", 20.0, "admin:kim")
+    await store.set_optout(back)
+    assert await store.list_optouts(scope=scope) == []
+    assert await store.optout_status(num, scope) == back
+    assert not await store.had_first_contact(num, scope)  # the footer goes out again
+    history = await store.optout_history(num)
+    assert history == [(out, "m1"), (back, None)]
+    await store.mark_first_contact(num, scope, "q1", now=30.0)
+    await store.mark_first_contact(num, scope, "q2", now=31.0)  # the first one stays
+    assert await store.had_first_contact(num, scope)
+
+
+async def test_tenant_report(store: AnyStore) -> None:
+    lint = [CostLintRow(0, "ucs2", 3, 2, "“”", "Overdue: Your")]
+    await store.enqueue_sms([sms(1, None)], now=10.0, dedup_window_s=0, lint=lint)
+    await store.enqueue_sms([sms(2, None)], now=11.0, dedup_window_s=0)
+    (a, b) = await store.claim_sms(now=11.0, limit=5)
+    await store.record_final(a.queue_id, SmsState.FAILED, "bad number", now=12.0)
+    await store.set_optout(OptoutRecord("+12025550143", "12025550100", True, "STOP", 13.0, "p"))
+    data = await store.tenant_report("riverside", "12025550100", since=0.0, until=100.0)
+    assert data.states == {"failed": 1, "sending": 1}
+    assert data.failed == [("+12025550143", "bad number", "Hold", 10.0)]
+    assert data.optout_changes == [("+12025550143", True, "STOP", 13.0)]
+    assert data.costly == [("Overdue: Your", 1, 1, 3, "“”")]
+    empty = await store.tenant_report("riverside", "12025550100", since=50.0, until=100.0)
+    assert (empty.states, empty.failed, empty.optout_changes, empty.costly) == ({}, [], [], [])
+    assert b.queue_id != a.queue_id
+
+
+# --- IMAP ----------------------------------------------------------------------------------------
+
+
+async def test_imap_state(store: AnyStore) -> None:
+    assert await store.imap_state("INBOX") is None
+    await store.set_imap_state("INBOX", 1234, 7, now=1.0)
+    await store.set_imap_state("INBOX", 1234, 9, now=2.0)
+    assert await store.imap_state("INBOX") == (1234, 9)
+
+
+# --- several instances on PostgreSQL -------------------------------------------------------------
+
+
+async def test_instances_never_claim_the_same_message(pg: Opener) -> None:
+    a, b, c = (await pg("a"), await pg("b"), await pg("c"))
+    await a.enqueue_sms([sms(i, None) for i in range(60)], now=1.0, dedup_window_s=0)
+
+    async def drain(s: PostgresStore) -> list[str]:
+        got: list[str] = []
+        while batch := await s.claim_sms(now=2.0, limit=4):
+            got += [r.queue_id for r in batch]
+        return got
+
+    claimed = await asyncio.gather(drain(a), drain(b), drain(c))
+    every = [q for part in claimed for q in part]
+    assert len(every) == 60 and len(set(every)) == 60
+    owners = await a.list_sms(SmsFilter(state="sending", limit=100), now=3.0)
+    assert len(owners) == 60
+
+
+async def test_lease_expiry_hands_work_to_a_survivor(pg: Opener) -> None:
+    a, b = await pg("a", lease_s=10.0), await pg("b", lease_s=10.0)
+    await a.enqueue_sms([sms(1, None)], now=1.0, dedup_window_s=0)
+    (rec,) = await a.claim_sms(now=1.0, limit=5)
+    assert await b.claim_sms(now=5.0, limit=5) == []  # a's lease holds until 11.0
+    assert await b.requeue_inflight(now=5.0) == 0  # a restart of b steals nothing
+    assert await a.renew_leases(now=8.0) == 1  # lease now until 18.0
+    assert await b.claim_sms(now=12.0, limit=5) == []
+    assert await b.next_due() == 18.0  # b wakes when a's lease runs out
+    (taken,) = await b.claim_sms(now=18.5, limit=5)  # a died: no renewal
+    assert taken.queue_id == rec.queue_id and taken.attempts == 2
+    # a (if it was only slow) cannot give back what b now owns
+    await a.record_retry(rec.queue_id, "late", next_at=19.0, now=19.0)
+    got = await a.get_sms(rec.queue_id)
+    assert got is not None and got.state is SmsState.SENDING and got.reason is None
+    assert await a.renew_leases(now=19.0) == 0
+
+
+async def test_requeue_inflight_takes_only_own_and_expired(pg: Opener) -> None:
+    a, b = await pg("a", lease_s=10.0), await pg("b", lease_s=10.0)
+    await a.enqueue_sms([sms(i, None) for i in range(3)], now=1.0, dedup_window_s=0)
+    await a.claim_sms(now=1.0, limit=1)
+    await b.claim_sms(now=1.0, limit=1)
+    # a restarts at 2.0: its own claim comes back, b's stays b's
+    assert await a.requeue_inflight(now=2.0) == 1
+    assert (await a.counts())["sending"] == 1
+    # b died long ago: its expired claim comes back at a's next start
+    assert await a.requeue_inflight(now=20.0) == 1
+    assert await a.counts() == {"queued": 3}
+
+
+async def test_receipt_matched_by_another_instance(pg: Opener) -> None:
+    a, b = await pg("a"), await pg("b")
+    await a.enqueue_sms([sms(1, None)], now=1.0, dedup_window_s=0)
+    (rec,) = await a.claim_sms(now=1.0, limit=1)
+    await a.record_submitted(rec.queue_id, ["900"], 1, "gsm7", now=2.0)
+    (seg,) = await b.find_segments(["900"])
+    assert seg.queue_id == rec.queue_id
+    state = await b.apply_receipt(rec.queue_id, 0, "delivered", None, 3.0, _rollup, _bounces)
+    assert state is SmsState.DELIVERED
+
+
+async def test_concurrent_mo_parts_on_two_instances(pg: Opener) -> None:
+    a, b = await pg("a"), await pg("b")
+    results = await asyncio.gather(
+        a.add_mo_part("g", 1, 2, "one ", now=1.0), b.add_mo_part("g", 2, 2, "two", now=1.0)
+    )
+    assert sorted(results, key=lambda r: r is None) == [["one ", "two"], None]
+
+
+async def test_once_only_jobs_and_leader(pg: Opener) -> None:
+    stores = [await pg(name) for name in "abc"]
+    assert not any(await asyncio.gather(*(s.job_due("purge", 0.0, 60) for s in stores)))
+    wins = await asyncio.gather(*(s.job_due("purge", 60.0, 60) for s in stores))
+    assert sorted(wins) == [False, False, True]
+    leads = await asyncio.gather(*(s.try_lead("report", 0.0, 60) for s in stores))
+    assert sorted(leads) == [False, False, True]  # the first period runs at once
+    assert not await stores[0].try_lead("report", 59.0, 60)
+    assert await stores[1].try_lead("report", 60.0, 60)
+
+
+async def test_concat_refs_distinct_across_instances(pg: Opener) -> None:
+    a, b = await pg("a"), await pg("b")
+    refs = await asyncio.gather(*(s.next_concat_ref() for s in (a, b) * 20))
+    assert sorted(refs) == list(range(1, 41))
+
+
+async def test_duplicate_email_to_two_instances_queued_once(pg: Opener) -> None:
+    a, b = await pg("a"), await pg("b")
+    (ra,), (rb,) = await asyncio.gather(
+        a.enqueue_sms([sms(1, "<same@lib>")], now=1.0, dedup_window_s=60),
+        b.enqueue_sms([sms(1, "<same@lib>")], now=1.0, dedup_window_s=60),
+    )
+    assert ra.queue_id == rb.queue_id and sorted([ra.duplicate, rb.duplicate]) == [False, True]
+    assert await a.backlog() == 1
+
+
+async def test_mail_claimed_by_one_instance_only(pg: Opener) -> None:
+    a, b = await pg("a", lease_s=30.0), await pg("b", lease_s=30.0)
+    mid = await a.enqueue_mail(BOUNCE, now=1.0)
+    (mail,) = await a.claim_mail(now=1.0, limit=5)
+    assert mail.id == mid
+    assert await b.claim_mail(now=2.0, limit=5) == []  # a is sending it
+    (again,) = await b.claim_mail(now=31.5, limit=5)  # a died without mail_done
+    assert again.id == mid and again.attempts == 2
+
+
+async def test_heartbeat_and_shares(pg: Opener) -> None:
+    a, b = await pg("a"), await pg("b")
+    now_a, peers = await a.heartbeat()
+    assert [p.instance_id for p in peers] == ["a"]
+    assert share(10.0, "a", peers, now_a) == 0.0  # settling in
+    now_b, peers = await b.heartbeat()
+    assert [p.instance_id for p in peers] == ["a", "b"] and now_b >= now_a
+    # three seconds on, both beating: a has settled and sees b (half the budget each)
+    later = peers[0].joined_at + 3.0
+    beating = [Peer(p.instance_id, p.joined_at, later - 0.5) for p in peers]
+    assert share(10.0, "a", beating, later) == 5.0
+    assert share(10.0, "b", beating, peers[1].joined_at + 2.9) == 0.0  # b still settling
+    # a beat again, its joined_at kept (it never lapsed)
+    _, again = await a.heartbeat()
+    assert again[0].joined_at == peers[0].joined_at and again[0].beat_at > peers[0].beat_at
+    assert await a.ping() == 1

@@ -160,3 +160,26 @@ def test_bare_yes_keyword_is_explained() -> None:
     data = merge(BASE, {"compliance": {"optin_keywords": ["START", True]}})
     (problem,) = _problems(yaml.safe_dump(data))
     assert problem.startswith("compliance.optin_keywords") and 'quote it, e.g. "YES"' in problem
+
+
+def test_example_shows_every_key() -> None:
+    """config.example.yaml is the reference: every key of every section appears in it."""
+    from pydantic import BaseModel
+
+    from bridge import config as c
+
+    text = (ROOT / "config.example.yaml").read_text()
+    missing = []
+
+    def walk(model: type[BaseModel], path: str) -> None:
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            if not re.search(rf"^\s*#?\s*-?\s*{re.escape(key)}:", text, flags=re.M):
+                missing.append(f"{path}{key}")
+            ann = field.annotation
+            for sub in (ann, *getattr(ann, "__args__", ())):
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    walk(sub, f"{path}{key}.")
+
+    walk(c.Config, "")
+    assert missing == [], missing

@@ -97,7 +97,7 @@ class Bridge:
         self._stack = AsyncExitStack()
         self.stop_requested = asyncio.Event()
         self.reload_requested = asyncio.Event()
-        self._signals = 0
+        self._first_signal_at: float | None = None
 
     @property
     def smtp_port(self) -> int:
@@ -235,11 +235,18 @@ class Bridge:
         if signum == signal.SIGHUP:
             self.reload_requested.set()
             return
-        self._signals += 1
-        if self._signals > 1:
-            log.error("second stop signal: exiting now")
-            os._exit(1)
-        self.stop_requested.set()
+        now = time.monotonic()
+        if self._first_signal_at is None:
+            self._first_signal_at = now
+            log.info("stop signal: finishing open work (a second signal forces exit)")
+            self.stop_requested.set()
+            return
+        # Ctrl-C under `make run` reaches the bridge twice (from the terminal and from make)
+        # within a moment; only a signal sent later means "stop now".
+        if now - self._first_signal_at < 1.0:
+            return
+        log.error("second stop signal: exiting now")
+        os._exit(1)
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()

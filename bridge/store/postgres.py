@@ -262,21 +262,7 @@ class PostgresStore:
         A row per job holds the last run; the conditional UPDATE takes the row lock, and under
         READ COMMITTED a second instance waiting on that lock re-checks the condition against
         the committed row, finds the period taken, and gets False."""
-        async with self._tx() as conn:
-            status = await conn.execute(
-                "INSERT INTO job (name, last_run) VALUES ($1,$2) ON CONFLICT (name) DO NOTHING",
-                job,
-                now,
-            )
-            if _rowcount(status) == 1:
-                return True
-            status = await conn.execute(
-                "UPDATE job SET last_run=$2 WHERE name=$1 AND last_run <= $3",
-                job,
-                now,
-                now - every_s,
-            )
-            return _rowcount(status) == 1
+        return await self._claim_period(job, now, every_s, first_run=True)
 
     # --- outbound SMS queue --------------------------------------------------------------------
 
@@ -948,6 +934,12 @@ class PostgresStore:
         """True (and the run recorded) when `name` last ran `every_s` ago or more; the first
         call only starts the clock (SqliteStore.job_due). Across instances exactly one gets
         True per period: the conditional UPDATE is decided under the row lock (see try_lead)."""
+        return await self._claim_period(name, now, every_s, first_run=False)
+
+    async def _claim_period(
+        self, name: str, now: float, every_s: float, *, first_run: bool
+    ) -> bool:
+        """The job row decides who runs a period; `first_run` is the answer for a new job."""
         async with self._tx() as conn:
             status = await conn.execute(
                 "INSERT INTO job (name, last_run) VALUES ($1,$2) ON CONFLICT (name) DO NOTHING",
@@ -955,7 +947,7 @@ class PostgresStore:
                 now,
             )
             if _rowcount(status) == 1:
-                return False
+                return first_run
             status = await conn.execute(
                 "UPDATE job SET last_run=$2 WHERE name=$1 AND last_run <= $3",
                 name,

@@ -318,34 +318,27 @@ class Dispatcher:
     async def _submit(self, rec: SmsRecord, encoded: EncodedSms, shaped: Shaped | None) -> None:
         ton, npi = source_ton_npi(rec.source_addr)
         dest = rec.msisdn.lstrip("+")
-        pdus: list[SubmitSm]
-        if encoded.message_payload is not None:
-            pdus = [
-                SubmitSm(
-                    source_addr=rec.source_addr,
-                    source_addr_ton=ton,
-                    source_addr_npi=npi,
-                    destination_addr=dest,
-                    short_message=b"",
-                    data_coding=encoded.data_coding,
-                    esm_class=encoded.esm_class,
-                    message_payload=encoded.message_payload,
-                )
-            ]
-        else:
-            pdus = [
-                SubmitSm(
-                    source_addr=rec.source_addr,
-                    source_addr_ton=ton,
-                    source_addr_npi=npi,
-                    destination_addr=dest,
-                    short_message=part.short_message,
-                    data_coding=encoded.data_coding,
-                    esm_class=encoded.esm_class,
-                    sar=part.sar,
-                )
-                for part in encoded.parts
-            ]
+        # message_payload mode: one submit_sm carrying the whole text in the TLV (SMPP 3.4
+        # §5.3.2.32), short_message empty; otherwise one submit_sm per part.
+        parts: list[tuple[bytes, tuple[int, int, int] | None]] = (
+            [(b"", None)]
+            if encoded.message_payload is not None
+            else [(part.short_message, part.sar) for part in encoded.parts]
+        )
+        pdus = [
+            SubmitSm(
+                source_addr=rec.source_addr,
+                source_addr_ton=ton,
+                source_addr_npi=npi,
+                destination_addr=dest,
+                short_message=short_message,
+                data_coding=encoded.data_coding,
+                esm_class=encoded.esm_class,
+                sar=sar,
+                message_payload=encoded.message_payload,
+            )
+            for short_message, sar in parts
+        ]
         ids: list[str] = []
         for pdu in pdus:
             try:

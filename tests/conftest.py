@@ -51,6 +51,24 @@ BASE: dict[str, Any] = {
 }
 
 
+# Tenants for tests: the BASE one, and a second library on the same sending number.
+RIVERSIDE: dict[str, Any] = BASE["tenants"][0]
+ASHLAND: dict[str, Any] = {
+    "id": "ashland",
+    "name": "Ashland Library",
+    "senders": ["*@ashland.example.org"],
+    "networks": ["127.0.0.0/8"],
+    "reply_to": "desk@ashland.example.org",
+    "quiet_hours": None,
+    "footer": None,
+}
+
+
+def tenant(**over: Any) -> dict[str, Any]:
+    """The BASE tenant with some keys changed."""
+    return {**RIVERSIDE, **over}
+
+
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in over.items():

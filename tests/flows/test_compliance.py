@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from bridge import policy
 from bridge.model import OptoutRecord, SmsState
+from tests.conftest import ASHLAND, tenant
 from tests.flows.harness import Env, StartEnv
 from tests.smtp_client import notice, send
 
@@ -18,29 +18,6 @@ TO = "2025550143@sms.example.org"
 PATRON = "+12025550143"
 NUMBER = "12025550100"
 PROGRAM = "Library text notices"
-
-
-def tenant(**over: Any) -> dict[str, Any]:
-    return {
-        "id": "riverside",
-        "name": "Riverside Public Library",
-        "senders": ["*@riverside.example.org"],
-        "networks": ["127.0.0.0/8"],
-        "reply_to": "circulation@riverside.example.org",
-        "quiet_hours": None,
-        "footer": None,
-        **over,
-    }
-
-
-ASHLAND = {
-    "id": "ashland",
-    "name": "Ashland Library",
-    "senders": ["*@ashland.example.org"],
-    "networks": ["127.0.0.0/8"],
-    "reply_to": "desk@ashland.example.org",
-    "quiet_hours": None,
-}
 
 
 async def test_stop_blocks_every_library_on_the_number_and_start_restores(

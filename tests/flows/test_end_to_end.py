@@ -9,7 +9,7 @@ import email.policy
 import pytest
 
 from bridge.model import SmsState
-from tests.conftest import SAMPLES
+from tests.conftest import ASHLAND, SAMPLES, tenant
 from tests.flows.harness import Env, StartEnv
 from tests.smtp_client import notice, send
 
@@ -77,26 +77,13 @@ async def test_permanent_reject_bounces_to_the_library(env: Env) -> None:
 
 
 async def test_no_bounce_for_null_sender(env_factory: StartEnv) -> None:
-    e = await env_factory({"tenants": [{**_tenant(), "senders": ["*@riverside.example.org", "*"]}]})
+    e = await env_factory({"tenants": [{**tenant(), "senders": ["*@riverside.example.org", "*"]}]})
     e.sim.set_scenario("reject:0x0B")
     conv = await send(e.smtp_port, "", [TO], notice())
     (qid,) = conv.queue_ids
     await e.wait_state(qid, SmsState.FAILED)
     await asyncio.sleep(0.3)
     assert e.sink.mails == []
-
-
-def _tenant() -> dict[str, object]:
-    return {
-        "id": "riverside",
-        "name": "Riverside Public Library",
-        "senders": ["*@riverside.example.org"],
-        "networks": ["127.0.0.0/8"],
-        "reply_to": "circulation@riverside.example.org",
-        "region": "US",
-        "quiet_hours": None,
-        "footer": None,
-    }
 
 
 async def test_failed_receipt_bounces(env_factory: StartEnv) -> None:
@@ -246,16 +233,8 @@ async def test_staff_reply_reaches_the_patron_as_clean_text(env: Env) -> None:
 
 
 async def test_reply_routes_to_the_library_that_texted_last(env_factory: StartEnv) -> None:
-    other = {
-        "id": "ashland",
-        "name": "Ashland Library",
-        "senders": ["*@ashland.example.org"],
-        "networks": ["127.0.0.0/8"],
-        "reply_to": "desk@ashland.example.org",
-        "quiet_hours": None,
-        "footer": None,
-    }
-    e = await env_factory({"tenants": [_tenant(), other]})
+    other = ASHLAND
+    e = await env_factory({"tenants": [tenant(), other]})
     await send(e.smtp_port, FROM, [TO], notice())
     await e.sim.wait_for_messages(1, timeout=5)
     await send(e.smtp_port, "ils@ashland.example.org", [TO], notice(Message_ID="<a1@x>"))
@@ -266,7 +245,7 @@ async def test_reply_routes_to_the_library_that_texted_last(env_factory: StartEn
 
 
 async def test_noreply_library_gets_canned_answer_to_patron(env_factory: StartEnv) -> None:
-    e = await env_factory({"tenants": [{**_tenant(), "reply_to": "noreply@riverside.example.org"}]})
+    e = await env_factory({"tenants": [{**tenant(), "reply_to": "noreply@riverside.example.org"}]})
     await send(e.smtp_port, FROM, [TO], notice())
     await e.sim.wait_for_messages(1, timeout=5)
     await e.sim.inject_mo("+12025550143", "12025550100", "hello")
@@ -386,15 +365,8 @@ async def test_smsc_drops_the_link_mid_stream_nothing_lost(env: Env) -> None:
 async def test_only_the_owning_library_may_answer_and_never_an_auto_reply(
     env_factory: StartEnv,
 ) -> None:
-    other = {
-        "id": "ashland",
-        "name": "Ashland Library",
-        "senders": ["*@ashland.example.org"],
-        "networks": ["127.0.0.0/8"],
-        "quiet_hours": None,
-        "footer": None,
-    }
-    e = await env_factory({"tenants": [_tenant(), other]})
+    other = ASHLAND
+    e = await env_factory({"tenants": [tenant(), other]})
     await send(e.smtp_port, FROM, [TO], notice())
     await e.sim.wait_for_messages(1, timeout=5)
     await e.sim.inject_mo("+12025550143", "12025550100", "Is my book in?")

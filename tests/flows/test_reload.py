@@ -15,19 +15,11 @@ import yaml
 
 from bridge.testing.smsc_sim import SmscSimulator
 from bridge.testing.smtp_sink import SmtpSink
+from tests.conftest import ASHLAND
 from tests.flows.proc import BridgeProcess, write_config
 from tests.smtp_client import notice, send
 
 pytestmark = pytest.mark.slow
-
-ASHLAND = {
-    "id": "ashland",
-    "name": "Ashland Library",
-    "senders": ["*@ashland.example.org"],
-    "networks": ["127.0.0.0/8"],
-    "quiet_hours": None,
-    "footer": None,
-}
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from bridge.model import SmsState
 from bridge.passwords import hash_password
 from bridge.smtp_intake import SmtpIntake
 from bridge.store import SmsFilter, SqliteStore, Store
-from tests.conftest import SAMPLES, MakeConfig
+from tests.conftest import SAMPLES, MakeConfig, tenant
 from tests.smtp_client import RawSmtp, notice, send
 
 FROM = "ils@riverside.example.org"
@@ -116,7 +116,7 @@ async def test_bad_recipient_gets_553_with_reason(start: Start, rcpt: str, words
 
 
 async def test_client_outside_networks_must_authenticate(start: Start) -> None:
-    srv = await start({"tenants": [{**_tenant(), "networks": ["192.0.2.0/24"]}]})
+    srv = await start({"tenants": [{**tenant(), "networks": ["192.0.2.0/24"]}]})
     conv = await send(srv.port, FROM, [TO], notice())
     code, msg = conv.mail
     assert code == 530 and "127.0.0.1" in msg and "AUTH" in msg
@@ -129,23 +129,12 @@ async def test_sender_not_in_tenant_senders(start: Start) -> None:
     assert code == 550 and msg.startswith("5.7.1 Sender someone@elsewhere.example.com")
 
 
-def _tenant(**over: Any) -> dict[str, Any]:
-    return {
-        "id": "riverside",
-        "name": "Riverside Public Library",
-        "senders": ["*@riverside.example.org"],
-        "networks": ["127.0.0.0/8"],
-        "region": "US",
-        **over,
-    }
-
-
 async def test_auth_login_and_failures_are_slowed(start: Start) -> None:
     hashed = hash_password("open sesame")
     srv = await start(
         {
             "smtp": {"auth_failure_delay_step_s": 0.3},
-            "tenants": [_tenant(networks=[], users={"koha": hashed})],
+            "tenants": [tenant(networks=[], users={"koha": hashed})],
         }
     )
     conv = await send(srv.port, FROM, [TO], notice(), login=("koha", "open sesame"))
@@ -308,7 +297,7 @@ async def test_starttls_then_auth(start: Start, tls_files: tuple[Path, Path]) ->
     srv = await start(
         {
             "smtp": {"tls": {"cert": str(cert), "key": str(key)}},
-            "tenants": [_tenant(networks=[], users={"koha": hash_password("pw")})],
+            "tenants": [tenant(networks=[], users={"koha": hash_password("pw")})],
         }
     )
 
@@ -335,7 +324,7 @@ async def test_auth_without_tls_is_refused_from_a_remote_client(
     """AUTH over plain text is allowed only from loopback. The test client is on loopback, so
     the address check is made to answer "remote" (it is ipaddress.is_loopback underneath)."""
     monkeypatch.setattr("bridge.smtp_intake._is_loopback", lambda ip: False)
-    srv = await start({"tenants": [_tenant(networks=[], users={"koha": hash_password("pw")})]})
+    srv = await start({"tenants": [tenant(networks=[], users={"koha": hash_password("pw")})]})
     smtp = await RawSmtp.connect(srv.port)
     await smtp.cmd(b"EHLO x\r\n")
     reply = await smtp.cmd(b"AUTH PLAIN AGtvaGEAcHc=\r\n")  # \0koha\0pw

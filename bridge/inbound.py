@@ -477,7 +477,11 @@ class Inbound:
         stale = await self.store.stale_mo_groups(now - self.cfg.inbound.reassembly_timeout_s)
         for group, texts in stale:
             msisdn, dest = group.split("|")[:2]
-            text = MISSING_PART.join(texts)
+            # parts are cut at any character; around a gap, the spaces of both sides are one
+            text = MISSING_PART.join(
+                t.rstrip() if i < len(texts) - 1 else t for i, t in enumerate(texts)
+            )
+            text = text.replace(MISSING_PART + " ", MISSING_PART)
             digest = hashlib.sha256(f"{group}|partial|{text}".encode()).hexdigest()
             log.warning(
                 "mo from=%s incomplete after timeout: passing on %d part(s)",

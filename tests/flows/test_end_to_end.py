@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import time
 
 import pytest
 
@@ -382,3 +383,40 @@ async def test_only_the_owning_library_may_answer_and_never_an_auto_reply(
     assert "Automatic replies" in conv.data[1]
     await asyncio.sleep(0.3)
     assert len(e.sim.messages) == 1
+
+
+async def test_long_reply_missing_a_part_is_passed_on_after_the_timeout(
+    env_factory: StartEnv,
+) -> None:
+    from bridge.smpp.pdu import DeliverSm
+
+    env = await env_factory({"inbound": {"reassembly_timeout_s": 0.5}})
+    await send(env.smtp_port, FROM, [TO], notice())
+    await env.sim.wait_for_messages(1, timeout=5)
+    udh = bytes([0x05, 0x00, 0x03, 0x42, 0x03, 0x01])  # part 1 of 3, reference 0x42
+
+    def part(seq: int, text: bytes) -> DeliverSm:
+        return DeliverSm(
+            sequence=seq,
+            source_addr="12025550143",
+            source_addr_ton=1,
+            destination_addr="12025550100",
+            esm_class=0x40,
+            data_coding=0,
+            short_message=udh[:5] + bytes([seq]) + text,
+            message_payload=None,
+            receipted_message_id=None,
+            message_state=None,
+            network_error_code=None,
+            sar_msg_ref_num=None,
+            sar_total_segments=None,
+            sar_segment_seqnum=None,
+        )
+
+    inbound = env.bridge.inbound
+    assert await inbound.handle(part(1, b"I will bring the books ")) == 0
+    assert await inbound.handle(part(3, b"on Saturday.")) == 0  # part 2 never comes
+    assert await inbound.sweep(time.time()) == 0  # not yet timed out
+    # the bridge's own sweeper passes it on once inbound.reassembly_timeout_s has passed
+    (mail,) = await env.sink.wait_for(1, timeout=10)
+    assert mail.message().get_content().startswith("I will bring the books [...] on Saturday.")

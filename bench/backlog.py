@@ -17,7 +17,7 @@ from bench import procs
 from bench.common import FAKE_NUMBERS, Row, bench_config, rate_from_times
 from bridge.model import NewSms
 from bridge.policy import duplicate_key
-from bridge.store import Store
+from bridge.store import SqliteStore
 
 TARGET = 100_000
 BATCH = 500
@@ -32,7 +32,7 @@ async def _enqueue(store_dir: Path) -> tuple[int, float, list[float]]:
     cfg = bench_config(store_dir)
     tenant = cfg.tenants[0]
     source = cfg.source_addr_for(tenant)
-    store = Store(cfg.store.path)
+    store = SqliteStore(cfg.store.path)
     await store.open()
     done = 0
     start = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -47,8 +48,10 @@ class Machine:
 
 
 def _fmt(value: float | None) -> str:
-    if value is None:
+    if value is None or math.isnan(value):
         return ""
+    if math.isinf(value):
+        return "inf"
     if value == int(value) and abs(value) < 1e15:
         return f"{int(value)}"
     return f"{value:g}"
@@ -108,16 +111,35 @@ def write(
     errors: dict[str, str],
     repo: Path,
 ) -> tuple[Path, Path]:
+    json_path = write_json(rows, machine, elapsed_s, errors, repo)
+    md_path = repo / "BENCHMARKS.md"
+    md_path.write_text(markdown(rows, machine, elapsed_s, notes), encoding="utf-8")
+    return json_path, md_path
+
+
+def write_json(
+    rows: Sequence[Row],
+    machine: Machine,
+    elapsed_s: float,
+    errors: dict[str, str],
+    repo: Path,
+    name: str = "latest.json",
+) -> Path:
     results = repo / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
         "machine": machine.__dict__,
         "elapsed_s": elapsed_s,
-        "rows": [r.as_dict() for r in rows],
+        # A skipped row's value is NaN: null in the JSON (NaN is not JSON).
+        "rows": [
+            {
+                k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in r.as_dict().items()
+            }
+            for r in rows
+        ],
         "errors": errors,
     }
-    json_path = results / "latest.json"
+    json_path = results / name
     json_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    md_path = repo / "BENCHMARKS.md"
-    md_path.write_text(markdown(rows, machine, elapsed_s, notes), encoding="utf-8")
-    return json_path, md_path
+    return json_path

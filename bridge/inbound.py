@@ -71,6 +71,23 @@ class InboundCounters:
     mo_duplicates: int = 0
 
 
+def join_with_gaps(parts: Sequence[tuple[int, str]], total: int) -> str:
+    """The parts of a long message that arrived, with MISSING_PART wherever parts are missing
+    (before, between or after them). Parts are cut at any character, so around a gap the
+    spaces of both sides become the marker's own."""
+    out = ""
+    expected = 1
+    for seq, text in sorted(parts):
+        if seq != expected:
+            out = out.rstrip() + MISSING_PART
+            text = text.lstrip()
+        out += text
+        expected = seq + 1
+    if expected <= total:
+        out = out.rstrip() + MISSING_PART.rstrip()
+    return out.strip()
+
+
 @contextlib.asynccontextmanager
 async def _no_lock(msisdn: str) -> AsyncIterator[None]:
     yield
@@ -475,18 +492,15 @@ class Inbound:
 
     async def sweep(self, now: float) -> int:
         stale = await self.store.stale_mo_groups(now - self.cfg.inbound.reassembly_timeout_s)
-        for group, texts in stale:
+        for group, total, parts in stale:
             msisdn, dest = group.split("|")[:2]
-            # parts are cut at any character; around a gap, the spaces of both sides are one
-            text = MISSING_PART.join(
-                t.rstrip() if i < len(texts) - 1 else t for i, t in enumerate(texts)
-            )
-            text = text.replace(MISSING_PART + " ", MISSING_PART)
+            text = join_with_gaps(parts, total)
             digest = hashlib.sha256(f"{group}|partial|{text}".encode()).hexdigest()
             log.warning(
-                "mo from=%s incomplete after timeout: passing on %d part(s)",
+                "mo from=%s incomplete after timeout: passing on %d of %d part(s)",
                 addressing.mask_msisdn(msisdn),
-                len(texts),
+                len(parts),
+                total,
             )
             await self.route(msisdn, dest, text, digest, now, done_group=group)
         return len(stale)

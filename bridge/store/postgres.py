@@ -648,15 +648,22 @@ class PostgresStore:
             return None
         return [str(r[1]) for r in rows]
 
-    async def stale_mo_groups(self, older_than: float) -> list[tuple[str, list[str]]]:
-        """Concatenated MOs still missing parts after the reassembly timeout."""
+    async def stale_mo_groups(
+        self, older_than: float
+    ) -> list[tuple[str, int, list[tuple[int, str]]]]:
+        """Concatenated MOs still missing parts after the reassembly timeout:
+        (group, total parts, [(seq, text)] of the parts that came)."""
         async with self._tx() as conn:
             rows = await conn.fetch(
-                "SELECT group_key, array_agg(text ORDER BY seq) FROM mo_part GROUP BY group_key"
+                "SELECT group_key, max(total), array_agg(seq ORDER BY seq),"
+                " array_agg(text ORDER BY seq) FROM mo_part GROUP BY group_key"
                 " HAVING max(received_at)<$1 ORDER BY group_key",
                 older_than,
             )
-        return [(str(r[0]), [str(t) for t in r[1]]) for r in rows]
+        return [
+            (str(r[0]), int(r[1]), [(int(q), str(t)) for q, t in zip(r[2], r[3], strict=True)])
+            for r in rows
+        ]
 
     async def commit_mo(
         self,

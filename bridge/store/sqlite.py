@@ -668,27 +668,31 @@ class SqliteStore:
 
         return await self._call(fn)
 
-    async def stale_mo_groups(self, older_than: float) -> list[tuple[str, list[str]]]:
-        """Concatenated MOs still missing parts after the reassembly timeout."""
+    async def stale_mo_groups(
+        self, older_than: float
+    ) -> list[tuple[str, int, list[tuple[int, str]]]]:
+        """Concatenated MOs still missing parts after the reassembly timeout:
+        (group, total parts, [(seq, text)] of the parts that came)."""
 
-        def fn(conn: sqlite3.Connection) -> list[tuple[str, list[str]]]:
-            keys = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT group_key FROM mo_part GROUP BY group_key HAVING max(received_at)<?",
-                    (older_than,),
+        def fn(conn: sqlite3.Connection) -> list[tuple[str, int, list[tuple[int, str]]]]:
+            groups = conn.execute(
+                "SELECT group_key, max(total) FROM mo_part GROUP BY group_key"
+                " HAVING max(received_at)<? ORDER BY group_key",
+                (older_than,),
+            ).fetchall()
+            return [
+                (
+                    key,
+                    int(total),
+                    [
+                        (int(r[0]), str(r[1]))
+                        for r in conn.execute(
+                            "SELECT seq, text FROM mo_part WHERE group_key=? ORDER BY seq", (key,)
+                        )
+                    ],
                 )
+                for key, total in groups
             ]
-            out = []
-            for key in keys:
-                texts = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT text FROM mo_part WHERE group_key=? ORDER BY seq", (key,)
-                    )
-                ]
-                out.append((key, texts))
-            return out
 
         return await self._call(fn)
 

@@ -267,3 +267,13 @@ def test_id_variants_properties(message_id: str) -> None:
     assert v[0] == message_id
     assert len(v) == len(set(v))
     assert v == id_variants(message_id)
+
+
+def test_join_with_gaps_marks_only_real_gaps() -> None:
+    from bridge.inbound import join_with_gaps
+
+    assert join_with_gaps([(1, "I will bring "), (3, " on Saturday.")], 3) == (
+        "I will bring [...] on Saturday."
+    )
+    assert join_with_gaps([(1, "Hello "), (2, "there")], 3) == "Hello there [...]"
+    assert join_with_gaps([(2, "the books")], 2) == "[...] the books"

@@ -302,9 +302,9 @@ async def test_mo_parts_reassemble_and_go_stale(store: AnyStore) -> None:
     assert await store.add_mo_part("g1", 1, 2, "hello ", now=2.0) == ["hello ", "world"]
     assert await store.add_mo_part("g2", 1, 3, "a", now=3.0) is None
     assert await store.add_mo_part("g2", 3, 3, "c", now=4.0) is None
-    assert await store.stale_mo_groups(older_than=3.5) == [("g1", ["hello ", "world"])]
+    assert await store.stale_mo_groups(older_than=3.5) == [("g1", 2, [(1, "hello "), (2, "world")])]
     stale = await store.stale_mo_groups(older_than=10.0)
-    assert stale == [("g1", ["hello ", "world"]), ("g2", ["a", "c"])]
+    assert stale == [("g1", 2, [(1, "hello "), (2, "world")]), ("g2", 3, [(1, "a"), (3, "c")])]
 
 
 async def test_commit_mo_is_atomic_and_deduplicated(store: AnyStore) -> None:

@@ -50,6 +50,7 @@ def session_settings(cfg: Config, *, port: int | None = None) -> SessionSettings
         bind_mode=s.bind_mode,
         tls=s.tls,
         tls_verify=s.tls_verify,
+        tls_ca_file=str(s.tls_ca_file) if s.tls_ca_file else None,
         window=s.window,
         response_timeout_s=s.response_timeout_s,
         enquire_link_s=s.enquire_link_s,

@@ -155,6 +155,8 @@ class SmppConfig(_Model):
     bind_mode: Literal["transceiver", "transmitter_receiver"] = "transceiver"
     tls: bool = False
     tls_verify: bool = True
+    # CA bundle (PEM) for a carrier whose SMSC certificate is signed by a private CA.
+    tls_ca_file: Path | None = None
     window: int = Field(default=defaults.SMPP_WINDOW, ge=1, le=1000)
     max_tps: float = Field(default=defaults.SMPP_MAX_TPS, gt=0)
     enquire_link_s: float = Field(default=defaults.SMPP_ENQUIRE_LINK_S, gt=0)
@@ -337,6 +339,7 @@ class ImapConfig(_Model):
     port: int | None = Field(default=None, ge=1, le=65535)  # default 993 (tls) or 143
     security: Literal["tls", "starttls", "none"] = "tls"
     tls_verify: bool = True
+    tls_ca_file: Path | None = None  # CA bundle (PEM) for a server with a private CA
     user: str
     password: str
     mailbox: str = "INBOX"
@@ -560,6 +563,10 @@ class Config(_Model):
 
 # --- loading -------------------------------------------------------------------------------------
 
+# Keys whose value may instead come from a file, `<key>_file: /path` (systemd's LoadCredential
+# puts secrets in files). Other keys ending in _file (tls_ca_file) are paths, not secrets.
+_SECRET_KEYS = frozenset({"password", "username", "user", "system_id"})
+
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -569,7 +576,7 @@ def _resolve_secrets(node: Any, path: str, base: Path, problems: list[str]) -> A
         out: dict[str, Any] = {}
         for key, value in node.items():
             sub = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and key.endswith("_file"):
+            if isinstance(key, str) and key.endswith("_file") and key[:-5] in _SECRET_KEYS:
                 target = key[: -len("_file")]
                 if target in node:
                     problems.append(f"{sub}: give either {target} or {key}, not both")

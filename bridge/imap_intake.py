@@ -327,7 +327,8 @@ class ImapIntake:
     # --- connection ----------------------------------------------------------------------------
 
     def _ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        cafile = str(self.box.tls_ca_file) if self.box.tls_ca_file else None
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
         if not self.box.tls_verify:
             # For a library's self-signed mail server; documented as unsafe in the config.
             ctx.check_hostname = False

@@ -79,6 +79,7 @@ class SessionSettings:
     bind_mode: BindMode = "transceiver"
     tls: bool = False
     tls_verify: bool = True
+    tls_ca_file: str | None = None  # PEM bundle for a private CA; None: the system's CAs
     window: int = 10
     response_timeout_s: float = 30.0
     enquire_link_s: float = 30.0
@@ -668,7 +669,7 @@ class SmppSession:
         s = self.settings
         context: ssl.SSLContext | None = None
         if s.tls:
-            context = ssl.create_default_context()
+            context = ssl.create_default_context(cafile=s.tls_ca_file)
             if not s.tls_verify:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE

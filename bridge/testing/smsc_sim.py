@@ -32,6 +32,7 @@ import collections
 import contextlib
 import logging
 import signal
+import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -203,8 +204,12 @@ class SmscSimulator:
         hex_ids_in_resp: bool = False,  # quirk: hex id in submit_sm_resp, decimal in receipt
         response_delay_s: float = 0.0,
         first_message_id: int = 1,
+        tls_cert: str | None = None,  # PEM certificate and key: SMPP over TLS, like some carriers
+        tls_key: str | None = None,
     ) -> None:
         self.system_id = system_id
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
         self.password = password
         self.host = host
         self.port = port
@@ -238,7 +243,11 @@ class SmscSimulator:
     # -- lifecycle
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        context = None
+        if self.tls_cert:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, ssl=context)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("SMSC simulator listening on %s:%d (scenario %s)", self.host, self.port, self)
 

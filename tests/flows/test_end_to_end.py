@@ -6,6 +6,7 @@ import asyncio
 import email
 import email.policy
 import time
+from pathlib import Path
 
 import pytest
 
@@ -420,3 +421,42 @@ async def test_long_reply_missing_a_part_is_passed_on_after_the_timeout(
     # the bridge's own sweeper passes it on once inbound.reassembly_timeout_s has passed
     (mail,) = await env.sink.wait_for(1, timeout=10)
     assert mail.message().get_content().startswith("I will bring the books [...] on Saturday.")
+
+
+async def test_smpp_over_tls_with_a_private_ca(env_factory: StartEnv, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "smsc.pem", tmp_path / "smsc.key"
+    subprocess.run(  # noqa: ASYNC221 - a one-off certificate before anything starts
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    e = await env_factory(
+        {"smpp": {"tls": True, "tls_ca_file": str(cert)}},
+        sim_kwargs={"tls_cert": str(cert), "tls_key": str(key)},
+    )
+    conv = await send(e.smtp_port, FROM, [TO], notice("Over TLS"))
+    await e.wait_state(conv.queue_ids[0], SmsState.DELIVERED)
+    assert [m.text for m in e.sim.messages] == ["Over TLS"]

@@ -1,6 +1,10 @@
 """A throw-away Dovecot IMAP server for flow tests: loopback port, plaintext login, Maildir in a
 temporary directory, started as a subprocess (`dovecot -F`) and stopped in teardown.
 
+`run_dovecot(tls=True)` (fixtures `dovecot_tls_server` / `dovecot_tls`) also serves TLS with a
+self-signed certificate made by the `openssl` CLI for 127.0.0.1: STARTTLS on the plain IMAP
+port and implicit TLS (RFC 8314 §3.2, "imaps") on a second port.
+
 Dovecot refuses to give mail access to UID 0 and its login processes run as an unprivileged
 user, so when the tests run as root (CI, containers) the instance lives in a world-readable
 directory outside pytest's tmp_path (that one sits in a 0700 root directory) and mail is
@@ -16,6 +20,7 @@ import pwd
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -26,6 +31,7 @@ from pathlib import Path
 import pytest
 
 DOVECOT = Path(os.environ.get("SMS_BRIDGE_DOVECOT", "/usr/sbin/dovecot"))
+OPENSSL = os.environ.get("SMS_BRIDGE_OPENSSL", "openssl")
 USER = "library"
 PASSWORD = "imap-secret"
 START_TIMEOUT_S = 10.0
@@ -38,6 +44,10 @@ class Dovecot:
     user: str
     password: str
     root: Path
+    # Only for a TLS instance: the implicit-TLS port and the self-signed certificate (PEM),
+    # which is also the CA file a client must trust.
+    tls_port: int | None = None
+    cert: Path | None = None
 
     def for_user(self, user: str) -> Dovecot:
         """The same server, another mailbox owner: every user name logs in with PASSWORD and
@@ -48,6 +58,12 @@ class Dovecot:
     def log(self) -> str:
         path = self.root / "dovecot.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def logins(self) -> list[str]:
+        """Dovecot's log lines for this user's successful logins. Each ends with "TLS" when
+        the session was encrypted, "secured" for plaintext over loopback (Dovecot's %c)."""
+        mark = f"Login: user=<{self.user}>"
+        return [line for line in self.log.splitlines() if mark in line]
 
     @contextlib.contextmanager
     def client(self) -> Iterator[imaplib.IMAP4]:
@@ -118,7 +134,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _config(root: Path, port: int, uid: int, gid: int, login_user: str, internal_user: str) -> str:
+def _config(
+    root: Path,
+    port: int,
+    uid: int,
+    gid: int,
+    login_user: str,
+    internal_user: str,
+    tls_port: int | None = None,
+    cert: Path | None = None,
+) -> str:
+    if tls_port is None or cert is None:
+        ssl_settings = "ssl = no"
+        imaps = "port = 0"
+    else:
+        # ssl = yes, not required: Dovecot counts loopback connections as secured anyway, so
+        # "required" would change nothing here, and the test side's plain client (APPEND,
+        # flags) keeps working. The login log line tells TLS sessions apart.
+        ssl_settings = f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{_key_path(cert)}"
+        imaps = f"address = 127.0.0.1\n    port = {tls_port}\n    ssl = yes"
     return f"""\
 protocols = imap
 listen = 127.0.0.1
@@ -127,7 +161,7 @@ state_dir = {root}/state
 instance_name = sms-bridge-test-{port}
 log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
-ssl = no
+{ssl_settings}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 default_login_user = {login_user}
@@ -145,7 +179,7 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    {imaps}
   }}
 }}
 service anvil {{
@@ -183,6 +217,77 @@ def _wait_ready(host: str, port: int, proc: subprocess.Popen[bytes], root: Path)
         time.sleep(0.05)
 
 
+def _wait_tls_ready(host: str, port: int, cert: Path) -> None:
+    """The implicit-TLS listener completes a handshake and greets (RFC 3501 §7.1.1)."""
+    ctx = ssl.create_default_context(cafile=str(cert))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            with (
+                socket.create_connection((host, port), timeout=1) as raw,
+                ctx.wrap_socket(raw, server_hostname=host) as s,
+            ):
+                s.settimeout(2)
+                if s.recv(200).startswith(b"* OK"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"dovecot did not answer TLS on {host}:{port}")
+        time.sleep(0.05)
+
+
+def _key_path(cert: Path) -> Path:
+    return cert.with_name("key.pem")
+
+
+def require_openssl() -> str:
+    path = shutil.which(OPENSSL)
+    if path is not None:
+        return path
+    msg = (
+        f"the openssl CLI ({OPENSSL}) is not installed, so no certificate for the TLS Dovecot "
+        "can be made; install it with `apt-get install openssl`"
+    )
+    if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def make_cert(directory: Path, host: str = "127.0.0.1") -> Path:
+    """A self-signed certificate for `host` (CN and an IP subjectAltName: RFC 6125 §6.4.4
+    and Python's ssl match an IP address only against an IP SAN). Returns cert.pem; the
+    unencrypted key is key.pem next to it. EC P-256 keeps generation fast."""
+    openssl = require_openssl()
+    cert = directory / "cert.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={host}",
+            "-addext",
+            f"subjectAltName=IP:{host}",
+            "-keyout",
+            str(_key_path(cert)),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return cert
+
+
 def require_dovecot() -> None:
     if DOVECOT.exists():
         return
@@ -196,8 +301,11 @@ def require_dovecot() -> None:
 
 
 @contextlib.contextmanager
-def run_dovecot() -> Iterator[Dovecot]:
+def run_dovecot(*, tls: bool = False) -> Iterator[Dovecot]:
+    """A running Dovecot; with `tls`, also STARTTLS and an implicit-TLS port (see module doc)."""
     require_dovecot()
+    if tls:
+        require_openssl()
     root = Path(tempfile.mkdtemp(prefix="sms-bridge-dovecot-"))
     try:
         if os.geteuid() == 0:
@@ -213,8 +321,11 @@ def run_dovecot() -> Iterator[Dovecot]:
             uid, gid = os.getuid(), os.getgid()
             login_user = internal_user = pwd.getpwuid(uid).pw_name
         port = _free_port()
+        tls_port = _free_port() if tls else None
+        # Read by Dovecot's master process (root or the test user) when it parses the config.
+        cert = make_cert(root) if tls else None
         conf = root / "dovecot.conf"
-        conf.write_text(_config(root, port, uid, gid, login_user, internal_user))
+        conf.write_text(_config(root, port, uid, gid, login_user, internal_user, tls_port, cert))
         proc = subprocess.Popen(
             [str(DOVECOT), "-F", "-c", str(conf)],
             stdin=subprocess.DEVNULL,
@@ -223,7 +334,9 @@ def run_dovecot() -> Iterator[Dovecot]:
         )
         try:
             _wait_ready("127.0.0.1", port, proc, root)
-            yield Dovecot("127.0.0.1", port, USER, PASSWORD, root)
+            if tls_port is not None and cert is not None:
+                _wait_tls_ready("127.0.0.1", tls_port, cert)
+            yield Dovecot("127.0.0.1", port, USER, PASSWORD, root, tls_port, cert)
         finally:
             proc.terminate()
             try:
@@ -255,5 +368,21 @@ def dovecot_server() -> Iterator[Dovecot]:
 @pytest.fixture
 def dovecot(dovecot_server: Dovecot, request: pytest.FixtureRequest) -> Dovecot:
     """One Dovecot per test module; each test gets a mailbox user of its own."""
+    return dovecot_server.for_user(_test_user(request))
+
+
+@pytest.fixture(scope="module")
+def dovecot_tls_server() -> Iterator[Dovecot]:
+    with run_dovecot(tls=True) as server:
+        yield server
+
+
+@pytest.fixture
+def dovecot_tls(dovecot_tls_server: Dovecot, request: pytest.FixtureRequest) -> Dovecot:
+    """Like `dovecot`, on the TLS instance (STARTTLS on .port, implicit TLS on .tls_port)."""
+    return dovecot_tls_server.for_user(_test_user(request))
+
+
+def _test_user(request: pytest.FixtureRequest) -> str:
     name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
-    return dovecot_server.for_user(name or "library")
+    return name or "library"

@@ -8,6 +8,7 @@ import dataclasses
 import getpass
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -24,8 +25,9 @@ DEFAULT_CONFIG = "/etc/sms-bridge/config.yaml"
 
 
 class _Formatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)sZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    def __init__(self, *, timestamps: bool = True) -> None:
+        fmt = "%(levelname)s %(name)s: %(message)s"
+        super().__init__(("%(asctime)sZ " if timestamps else "") + fmt, "%Y-%m-%dT%H:%M:%S")
         self.converter = time.gmtime  # UTC timestamps: one clock for every host of a consortium
 
 
@@ -47,7 +49,10 @@ class _JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _Formatter())
+    # Under systemd, stderr goes to the journal ($JOURNAL_STREAM is set), which stamps every
+    # line itself: a second timestamp would only crowd `journalctl`.
+    journald = "JOURNAL_STREAM" in os.environ
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _Formatter(timestamps=not journald))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -122,3 +122,18 @@ def test_json_log_format(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(line)
     assert data["message"] == "queued queue_id=abc" and data["level"] == "INFO"
     logging.getLogger().handlers.clear()
+
+
+def test_plain_log_lines_under_journald(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    from bridge.cli import setup_logging
+
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    setup_logging("INFO")
+    logging.getLogger("bridge.test").info("bound")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == "INFO bridge.test: bound"
+    logging.getLogger().handlers.clear()

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs
-from bench.common import FAKE_NUMBERS, Row, bench_config, rate_from_times
-from bridge.model import NewSms
-from bridge.policy import duplicate_key
+from bench.common import Row, bench_config, overdue_notice, rate_from_times
 from bridge.store import SqliteStore
 
 TARGET = 100_000
@@ -41,23 +39,10 @@ async def _enqueue(store_dir: Path) -> tuple[int, float, list[float]]:
     tenth_start = start
     try:
         while done < TARGET and time.monotonic() - start < ENQUEUE_BUDGET_S:
-            items = []
-            for seq in range(done, min(done + BATCH, TARGET)):
-                number = FAKE_NUMBERS[seq % len(FAKE_NUMBERS)]
-                text = f"Item {seq} is overdue. Please return or renew it. Riverside Library"
-                items.append(
-                    NewSms(
-                        tenant_id=tenant.id,
-                        msisdn="+1" + number,
-                        rcpt_addr=f"{number}@{cfg.smtp.domains[0]}",
-                        source_addr=source,
-                        envelope_from="ils@riverside.example.org",
-                        message_id=f"<backlog-{seq}@riverside.example.org>",
-                        subject="Overdue",
-                        body=text,
-                        dup_key=duplicate_key(tenant.id, "+1" + number, text),
-                    )
-                )
+            items = [
+                overdue_notice(tenant, source, seq, "backlog")
+                for seq in range(done, min(done + BATCH, TARGET))
+            ]
             await store.enqueue_sms(
                 items, time.time(), cfg.smtp.dedup_window_s, tenant.duplicate_window_s
             )

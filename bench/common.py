@@ -13,7 +13,9 @@ from typing import Any
 
 import yaml
 
-from bridge.config import Config, load_config_text
+from bridge.config import Config, TenantConfig, load_config_text
+from bridge.model import NewSms
+from bridge.policy import duplicate_key
 
 # Fake patron numbers only: 202-555-01xx is the range reserved for fiction (see
 # ARCHITECTURE.md, phonenumbers treats other 555 numbers as invalid).
@@ -165,3 +167,20 @@ def notice(number: str, seq: int, body: str | None = None) -> bytes:
         "Content-Type: text/plain; charset=us-ascii\r\n"
     )
     return (head + "\r\n" + text + "\r\n").encode("ascii")
+
+
+def overdue_notice(tenant: TenantConfig, source: str, seq: int, tag: str) -> NewSms:
+    """One fake queued notice, as the intake would have stored it (fake numbers only)."""
+    number = FAKE_NUMBERS[seq % len(FAKE_NUMBERS)]
+    text = f"Item {seq} is overdue. Please return or renew it. Riverside Library"
+    return NewSms(
+        tenant_id=tenant.id,
+        msisdn="+1" + number,
+        rcpt_addr=f"{number}@{SMS_DOMAIN}",
+        source_addr=source,
+        envelope_from="ils@riverside.example.org",
+        message_id=f"<{tag}-{seq}@riverside.example.org>",
+        subject="Overdue",
+        body=text,
+        dup_key=duplicate_key(tenant.id, "+1" + number, text),
+    )

@@ -36,18 +36,15 @@ import yaml
 from bench import procs
 from bench.common import (
     BASE,
-    FAKE_NUMBERS,
-    SMS_DOMAIN,
     Row,
     bench_config,
     max_in_window,
     merge,
+    overdue_notice,
     rate_from_times,
     refused_port,
 )
 from bridge.app import Bridge
-from bridge.model import NewSms
-from bridge.policy import duplicate_key
 from bridge.store import PostgresStore
 
 BENCH = "6. PostgreSQL store"
@@ -202,23 +199,10 @@ async def _prefill(url: str, n: int) -> None:
     await store.open()
     try:
         for first in range(0, n, 500):
-            items = []
-            for seq in range(first, min(first + 500, n)):
-                number = FAKE_NUMBERS[seq % len(FAKE_NUMBERS)]
-                text = f"Item {seq} is overdue. Please return or renew it. Riverside Library"
-                items.append(
-                    NewSms(
-                        tenant_id=tenant.id,
-                        msisdn="+1" + number,
-                        rcpt_addr=f"{number}@{SMS_DOMAIN}",
-                        source_addr=source,
-                        envelope_from="ils@riverside.example.org",
-                        message_id=f"<pg-drain-{seq}@riverside.example.org>",
-                        subject="Overdue",
-                        body=text,
-                        dup_key=duplicate_key(tenant.id, "+1" + number, text),
-                    )
-                )
+            items = [
+                overdue_notice(tenant, source, seq, "pg-drain")
+                for seq in range(first, min(first + 500, n))
+            ]
             # Windows 0: every text is distinct anyway; the prefill is not what is measured.
             await store.enqueue_sms(items, time.time(), 0.0, 0.0)
     finally:

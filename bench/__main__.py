@@ -45,7 +45,10 @@ METHOD_NOTES: tuple[str, ...] = (
     "1, 2: an `SmppSession` alone (no store) against `SmscSimulator` in a child process; "
     "receipts off, so the link carries only submit_sm / submit_sm_resp. 40 tasks submit "
     "concurrently; the session's window is the only limit. The bound window/RTT assumes an "
-    "exact 20 ms answer; the simulator's timer adds up to ~1 ms, so the window-1 row gives the "
+    "exact 20 ms answer. The simulator answers each submit 20 ms after its arrival, on a "
+    "select(2) loop (`smsc_sim.precise_loop`): with epoll, CPython rounds every timeout up to "
+    "a whole millisecond, which alone cost the window-10 row about 4 % of the bound. The "
+    "kernel still wakes a sleeper ~0.2-0.4 ms late on this VM, so the window-1 row gives the "
     "real per-request time and the window-10 note compares against it.",
     "2: rates are timed by the simulator on arrival (its `submits` list), i.e. what a carrier "
     "would count. The first pair of rows runs against scenario `ok`, the third against "

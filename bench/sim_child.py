@@ -15,7 +15,7 @@ import json
 import logging
 import sys
 
-from bridge.testing.smsc_sim import SmscSimulator
+from bridge.testing.smsc_sim import SmscSimulator, precise_loop
 
 
 async def _run(scenario: str, receipts: bool) -> None:
@@ -45,7 +45,8 @@ def main() -> None:
     args = parser.parse_args()
     # The simulator logs message text at INFO (its purpose as a tool); a benchmark shows none.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    asyncio.run(_run(args.scenario, not args.no_receipts))
+    with asyncio.Runner(loop_factory=precise_loop) as runner:
+        runner.run(_run(args.scenario, not args.no_receipts))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import selectors
 import struct
 from collections.abc import AsyncIterator
 
@@ -13,7 +14,7 @@ from bridge.smpp import errors
 from bridge.smpp import pdu as p
 from bridge.smpp.encoding import encode_sms
 from bridge.smpp.pdu import SubmitSm
-from bridge.testing.smsc_sim import Scenario, SmscSimulator, main
+from bridge.testing.smsc_sim import Scenario, SmscSimulator, main, precise_loop
 
 
 @pytest.fixture
@@ -236,3 +237,40 @@ def test_cli_rejects_unknown_scenario(capsys: pytest.CaptureFixture[str]) -> Non
         main(["--scenario", "bogus"])
     assert info.value.code == 2
     assert "unknown scenario" in capsys.readouterr().err
+
+
+async def test_slow_answers_after_the_delay_and_drops_them_on_disconnect(
+    sim: SmscSimulator,
+) -> None:
+    sim.set_scenario("slow:150")
+    client = await Raw.connect(sim.port)
+    assert await client.bind() == errors.ESME_ROK
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
+    await client.send(p.build_submit_sm(submit("Your hold is ready.")[0], 7))
+    header, _ = await client.read()
+    assert header.command_id == p.SUBMIT_SM_RESP and header.sequence == 7
+    # Never early: the delay runs from the submit's arrival, which is after `sent`.
+    assert loop.time() - sent >= 0.15
+    assert sim.outstanding == 0
+
+    # An answer still due when the ESME goes away is dropped with its connection (well before
+    # the 30 s it was due after).
+    sim.set_scenario("slow:30000")
+    await client.send(p.build_submit_sm(submit("Your hold is ready.")[0], 8))
+    async with asyncio.timeout(5):
+        while sim.outstanding == 0:
+            await asyncio.sleep(0.005)
+    await client.close()
+    async with asyncio.timeout(3):
+        while sim.outstanding != 0:
+            await asyncio.sleep(0.005)
+    assert len(sim.submits) == 2
+
+
+def test_precise_loop_keeps_sub_millisecond_timers() -> None:
+    loop = precise_loop()
+    try:
+        assert isinstance(loop._selector, selectors.SelectSelector)  # type: ignore[attr-defined]
+    finally:
+        loop.close()

@@ -258,13 +258,9 @@ async def test_slow_answers_after_the_delay_and_drops_them_on_disconnect(
     # the 30 s it was due after).
     sim.set_scenario("slow:30000")
     await client.send(p.build_submit_sm(submit("Your hold is ready.")[0], 8))
-    async with asyncio.timeout(5):
-        while sim.outstanding == 0:
-            await asyncio.sleep(0.005)
+    await sim.wait_for(lambda: sim.outstanding == 1, timeout=5)
     await client.close()
-    async with asyncio.timeout(3):
-        while sim.outstanding != 0:
-            await asyncio.sleep(0.005)
+    await sim.wait_for(lambda: sim.outstanding == 0, timeout=3)
     assert len(sim.submits) == 2
 
 

@@ -63,3 +63,35 @@ async def test_read_only_store_fails_loudly(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         await s.enqueue_sms([sms()], now=1.0, dedup_window_s=0)
     await s.close()
+
+
+async def test_optout_lookup_sees_other_connections_and_survives_a_broken_fast_path(
+    tmp_path: Path,
+) -> None:
+    """The RCPT-time opt-out lookup reads on the loop's thread; it must see a change made by
+    another process (`sms-bridge optout` writes to the same file) at once, and fall back to
+    the reader thread when its own connection fails."""
+    s = SqliteStore(tmp_path / "o.db")
+    await s.open()
+    try:
+        num, scope = "+12025550143", "12025550100"
+        assert await s.optout_status(num, scope) is None
+        other = sqlite3.connect(tmp_path / "o.db", isolation_level=None)
+        other.execute(
+            "INSERT INTO optout (msisdn, scope, opted_out, keyword, changed_at, actor)"
+            " VALUES (?,?,1,'STOP',5.0,'admin:cli')",
+            (num, scope),
+        )
+        rec = await s.optout_status(num, scope)
+        assert rec is not None and rec.opted_out and rec.actor == "admin:cli"
+        other.execute("UPDATE optout SET opted_out=0, keyword='START' WHERE msisdn=?", (num,))
+        other.close()
+        assert s._lconn is not None
+        s._lconn.close()  # the fast path's connection is now unusable
+        rec = await s.optout_status(num, scope)
+        assert rec is not None and not rec.opted_out and rec.keyword == "START"
+        assert s._lconn is None  # dropped, and opened afresh by the next lookup
+        assert await s.optout_status("+12025550144", scope) is None
+        assert s._lconn is not None
+    finally:
+        await s.close()

@@ -61,7 +61,14 @@ def _meets(value: bool | None) -> str:
     return "" if value is None else ("yes" if value else "**no**")
 
 
-def markdown(rows: Sequence[Row], machine: Machine, elapsed_s: float, notes: Sequence[str]) -> str:
+def markdown(
+    rows: Sequence[Row],
+    machine: Machine,
+    elapsed_s: float,
+    notes: Sequence[str],
+    *,
+    chart: bool = False,
+) -> str:
     out = [
         "# Benchmarks",
         "",
@@ -77,6 +84,8 @@ def markdown(rows: Sequence[Row], machine: Machine, elapsed_s: float, notes: Seq
         HOW_TO_READ,
         "",
     ]
+    if chart:
+        out += ["![Every ratio against its aim](bench/ratios.png)", ""]
     section = None
     for i, row in enumerate(rows):
         if row.bench != section:
@@ -110,10 +119,12 @@ def write(
     notes: Sequence[str],
     errors: dict[str, str],
     repo: Path,
+    *,
+    chart: bool = False,
 ) -> tuple[Path, Path]:
     json_path = write_json(rows, machine, elapsed_s, errors, repo)
     md_path = repo / "BENCHMARKS.md"
-    md_path.write_text(markdown(rows, machine, elapsed_s, notes), encoding="utf-8")
+    md_path.write_text(markdown(rows, machine, elapsed_s, notes, chart=chart), encoding="utf-8")
     return json_path, md_path
 
 

@@ -27,8 +27,10 @@ from bridge.app import Bridge
 from bridge.model import SmsRecord
 from bridge.store import SqliteStore
 
-LEVELS: tuple[tuple[int, int], ...] = ((1, 300), (4, 100), (16, 25))  # (connections, per conn)
-REPEATS = 2
+# (connections, per connection): enough messages that the bare server's run lasts a good
+# fraction of a second, since a shorter one mostly measures the machine's neighbours.
+LEVELS: tuple[tuple[int, int], ...] = ((1, 600), (4, 250), (16, 64))
+REPEATS = 3
 
 
 class _Answer250:
@@ -86,6 +88,7 @@ async def _bridge(conns: int, per_conn: int, seq_base: int) -> dict[str, Any]:
             result = await _run_load(bridge.smtp_port, conns, per_conn, seq_base)
             counts = await bridge.store.counts()
             result["stored"] = sum(counts.values())
+            result["commit_p50_s"] = await _store_commit_p50(bridge)
             return result
         finally:
             await bridge.stop()
@@ -99,6 +102,7 @@ async def intake_throughput() -> list[Row]:
         # Interleaved repeats, best of each: on a shared machine the slowest run measures the
         # neighbours, the fastest one the code.
         bare_rate = bridge_rate = 0.0
+        commit_s: list[float] = []
         failed: dict[str, int] = {}
         for _ in range(REPEATS):
             bare = await _bare(conns, per_conn)
@@ -106,9 +110,20 @@ async def intake_throughput() -> list[Row]:
             seq_base += n
             bare_rate = max(bare_rate, bare["ok"] / bare["elapsed_s"])
             bridge_rate = max(bridge_rate, full["ok"] / full["elapsed_s"])
+            commit_s.append(full["commit_p50_s"])
             for code, count in (*bare["failed"].items(), *full["failed"].items()):
                 failed[code] = failed.get(code, 0) + count
         ratio = bridge_rate / bare_rate
+        ceiling = ""
+        if conns == 1:
+            # One client waits for each 250, so every message pays one durable commit that
+            # the bare server never makes: that alone caps the ratio below 1.
+            commit = percentile(commit_s, 50)
+            cap = (1 / bare_rate) / (1 / bare_rate + commit)
+            ceiling = (
+                f"; one durable commit alone (p50 {commit * 1000:.2f} ms) caps the ratio at "
+                f"{cap:.2f}, before any parsing"
+            )
         rows.append(
             Row(
                 bench="3. SMTP intake: bridge vs bare aiosmtpd",
@@ -122,7 +137,9 @@ async def intake_throughput() -> list[Row]:
                 meets=ratio >= 0.7,
                 notes=(
                     f"best of {REPEATS}; last bridge run: {full['ok']}/{n} accepted, "
-                    f"{full['stored']} rows committed" + (f"; failures {failed}" if failed else "")
+                    f"{full['stored']} rows committed"
+                    + ceiling
+                    + (f"; failures {failed}" if failed else "")
                 ),
             )
         )

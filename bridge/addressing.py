@@ -133,12 +133,13 @@ def local_part_to_e164(local_part: str, region: str) -> str:
         raise AddressError(f"{shown} has too many digits for a phone number")
 
     number = _parse_or_none(compact, region)
-    if (number is None or not phonenumbers.is_valid_number(number)) and not compact.startswith("+"):
+    valid = number is not None and phonenumbers.is_valid_number(number)
+    if not valid and not compact.startswith("+"):
         international = _parse_or_none("+" + digits, None)
         if international is not None and phonenumbers.is_valid_number(international):
-            number = international
+            number, valid = international, True
 
-    if number is None or not phonenumbers.is_valid_number(number):
+    if number is None or not valid:
         raise AddressError(_invalid_reason(shown, number, region, compact.startswith("+")))
 
     number_type = phonenumbers.number_type(number)

@@ -69,6 +69,11 @@ def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
         fut.set_exception(value)
 
 
+def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in settled:
+        _settle(fut, ok, value)
+
+
 _SMS_COLUMNS = (
     "queue_id, tenant_id, msisdn, rcpt_addr, source_addr, envelope_from, message_id, subject,"
     " body, state, attempts, reason, created_at, updated_at, next_attempt_at, segments, coding,"
@@ -220,11 +225,16 @@ class SqliteStore:
             log.error("store commit failed: %s", exc)
             err = StoreError(f"the store could not commit: {exc}")
             results = [(False, err)] * len(group)
+        # One wake-up per event loop for the whole group, not one per call: each
+        # call_soon_threadsafe writes to the loop's self-pipe (a syscall and a wake-up).
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for call, (ok, value) in zip(group, results, strict=True):
             if isinstance(value, sqlite3.Error) and not ok:
                 value = StoreError(str(value))
+            by_loop.setdefault(call.loop, []).append((call.future, ok, value))
+        for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # loop already closed
-                call.loop.call_soon_threadsafe(_settle, call.future, ok, value)
+                loop.call_soon_threadsafe(_settle_all, settled)
 
     def _close_reader(self) -> None:
         if self._rconn is not None:

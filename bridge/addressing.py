@@ -171,14 +171,14 @@ def mask_msisdn(e164: str) -> str:
 
     Format: ``+``, the country calling code, one ``*`` per hidden digit, then the last two
     digits. Patron numbers are personal data (library patron privacy), so nothing but the
-    country code and the last two digits is ever shown; input that is not a parseable number
-    keeps only its last two digits, and a number of four digits or fewer is masked entirely.
+    country code and the last two digits is ever shown; input that does not start with ``+``
+    and a calling code keeps only its last two digits, and a number of four digits or fewer
+    (after the calling code) is masked entirely.
     Never raises: it is called while logging.
     """
     digits = "".join(ch for ch in e164 if "0" <= ch <= "9")
-    parsed = _parse_or_none(e164, None) if e164.startswith("+") else None
-    country = str(parsed.country_code) if parsed is not None and parsed.country_code else ""
-    if country and digits.startswith(country):
+    country = _country_code(digits) if e164.startswith("+") else ""
+    if country:
         prefix, rest = "+" + country, digits[len(country) :]
     else:
         # Without a recognised country code the leading digits may belong to the subscriber
@@ -187,6 +187,17 @@ def mask_msisdn(e164: str) -> str:
     if len(rest) <= 4:
         return prefix + "*" * len(rest)
     return prefix + "*" * (len(rest) - 2) + rest[-2:]
+
+
+def _country_code(digits: str) -> str:
+    """The calling code that starts ``digits``, or "". E.164 country codes are a prefix code
+    (ITU-T E.164 §6.2.1), so at most one of the first one, two or three digits is one. A
+    dictionary lookup, not phonenumbers.parse: this runs for every log line that names a
+    number, and a full parse costs tens of microseconds."""
+    for n in (1, 2, 3):
+        if len(digits) > n and int(digits[:n]) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            return digits[:n]
+    return ""
 
 
 def format_msisdn(e164: str) -> str:

@@ -145,6 +145,8 @@ def test_local_part_to_e164_only_returns_e164_or_raises_address_error(local_part
         ("+12025550143", "+1********43"),
         ("+447400123456", "+44********56"),
         ("+4915112345678", "+49*********78"),
+        ("+35312345678", "+353******78"),  # three-digit calling code
+        ("+999123456", "*******56"),  # 999 is no calling code: nothing before the tail
         ("12025550143", "*********43"),  # no '+': no country code is assumed
         ("garbage", ""),
         ("+1234", "+1***"),  # too short to show anything

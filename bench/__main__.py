@@ -68,7 +68,11 @@ METHOD_NOTES: tuple[str, ...] = (
     "commit (median of 50 tiny commits through the same store after the run) on top of the "
     "bare server's time. With more connections group commit shares the fsync and the bridge "
     "is CPU-bound on one core: MIME parsing, phonenumbers, the SQLite insert and aiosmtpd's "
-    "own per-command cost all run under one GIL, while the bare server does only the last.",
+    "own per-command cost all run under one GIL, while the bare server does only the last. "
+    "The notes give each server's CPU per accepted message (getrusage of the server's "
+    "process, every thread, over the load run): the bridge's is 2-4 times the bare "
+    "server's, and the load generator needs most of the other core, so on this 2-core "
+    "machine no amount of concurrency lets the bridge reach 0.7 of the bare server.",
     "4: a whole `Bridge` with the simulator (`ok`, receipts off) in a child process; notices "
     "are sent one at a time over one SMTP session and the next one only after the previous "
     "is SUBMITTED in the store (dispatcher's `on_submitted` hook), then 5 ms of quiet. "

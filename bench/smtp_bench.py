@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -40,12 +41,22 @@ class _Answer250:
         return "250 2.0.0 OK queued as bare"
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def _run_load(port: int, conns: int, per_conn: int, seq_base: int) -> dict[str, Any]:
+    """Run the load generator against `port`; the result also carries `server_cpu_s`, the CPU
+    this process (the server under test, all its threads) used meanwhile."""
+    cpu = _cpu_s()
     proc = await procs.spawn("bench.smtp_load", str(port), str(conns), str(per_conn), str(seq_base))
     try:
-        return await procs.read_json_line(proc, 150.0)
+        result: dict[str, Any] = await procs.read_json_line(proc, 150.0)
     finally:
         await procs.finish(proc, 10.0)
+    result["server_cpu_s"] = _cpu_s() - cpu
+    return result
 
 
 async def _bare(conns: int, per_conn: int) -> dict[str, Any]:
@@ -103,6 +114,8 @@ async def intake_throughput() -> list[Row]:
         # neighbours, the fastest one the code.
         bare_rate = bridge_rate = 0.0
         commit_s: list[float] = []
+        bare_cpu: list[float] = []  # server CPU per accepted message, per run
+        bridge_cpu: list[float] = []
         failed: dict[str, int] = {}
         for _ in range(REPEATS):
             bare = await _bare(conns, per_conn)
@@ -111,6 +124,8 @@ async def intake_throughput() -> list[Row]:
             bare_rate = max(bare_rate, bare["ok"] / bare["elapsed_s"])
             bridge_rate = max(bridge_rate, full["ok"] / full["elapsed_s"])
             commit_s.append(full["commit_p50_s"])
+            bare_cpu.append(bare["server_cpu_s"] / max(1, bare["ok"]))
+            bridge_cpu.append(full["server_cpu_s"] / max(1, full["ok"]))
             for code, count in (*bare["failed"].items(), *full["failed"].items()):
                 failed[code] = failed.get(code, 0) + count
         ratio = bridge_rate / bare_rate
@@ -137,7 +152,9 @@ async def intake_throughput() -> list[Row]:
                 meets=ratio >= 0.7,
                 notes=(
                     f"best of {REPEATS}; last bridge run: {full['ok']}/{n} accepted, "
-                    f"{full['stored']} rows committed"
+                    f"{full['stored']} rows committed; server CPU per message (median): "
+                    f"bridge {percentile(bridge_cpu, 50) * 1e6:.0f} us, "
+                    f"bare {percentile(bare_cpu, 50) * 1e6:.0f} us"
                     + ceiling
                     + (f"; failures {failed}" if failed else "")
                 ),

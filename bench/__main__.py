@@ -70,9 +70,12 @@ METHOD_NOTES: tuple[str, ...] = (
     "is CPU-bound on one core: MIME parsing, phonenumbers, the SQLite insert and aiosmtpd's "
     "own per-command cost all run under one GIL, while the bare server does only the last. "
     "The notes give each server's CPU per accepted message (getrusage of the server's "
-    "process, every thread, over the load run): the bridge's is 2-4 times the bare "
-    "server's, and the load generator needs most of the other core, so on this 2-core "
-    "machine no amount of concurrency lets the bridge reach 0.7 of the bare server.",
+    "process, every thread, over the load run) and the load generator's: the bridge "
+    "spends 3-4 times the bare server's CPU on a message, which is the throughput ratio. "
+    "Reaching 0.7 would take less than half the CPU per message, or intake spread over "
+    "several processes (one Python process uses one core; the load generator leaves most "
+    "of the second core idle during the bridge runs), and neither helps a single "
+    "connection, where the commit, the parse and the thread hand-off add up in series.",
     "4: a whole `Bridge` with the simulator (`ok`, receipts off) in a child process; notices "
     "are sent one at a time over one SMTP session and the next one only after the previous "
     "is SUBMITTED in the store (dispatcher's `on_submitted` hook), then 5 ms of quiet. "

@@ -116,6 +116,7 @@ async def intake_throughput() -> list[Row]:
         commit_s: list[float] = []
         bare_cpu: list[float] = []  # server CPU per accepted message, per run
         bridge_cpu: list[float] = []
+        client_cpu: list[float] = []  # the load generator's, against the bridge
         failed: dict[str, int] = {}
         for _ in range(REPEATS):
             bare = await _bare(conns, per_conn)
@@ -126,6 +127,7 @@ async def intake_throughput() -> list[Row]:
             commit_s.append(full["commit_p50_s"])
             bare_cpu.append(bare["server_cpu_s"] / max(1, bare["ok"]))
             bridge_cpu.append(full["server_cpu_s"] / max(1, full["ok"]))
+            client_cpu.append(full["client_cpu_s"] / max(1, full["ok"]))
             for code, count in (*bare["failed"].items(), *full["failed"].items()):
                 failed[code] = failed.get(code, 0) + count
         ratio = bridge_rate / bare_rate
@@ -154,7 +156,8 @@ async def intake_throughput() -> list[Row]:
                     f"best of {REPEATS}; last bridge run: {full['ok']}/{n} accepted, "
                     f"{full['stored']} rows committed; server CPU per message (median): "
                     f"bridge {percentile(bridge_cpu, 50) * 1e6:.0f} us, "
-                    f"bare {percentile(bare_cpu, 50) * 1e6:.0f} us"
+                    f"bare {percentile(bare_cpu, 50) * 1e6:.0f} us; "
+                    f"load generator {percentile(client_cpu, 50) * 1e6:.0f} us"
                     + ceiling
                     + (f"; failures {failed}" if failed else "")
                 ),

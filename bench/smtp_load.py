@@ -31,12 +31,15 @@ async def _load(port: int, conns: int, per_conn: int, seq_base: int, limit_s: fl
                 failed[str(exc.code)] = failed.get(str(exc.code), 0) + 1
 
     start = time.monotonic()
+    cpu = time.process_time()
     async with asyncio.timeout(limit_s):
         await asyncio.gather(*(one(i, c) for i, c in enumerate(connections)))
     elapsed = time.monotonic() - start
+    cpu = time.process_time() - cpu
     for conn in connections:
         await conn.close()
-    sys.stdout.write(json.dumps({"ok": ok, "failed": failed, "elapsed_s": elapsed}) + "\n")
+    result = {"ok": ok, "failed": failed, "elapsed_s": elapsed, "client_cpu_s": cpu}
+    sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
 
 

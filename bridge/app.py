@@ -175,6 +175,7 @@ class Bridge:
             hold=self.locks.hold,
             on_submitted=self._submitted,
             metrics=self.metrics,
+            may_send=None if self.budget is None else self.budget.sending,
         )
         await self.dispatcher.start()
         stack.push_async_callback(self.dispatcher.stop, cfg.smpp.drain_timeout_s)

@@ -74,6 +74,7 @@ class Dispatcher:
         on_submitted: Callable[[SmsRecord, Sequence[str]], Awaitable[None]] | None = None,
         hold: Callable[[str], AbstractAsyncContextManager[None]] | None = None,
         metrics: Metrics | None = None,
+        may_send: Callable[[], bool] | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -85,6 +86,9 @@ class Dispatcher:
         # Per-number lock shared with the opt-out commit (bridge/compliance.py NumberLocks).
         self.hold = hold
         self.metrics = metrics
+        # False while this instance has no part of the carrier's max_tps (several instances on
+        # PostgreSQL, bridge/ratebudget.py): the queue is left to the instances that have one.
+        self.may_send = may_send
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -148,6 +152,9 @@ class Dispatcher:
             await self.session.wait_bound(timeout=1.0)
             if not self.session.bound:
                 return
+        if self.may_send is not None and not self.may_send():
+            await self._sleep(1.0)
+            return
         free = self.cfg.smpp.window * 2 - len(self._tasks)
         if free <= 0:
             await self._sleep(0.05)

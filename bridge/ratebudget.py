@@ -14,10 +14,14 @@ Every change errs on the low side, so the total stays under max_tps through join
   and the sends those peers made at the old rate have left the carrier's one-second window.
 
 The share is applied to the session's RateLimiter, whose sliding window holds at most
-floor(share) sends per second; the sum of floor(max_tps / n) over n instances never exceeds
-max_tps. Below 1 tps per instance that bound no longer holds (each instance may send one text
-in any second), so deployments need max_tps >= the number of instances; `share` logs nothing,
-`RateBudget` warns once.
+floor(share) sends per second (and at least one); the sum of floor(max_tps / n) over n instances
+never exceeds max_tps. When there are more instances than texts per second (two instances on a
+1 tps long code, say), splitting further would let every instance send one text in the same
+second, so the oldest floor(max_tps) instances (at least one) share the whole budget and the
+others stand by: they take mail, receipts and replies, but claim nothing to send until a sender
+dies (its beat expires after ALIVE_S, longer than the carrier's one-second window, so the
+promoted instance cannot overlap with it) or the budget grows. A newcomer is always the youngest,
+so it never displaces a sender.
 
 Heartbeat times come from the database server's clock, so clock skew between hosts cannot make
 a live instance look dead.
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -58,6 +63,48 @@ def live_peers(peers: Sequence[Peer], now: float, alive_s: float = ALIVE_S) -> l
     return [p for p in peers if now - p.beat_at < alive_s]
 
 
+@dataclass(frozen=True)
+class Share:
+    """What this instance may send: `rate` texts per second (0.0: nothing), and whether it has
+    settled in (False while new, or after its heartbeat lapsed)."""
+
+    rate: float
+    settled: bool
+
+    @property
+    def standby(self) -> bool:
+        """Settled, but another instance holds the budget (more instances than max_tps)."""
+        return self.settled and self.rate == 0.0
+
+
+def plan(
+    max_tps: float,
+    me: str,
+    peers: Sequence[Peer],
+    now: float,
+    *,
+    alive_s: float = ALIVE_S,
+    settle_s: float = SETTLE_S,
+) -> Share:
+    """This instance's part of max_tps at `now` (see the module docstring).
+
+    It must not send while settling in, nor when its own beat is missing or stale: the peers
+    no longer count it and have taken its share over.
+    """
+    live = live_peers(peers, now, alive_s)
+    mine = next((p for p in live if p.instance_id == me), None)
+    if mine is None or now - mine.joined_at < settle_s:
+        return Share(0.0, settled=False)
+    if max_tps >= len(live):
+        return Share(max_tps / len(live), settled=True)
+    # Oldest first; the id breaks ties so that every instance elects the same senders.
+    senders = max(1, math.floor(max_tps))
+    elected = sorted(live, key=lambda p: (p.joined_at, p.instance_id))[:senders]
+    if any(p.instance_id == me for p in elected):
+        return Share(max_tps / senders, settled=True)
+    return Share(0.0, settled=True)
+
+
 def share(
     max_tps: float,
     me: str,
@@ -67,16 +114,8 @@ def share(
     alive_s: float = ALIVE_S,
     settle_s: float = SETTLE_S,
 ) -> float:
-    """This instance's part of max_tps at `now`; 0.0 while it must not send.
-
-    It must not send while settling in, nor when its own beat is missing or stale: the peers
-    no longer count it and have taken its share over.
-    """
-    live = live_peers(peers, now, alive_s)
-    mine = next((p for p in live if p.instance_id == me), None)
-    if mine is None or now - mine.joined_at < settle_s:
-        return 0.0
-    return max_tps / len(live)
+    """plan()'s rate: this instance's texts per second, 0.0 while it must not send."""
+    return plan(max_tps, me, peers, now, alive_s=alive_s, settle_s=settle_s).rate
 
 
 Beat = Callable[[], Awaitable[tuple[float, list[Peer]]]]
@@ -111,20 +150,25 @@ class RateBudget:
         self.settle_s = settle_s
         self.current: float = 0.0  # the share last applied
         self.live: int = 0  # live instances at the last beat
+        self.standby = False  # settled, while other instances hold the whole budget
         self._task: asyncio.Task[None] | None = None
-        self._warned_low = False
 
     def reload(self, max_tps: float) -> None:
         self.max_tps = max_tps
 
+    def sending(self) -> bool:
+        """Whether this instance may claim texts to send now (the dispatcher asks)."""
+        return self.current > 0
+
     async def start(self) -> None:
-        """Beat until settled in (SETTLE_S after the first beat), apply the first share.
+        """Beat until settled in (SETTLE_S after the first beat), apply the first share
+        (or stand by).
 
         Raises what `beat` raises (StoreError) when the very first beat fails: an instance
         that cannot reach the database must not start sending at an unknown share."""
         while True:
             got = await self._tick()
-            if got > 0:
+            if got.settled:
                 break
             await asyncio.sleep(self.beat_every_s)
         self._task = asyncio.create_task(self._run(), name="rate-budget")
@@ -136,9 +180,9 @@ class RateBudget:
                 await self._task
             self._task = None
 
-    async def _tick(self) -> float:
+    async def _tick(self) -> Share:
         now, peers = await self._beat()
-        value = share(
+        got = plan(
             self.max_tps,
             self.instance_id,
             peers,
@@ -147,30 +191,32 @@ class RateBudget:
             settle_s=self.settle_s,
         )
         self.live = len(live_peers(peers, now, self.alive_s))
-        if value == 0 and self.current > 0:
+        if got.standby and not self.standby:
+            log.warning(
+                "rate budget: %d live instances for smpp.max_tps %g; this one stands by"
+                " (takes mail, sends no texts) while the older ones send",
+                self.live,
+                self.max_tps,
+            )
+            self._apply(PAUSED_TPS)
+            self.current = 0.0
+        elif not got.settled and self.current > 0:
             # Our heartbeat expired (a long store outage): the peers took over our share, so
             # stop until settled in again.
             log.warning("rate budget: heartbeat lapsed; pausing until settled in again")
             self._apply(PAUSED_TPS)
             self.current = 0.0
-        if value > 0 and value != self.current:
+        self.standby = got.standby
+        if got.rate > 0 and got.rate != self.current:
             log.info(
                 "rate budget: %d live instance(s), this one sends at most %.2f/s of %g/s",
                 self.live,
-                value,
+                got.rate,
                 self.max_tps,
             )
-            if value < 1.0 and not self._warned_low:
-                self._warned_low = True
-                log.warning(
-                    "rate budget: smpp.max_tps %g shared by %d instances is below 1/s each;"
-                    " the carrier may see up to one text per instance in one second",
-                    self.max_tps,
-                    self.live,
-                )
-            self._apply(value)
-            self.current = value
-        return value
+            self._apply(got.rate)
+            self.current = got.rate
+        return got
 
     async def _run(self) -> None:
         while True:

@@ -185,3 +185,68 @@ async def test_three_instances_share_queue_rate_and_receipts(tmp_path: Path, pg_
             await p.close()
         await sink.stop()
         await sim.stop()
+
+
+async def test_two_instances_on_a_one_text_per_second_account(tmp_path: Path, pg_url: str) -> None:
+    """max_tps 1 for two instances (an HA pair on a low-volume long code): halving it would let
+    each send one text in the same second; instead the older one sends, the younger stands by
+    and still takes mail, and takes over when the older one dies."""
+    sim = SmscSimulator(scenario="throttle:1", receipts=False)
+    sink = SmtpSink()
+    await sim.start()
+    await sink.start()
+    procs: dict[str, BridgeProcess] = {}
+    try:
+        for name in "ab":
+            home = tmp_path / name
+            home.mkdir()
+            cfg, port = write_config(
+                home,
+                sim_port=sim.port,
+                sink_port=sink.port,
+                over={
+                    "store": {"url": pg_url, "instance_id": name, "lease_s": LEASE_S},
+                    "smpp": {"max_tps": 1, "window": 2},
+                },
+            )
+            procs[name] = BridgeProcess(cfg, port, home / "bridge.log")
+        await procs["a"].start(timeout=40)
+        await procs["b"].start(timeout=40)  # younger: settles into standby
+
+        async def submit(i: int, proc: BridgeProcess) -> str:
+            body = f"Notice {i}: your hold is ready."
+            to = f"202555{201 + i:04d}@sms.example.org"
+            conv = await send(
+                proc.smtp_port, FROM, [to], notice(body, To=to, Message_ID=f"<p{i}@r>")
+            )
+            assert conv.data is not None and conv.data[0] == 250, conv
+            return body
+
+        bodies = [await submit(i, procs["ab"[i % 2]]) for i in range(6)]
+
+        async def delivered(n: int) -> bool:
+            return len(sim.messages) >= n
+
+        await _wait(lambda: delivered(6), 30, "six texts at one per second")
+        senders = await query(pg_url, "SELECT DISTINCT claimed_by FROM sms")
+        assert [r[0] for r in senders] == ["a"]  # b took mail but sent nothing
+
+        procs["a"].kill()
+        assert await procs["a"].wait(10) != 0
+        bodies += [await submit(i, procs["b"]) for i in range(6, 9)]
+        await _wait(lambda: delivered(9), 30, "b taking over once a's beat expired")
+
+        assert sorted(m.text for m in sim.messages) == sorted(bodies)
+        assert _max_per_second([t for t, _ in sim.submits]) <= 1
+        assert len(sim.submits) == len(sim.messages)  # no ESME_RTHROTTLED
+        by_b = await query(pg_url, "SELECT count(*) FROM sms WHERE claimed_by='b'")
+        assert by_b[0][0] == 3
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            with contextlib.suppress(AssertionError):
+                await p.wait(15)
+            await p.close()
+        await sink.stop()
+        await sim.stop()

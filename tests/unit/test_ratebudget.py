@@ -8,7 +8,17 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.ratebudget import ALIVE_S, PAUSED_TPS, SETTLE_S, Peer, RateBudget, live_peers, share
+from bridge.ratebudget import (
+    ALIVE_S,
+    PAUSED_TPS,
+    SETTLE_S,
+    Peer,
+    RateBudget,
+    Share,
+    live_peers,
+    plan,
+    share,
+)
 
 
 def test_alone_after_settling_gets_everything() -> None:
@@ -57,9 +67,31 @@ def test_sum_of_whole_shares_never_exceeds_budget(max_tps: int, beats: list[floa
     now = 10.0
     peers = [Peer(f"i{n}", 0.0, beat) for n, beat in enumerate(beats)]
     senders = [p for p in peers if share(max_tps, p.instance_id, peers, now) > 0]
-    if len(live_peers(peers, now)) <= max_tps:
-        total = sum(math.floor(share(max_tps, p.instance_id, peers, now)) for p in senders)
-        assert total <= max_tps
+    # More instances than texts per second included: the RateLimiter lets each sender send
+    # at least one text in a second, so the senders must be few enough.
+    total = sum(max(1, math.floor(share(max_tps, p.instance_id, peers, now))) for p in senders)
+    assert total <= max_tps
+    # And the budget is not left unused while some instance could send.
+    if live_peers(peers, now):
+        assert senders
+
+
+def test_more_instances_than_texts_per_second_elects_the_oldest() -> None:
+    peers = [Peer("b", 5.0, 20.0), Peer("a", 1.0, 20.0), Peer("c", 5.0, 20.0)]
+    now = 20.0
+    assert plan(1.0, "a", peers, now) == Share(1.0, settled=True)
+    assert plan(1.0, "b", peers, now).standby
+    assert plan(1.0, "c", peers, now).standby
+    # Two texts a second for three: the two oldest, ties broken by id (every instance agrees).
+    assert [share(2.0, p, peers, now) for p in "abc"] == [1.0, 1.0, 0.0]
+    # Below one text a second, one instance sends at the whole (slow) rate.
+    assert [share(0.5, p, peers, now) for p in "abc"] == [0.5, 0.0, 0.0]
+    # The sender's beat expires: the next oldest takes over, at once.
+    gone = [Peer("a", 1.0, now - ALIVE_S - 0.1), *peers[::2]]
+    assert plan(1.0, "b", gone, now) == Share(1.0, settled=True)
+    assert plan(1.0, "c", gone, now).standby
+    # A standby instance still settling in is not yet standing by: it is not settled.
+    assert plan(1.0, "d", [*peers, Peer("d", now - 0.5, now)], now) == Share(0.0, False)
 
 
 async def test_budget_loop_settles_then_applies_and_follows_changes() -> None:
@@ -88,6 +120,30 @@ async def test_budget_loop_settles_then_applies_and_follows_changes() -> None:
     await asyncio.wait_for(_until(lambda: applied[-1] == 10.0), timeout=5)
     await budget.stop()
     assert budget.live == 1
+
+
+async def test_budget_stands_by_behind_an_older_instance_then_takes_over() -> None:
+    clock = [100.0]
+    rows = {"a": Peer("a", 0.0, 100.0), "b": Peer("b", 100.0, 100.0)}
+    applied: list[float] = []
+
+    async def beat() -> tuple[float, list[Peer]]:
+        clock[0] += 1.0
+        rows["b"] = Peer("b", rows["b"].joined_at, clock[0])
+        if "a" in rows:
+            rows["a"] = Peer("a", 0.0, clock[0])
+        return clock[0], list(rows.values())
+
+    budget = RateBudget(
+        beat, applied.append, instance_id="b", max_tps=1.0, beat_every_s=0.01, settle_s=3.0
+    )
+    await asyncio.wait_for(budget.start(), timeout=5)  # settles in even though it may not send
+    assert budget.standby and not budget.sending()
+    assert applied == [PAUSED_TPS]
+    del rows["a"]  # a stops beating; once its beat expires, b is the oldest
+    await asyncio.wait_for(_until(lambda: applied[-1] == 1.0), timeout=5)
+    assert budget.sending() and not budget.standby
+    await budget.stop()
 
 
 async def _until(cond: object) -> None:

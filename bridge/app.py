@@ -26,7 +26,7 @@ from bridge.intake import Intake
 from bridge.mailer import Mailer, make_transport
 from bridge.metrics import Metrics
 from bridge.model import SmsRecord
-from bridge.ratebudget import RateBudget
+from bridge.ratebudget import PAUSED_TPS, RateBudget
 from bridge.reports import Maintenance
 from bridge.smpp.pdu import DeliverSm
 from bridge.smpp.session import SessionSettings, SmppSession
@@ -153,12 +153,14 @@ class Bridge:
         )
         await self.session.start()
         stack.push_async_callback(self.session.stop, cfg.smpp.drain_timeout_s)
+        self.metrics.send_rate_applied(cfg.smpp.max_tps)
         # 4b. several instances on one PostgreSQL database share the carrier's max_tps: wait
         # until this one has settled in and knows its share before anything is sent
         if isinstance(self.store, PostgresStore):
+            self.metrics.send_rate_applied(0.0)  # nothing until settled in
             self.budget = RateBudget(
                 self.store.heartbeat,
-                self.session.set_max_tps,
+                self._apply_share,
                 instance_id=self.store.instance_id,
                 max_tps=cfg.smpp.max_tps,
             )
@@ -195,6 +197,13 @@ class Bridge:
             self.imap.append(imap)
         await self.smtp.start()
         stack.push_async_callback(self.smtp.stop)
+
+    def _apply_share(self, tps: float) -> None:
+        """The rate budget's share for this instance: to the session, and to /metrics (where
+        the budget's pause rate, one text per quarter hour, shows as 0)."""
+        assert self.session is not None
+        self.session.set_max_tps(tps)
+        self.metrics.send_rate_applied(0.0 if tps <= PAUSED_TPS else tps)
 
     async def stop(self) -> None:
         log.info("stopping")

@@ -256,6 +256,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.send_rate = Gauge(
+            "sms_bridge_send_rate_tps",
+            "Texts per second this instance may send: smpp.max_tps, or its share of it when"
+            " several instances share one database (0 while settling in or standing by)",
+            registry=r,
+        )
         self.queue = Gauge(
             "sms_bridge_queue_messages",
             "SMS outbox messages by state (read from the store at scrape time)",
@@ -285,6 +291,9 @@ class Metrics:
         listener = SessionMetrics(self, smsc)
         listener.on_state("stopped")  # export the series before the first bind
         return listener
+
+    def send_rate_applied(self, tps: float) -> None:
+        self.send_rate.set(tps)
 
     def message_accepted(self, tenant: str, via: str, count: int = 1) -> None:
         if count > 0:

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 
 FROM = "ils@riverside.example.org"
 TO = "2025550143@sms.example.org"
+MAX_TPS = 7
 
 
 @pytest.fixture
@@ -77,6 +78,7 @@ async def test_health_metrics_status_page_and_cli_on_postgres(tmp_path: Path, pg
         over={
             "store": {"url": pg_url, "instance_id": "ops"},
             "admin": {"listen": f"127.0.0.1:{admin_port}"},
+            "smpp": {"max_tps": MAX_TPS},
         },
     )
     bridge = BridgeProcess(cfg, port, tmp_path / "bridge.log")
@@ -105,6 +107,8 @@ async def test_health_metrics_status_page_and_cli_on_postgres(tmp_path: Path, pg
         assert samples[("sms_bridge_queue_messages", (("state", "delivered"),))] == 1
         assert samples[("sms_bridge_queue_messages", (("state", "failed"),))] == 1
         assert samples[("sms_bridge_queue_messages", (("state", "queued"),))] == 0
+        # Alone on the database: the whole smpp.max_tps, applied through the rate budget.
+        assert samples[("sms_bridge_send_rate_tps", ())] == MAX_TPS
 
         page = await get(admin_port, "/")
         assert page.status == 200

@@ -153,11 +153,12 @@ class Bridge:
         )
         await self.session.start()
         stack.push_async_callback(self.session.stop, cfg.smpp.drain_timeout_s)
-        self.metrics.send_rate_applied(cfg.smpp.max_tps)
         # 4b. several instances on one PostgreSQL database share the carrier's max_tps: wait
         # until this one has settled in and knows its share before anything is sent
+        self.metrics.send_rate_applied(
+            0.0 if isinstance(self.store, PostgresStore) else cfg.smpp.max_tps
+        )
         if isinstance(self.store, PostgresStore):
-            self.metrics.send_rate_applied(0.0)  # nothing until settled in
             self.budget = RateBudget(
                 self.store.heartbeat,
                 self._apply_share,

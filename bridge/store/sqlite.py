@@ -60,18 +60,14 @@ class _Call:
     loop: asyncio.AbstractEventLoop
 
 
-def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.done():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
-
-
 def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
     for fut, ok, value in settled:
-        _settle(fut, ok, value)
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
 
 
 _SMS_COLUMNS = (

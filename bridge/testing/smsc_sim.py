@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import selectors
 import signal
@@ -146,7 +147,8 @@ class _SimConn:
         self.tasks: set[asyncio.Task[None]] = set()
         # Answers due later ("slow:<ms>"): timer handles rather than a task each, so an
         # answer leaves at arrival + delay with no task start-up in between.
-        self.timers: set[asyncio.TimerHandle] = set()
+        self.timers: dict[int, asyncio.TimerHandle] = {}
+        self.timer_ids = itertools.count()
 
     @property
     def can_receive(self) -> bool:
@@ -159,7 +161,7 @@ class _SimConn:
     def cancel_timers(self) -> int:
         """Drop every answer still due; returns how many there were."""
         n = len(self.timers)
-        for handle in self.timers:
+        for handle in self.timers.values():
             handle.cancel()
         self.timers.clear()
         return n
@@ -583,15 +585,9 @@ class SmscSimulator:
         if delay > 0:
             # Due from the arrival (`now`), not from when this PDU got parsed.
             loop = asyncio.get_running_loop()
-            handle: asyncio.TimerHandle | None = None
-
-            def due() -> None:
-                if handle is not None:
-                    conn.timers.discard(handle)
-                self._answer(conn, resp, unbind_now)
-
-            handle = loop.call_at(loop.time() - time.monotonic() + now + delay, due)
-            conn.timers.add(handle)
+            when = loop.time() - time.monotonic() + now + delay
+            key = next(conn.timer_ids)
+            conn.timers[key] = loop.call_at(when, self._answer_due, conn, key, resp, unbind_now)
         else:
             self._answer(conn, resp, unbind_now)
 
@@ -600,6 +596,10 @@ class SmscSimulator:
         conn.send(resp)
         if unbind:
             conn.spawn(self._unbind(conn))
+
+    def _answer_due(self, conn: _SimConn, key: int, resp: bytes, unbind: bool) -> None:
+        del conn.timers[key]
+        self._answer(conn, resp, unbind)
 
     async def _unbind(self, conn: _SimConn) -> None:
         log.info("simulator: unbind_after: sending unbind")

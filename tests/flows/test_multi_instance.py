@@ -72,26 +72,50 @@ async def _wait(predicate: object, timeout: float, what: str) -> None:  # noqa: 
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def _instances(
+    tmp_path: Path,
+    names: str,
+    sim: SmscSimulator,
+    sink: SmtpSink,
+    pg_url: str,
+    smpp: dict[str, object],
+) -> dict[str, BridgeProcess]:
+    """One `sms-bridge run` per name (not started), each in its own directory, on one database."""
+    procs: dict[str, BridgeProcess] = {}
+    for name in names:
+        home = tmp_path / name
+        home.mkdir()
+        cfg, port = write_config(
+            home,
+            sim_port=sim.port,
+            sink_port=sink.port,
+            over={
+                "store": {"url": pg_url, "instance_id": name, "lease_s": LEASE_S},
+                "smpp": smpp,
+            },
+        )
+        procs[name] = BridgeProcess(cfg, port, home / "bridge.log")
+    return procs
+
+
+async def _stop(procs: dict[str, BridgeProcess], sim: SmscSimulator, sink: SmtpSink) -> None:
+    for p in procs.values():
+        p.terminate()
+    for p in procs.values():
+        with contextlib.suppress(AssertionError):
+            await p.wait(15)
+        await p.close()
+    await sink.stop()
+    await sim.stop()
+
+
 async def test_three_instances_share_queue_rate_and_receipts(tmp_path: Path, pg_url: str) -> None:
     sim = SmscSimulator(scenario=f"throttle:{MAX_TPS}", receipts=False)
     sink = SmtpSink()
     await sim.start()
     await sink.start()
-    procs: dict[str, BridgeProcess] = {}
+    procs = _instances(tmp_path, "abc", sim, sink, pg_url, {"max_tps": MAX_TPS, "window": 4})
     try:
-        for name in "abc":
-            home = tmp_path / name
-            home.mkdir()
-            cfg, port = write_config(
-                home,
-                sim_port=sim.port,
-                sink_port=sink.port,
-                over={
-                    "store": {"url": pg_url, "instance_id": name, "lease_s": LEASE_S},
-                    "smpp": {"max_tps": MAX_TPS, "window": 4},
-                },
-            )
-            procs[name] = BridgeProcess(cfg, port, home / "bridge.log")
         # All three start together: each settles in (ratebudget.SETTLE_S) before sending.
         await asyncio.gather(*(p.start(timeout=40) for p in procs.values()))
         await sim.wait_for(lambda: sim.bound_sessions >= 3, timeout=10)
@@ -177,14 +201,7 @@ async def test_three_instances_share_queue_rate_and_receipts(tmp_path: Path, pg_
         peers = await query(pg_url, "SELECT instance_id FROM instance ORDER BY instance_id")
         assert [r[0] for r in peers] == ["a", "b", "c"]
     finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            with contextlib.suppress(AssertionError):
-                await p.wait(15)
-            await p.close()
-        await sink.stop()
-        await sim.stop()
+        await _stop(procs, sim, sink)
 
 
 async def test_two_instances_on_a_one_text_per_second_account(tmp_path: Path, pg_url: str) -> None:
@@ -195,21 +212,8 @@ async def test_two_instances_on_a_one_text_per_second_account(tmp_path: Path, pg
     sink = SmtpSink()
     await sim.start()
     await sink.start()
-    procs: dict[str, BridgeProcess] = {}
+    procs = _instances(tmp_path, "ab", sim, sink, pg_url, {"max_tps": 1, "window": 2})
     try:
-        for name in "ab":
-            home = tmp_path / name
-            home.mkdir()
-            cfg, port = write_config(
-                home,
-                sim_port=sim.port,
-                sink_port=sink.port,
-                over={
-                    "store": {"url": pg_url, "instance_id": name, "lease_s": LEASE_S},
-                    "smpp": {"max_tps": 1, "window": 2},
-                },
-            )
-            procs[name] = BridgeProcess(cfg, port, home / "bridge.log")
         await procs["a"].start(timeout=40)
         await procs["b"].start(timeout=40)  # younger: settles into standby
 
@@ -242,11 +246,4 @@ async def test_two_instances_on_a_one_text_per_second_account(tmp_path: Path, pg
         by_b = await query(pg_url, "SELECT count(*) FROM sms WHERE claimed_by='b'")
         assert by_b[0][0] == 3
     finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            with contextlib.suppress(AssertionError):
-                await p.wait(15)
-            await p.close()
-        await sink.stop()
-        await sim.stop()
+        await _stop(procs, sim, sink)

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from bridge import defaults
+from bridge import defaults, gateways
 
 
 class ConfigError(Exception):
@@ -115,6 +115,9 @@ class TlsFiles(_Model):
 class SmtpConfig(_Model):
     listen: HostPort = Field(default_factory=lambda: parse_host_port(defaults.SMTP_LISTEN))
     domains: tuple[str, ...] = Field(min_length=1)
+    # Carriers' email-to-text gateway domains taken as SMS domains too (bridge/gateways.py);
+    # the entry `known` stands for every gateway the bridge knows.
+    gateway_domains: tuple[str, ...] = ()
     hostname: str | None = None
     tls: TlsFiles | None = None
     max_message_bytes: int = Field(default=defaults.SMTP_MAX_MESSAGE_BYTES, ge=1024)
@@ -143,6 +146,17 @@ class SmtpConfig(_Model):
                 raise ValueError(f"{d!r} is not a domain name")
             out.append(d)
         return tuple(out)
+
+    @field_validator("gateway_domains")
+    @classmethod
+    def _gateway_domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        expanded = gateways.expand(value)
+        return cls._domains(expanded) if expanded else ()
+
+    @property
+    def sms_domains(self) -> tuple[str, ...]:
+        """Every recipient domain texted for: `domains` first, then the gateway domains."""
+        return self.domains + tuple(d for d in self.gateway_domains if d not in self.domains)
 
 
 class SmppConfig(_Model):

@@ -517,7 +517,7 @@ class ImapIntake:
             return _Outcome(False, exc.reply)
         try:
             await self.intake.check_backlog()
-            addresses = notice_recipients(msg, self.cfg.smtp.domains)
+            addresses = notice_recipients(msg, self.cfg.smtp.sms_domains)
             if not addresses:
                 raise Rejected(
                     550,
@@ -557,7 +557,7 @@ class ImapIntake:
                     )
         except Rejected as exc:
             if exc.permanent:
-                refused = [(a, exc) for a in notice_recipients(msg, self.cfg.smtp.domains)]
+                refused = [(a, exc) for a in notice_recipients(msg, self.cfg.smtp.sms_domains)]
                 await self._bounce(tenant, msg, sender, ref, refused or [("", exc)])
                 return _Outcome(False, exc.reply)
             raise _Deferred(exc.reply) from None

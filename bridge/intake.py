@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bridge import addressing
+from bridge import addressing, gateways
 from bridge.config import Config, TenantConfig
 from bridge.emailparse import NoTextError, ParsedNotice, TextOptions, parse_notice
 from bridge.model import EnqueueResult, NewSms
@@ -127,7 +127,7 @@ class Intake:
             local, domain = addressing.split_address(address)
         except addressing.AddressError as exc:
             raise Rejected(553, "5.1.3", exc.reason) from None
-        if domain not in self.cfg.smtp.domains:
+        if domain not in self.cfg.smtp.sms_domains:
             raise Rejected(
                 550,
                 "5.7.1",
@@ -135,7 +135,9 @@ class Intake:
                 f" address texts as <number>@{self.cfg.smtp.domains[0]}",
             )
         try:
-            msisdn = addressing.local_part_to_e164(local, tenant.region)
+            msisdn = addressing.local_part_to_e164(
+                gateways.number_part(local, domain), tenant.region
+            )
         except addressing.AddressError as exc:
             raise Rejected(553, "5.1.3", exc.reason) from None
         return Recipient(address=address, msisdn=msisdn)

@@ -31,6 +31,7 @@ from bridge.reports import Maintenance
 from bridge.smpp.pdu import DeliverSm
 from bridge.smpp.session import SessionSettings, SmppSession
 from bridge.smtp_intake import SmtpIntake
+from bridge.statuspage import LibraryInput
 from bridge.store import PostgresStore, make_store
 from bridge.web import AdminServer
 
@@ -110,6 +111,14 @@ class Bridge:
     async def _submitted(self, rec: SmsRecord, smsc_ids: Sequence[str]) -> None:
         self.metrics.on_submitted(rec, self.clock())
         await self.inbound.submitted(rec, smsc_ids)
+
+    @property
+    def libraries(self) -> list[LibraryInput]:
+        """The libraries as the status page shows them (read at each request: reload-safe)."""
+        return [
+            LibraryInput(t.id, t.name, self.cfg.source_addr_for(t), t.zone)
+            for t in self.cfg.tenants
+        ]
 
     async def start(self) -> None:
         cfg = self.cfg

@@ -498,6 +498,13 @@ class TenantConfig(_Model):
         return dict(value)
 
     @property
+    def zone(self) -> str:
+        """The library's local time zone (its quiet hours'), for "today" on the status page."""
+        return (
+            self.quiet_hours.timezone if self.quiet_hours is not None else defaults.QUIET_TIMEZONE
+        )
+
+    @property
     def takes_replies(self) -> bool:
         return self.reply_to is not None and not _NOREPLY.match(self.reply_to)
 

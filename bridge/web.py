@@ -20,14 +20,17 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
+from bridge import statuspage
 from bridge.addressing import mask_msisdn
 from bridge.metrics import CONTENT_TYPE, MAIL_STATES, QUEUE_STATES, Metrics
 from bridge.model import OptoutRecord, SmsRecord
+from bridge.statuspage import LibraryInput, LibraryStats
 from bridge.store import SmsFilter
+from bridge.store.base import Activity
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,8 @@ class StoreView(Protocol):
 
     async def ping(self) -> int: ...
 
+    async def activity(self, since: float) -> Activity: ...
+
 
 class SessionView(Protocol):
     @property
@@ -112,6 +117,9 @@ class BridgeView(Protocol):
 
     @property
     def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def libraries(self) -> list[LibraryInput]: ...
 
 
 # ----------------------------------------------------------------------------- health
@@ -161,6 +169,10 @@ border-bottom:1px solid #eee;vertical-align:top}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#1a7f37;font-weight:bold}.bad{color:#b3261e;font-weight:bold}
 .muted{color:#666}footer{margin-top:2em;font-size:.85em;color:#666}
+.card{display:inline-block;vertical-align:top;margin:0 1em 1em 0;padding:.3em .8em;
+border:1px solid #ddd;border-radius:6px;min-width:16em}.card h3{margin:.3em 0}
+.legend .key{margin-right:1em;white-space:nowrap}.sw{display:inline-block;width:.8em;
+height:.8em;margin-right:.3em;border-radius:2px}.fixh{margin:.5em 0 0;font-weight:bold}
 """
 
 
@@ -191,6 +203,9 @@ class StatusData:
     mail: dict[str, int]
     failures: list[SmsRecord]
     optouts: dict[str, int]  # by scope (the library's sending number, not a patron's)
+    libraries: list[LibraryStats] = field(default_factory=list)
+    last_24h: list[dict[str, int]] = field(default_factory=list)  # per hour, by outcome
+    chart_zone: str = "UTC"
 
 
 def render_status_page(data: StatusData) -> str:
@@ -211,6 +226,12 @@ def render_status_page(data: StatusData) -> str:
         f'<tr><th scope="row">send rate</th><td>{_e(tps)}</td></tr>',
         f'<tr><th scope="row">store</th><td class="{store_cls}" id="store">{_e(h.store)}</td></tr>',
         "</table>",
+        "<h2>Last 24 hours</h2>",
+        statuspage.chart_svg(data.last_24h, data.now, data.chart_zone)
+        if data.last_24h
+        else '<p class="muted">No figures: the store did not answer.</p>',
+        "<h2>Libraries</h2>",
+        statuspage.library_cards(data.libraries),
         _count_table("Text message queue", data.queue, QUEUE_STATES),
         _count_table("Outgoing email (replies, bounces)", data.mail, MAIL_STATES),
         "<h2>Opt-outs</h2>",
@@ -261,7 +282,13 @@ async def gather_status(bridge: BridgeView) -> StatusData:
     mail: dict[str, int] = {}
     failures: list[SmsRecord] = []
     optouts: dict[str, int] = {}
+    libraries: list[LibraryStats] = []
+    last_24h: list[dict[str, int]] = []
+    inputs = bridge.libraries
     if health.store == "ok":
+        activity = await store.activity(now - statuspage.WEEK_S)
+        libraries = statuspage.summarise(activity, inputs, now)
+        last_24h = statuspage.hourly(activity, now)
         queue = await store.counts()
         mail = await store.mail_counts()
         failures = await store.list_sms(SmsFilter(state="failed", limit=RECENT_FAILURES), now)
@@ -277,6 +304,9 @@ async def gather_status(bridge: BridgeView) -> StatusData:
         mail=mail,
         failures=failures,
         optouts=optouts,
+        libraries=libraries,
+        last_24h=last_24h,
+        chart_zone=inputs[0].timezone if inputs else "UTC",
     )
 
 

@@ -66,3 +66,22 @@ class ReportData:
     failed: list[tuple[str, str, str, float]]  # (msisdn, reason, subject, created_at)
     optout_changes: list[tuple[str, bool, str | None, float]]  # (msisdn, opted_out, keyword, at)
     costly: list[tuple[str, int, int, int, str]]  # (template, texts, ucs2, segments, culprits)
+
+
+# Activity is counted in buckets of this many seconds: fine enough for "today" in any time zone
+# (offsets are whole quarter hours), coarse enough that a week is a few hundred rows per library.
+ACTIVITY_BUCKET_S = 900
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What the status page charts: notices, replies and opt-out changes since a time.
+
+    Times are bucket numbers (`int(t // ACTIVITY_BUCKET_S)`); no patron number is included
+    except in `to_fix`, which the page masks.
+    """
+
+    texts: list[tuple[str, int, str, int]]  # tenant_id, bucket, state, count (notices)
+    replies: list[tuple[str, int, int]]  # tenant_id, bucket, count (replies mailed to staff)
+    optouts: list[tuple[str, int, bool, int]]  # scope, bucket, opted_out, count
+    to_fix: list[tuple[str, str, str, int]]  # tenant_id, msisdn, reason, failed notices

@@ -44,6 +44,8 @@ from bridge.model import (
 )
 from bridge.ratebudget import ALIVE_S, Peer
 from bridge.store.base import (
+    ACTIVITY_BUCKET_S,
+    Activity,
     CostLintRow,
     Outgoing,
     PurgeCounts,
@@ -507,6 +509,38 @@ class PostgresStore:
                 queue_id,
             )
         return _rowcount(status) == 1
+
+    async def activity(self, since: float) -> Activity:
+        """Notices, replies and opt-out changes since `since`, in buckets (the status page)."""
+        b = ACTIVITY_BUCKET_S
+        async with self._tx() as conn:
+            texts = await conn.fetch(
+                f"SELECT tenant_id, floor(created_at / {b})::bigint AS k, state, count(*)"
+                " FROM sms WHERE kind='notice' AND created_at>=$1 GROUP BY tenant_id, k, state",
+                since,
+            )
+            replies = await conn.fetch(
+                f"SELECT tenant_id, floor(created_at / {b})::bigint AS k, count(*)"
+                " FROM conversation WHERE created_at>=$1 GROUP BY tenant_id, k",
+                since,
+            )
+            optouts = await conn.fetch(
+                f"SELECT scope, floor(changed_at / {b})::bigint AS k, opted_out, count(*)"
+                " FROM optout_audit WHERE changed_at>=$1 GROUP BY scope, k, opted_out",
+                since,
+            )
+            to_fix = await conn.fetch(
+                "SELECT tenant_id, msisdn, coalesce(reason, ''), count(*) FROM sms"
+                " WHERE kind='notice' AND state IN ('failed','expired') AND created_at>=$1"
+                " GROUP BY tenant_id, msisdn, reason ORDER BY count(*) DESC LIMIT 100",
+                since,
+            )
+        return Activity(
+            [(str(r[0]), int(r[1]), str(r[2]), int(r[3])) for r in texts],
+            [(str(r[0]), int(r[1]), int(r[2])) for r in replies],
+            [(str(r[0]), int(r[1]), bool(r[2]), int(r[3])) for r in optouts],
+            [(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in to_fix],
+        )
 
     async def counts(self) -> dict[str, int]:
         async with self._tx() as conn:

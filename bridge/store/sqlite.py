@@ -33,6 +33,8 @@ from bridge.model import (
     new_queue_id,
 )
 from bridge.store.base import (
+    ACTIVITY_BUCKET_S,
+    Activity,
     CostLintRow,
     Outgoing,
     PurgeCounts,
@@ -1066,6 +1068,41 @@ class SqliteStore:
                 )
             ]
             return ReportData({str(k): int(v) for k, v in states.items()}, failed, changes, costly)
+
+        return await self._read(fn)
+
+    async def activity(self, since: float) -> Activity:
+        """Notices, replies and opt-out changes since `since`, in buckets (the status page)."""
+        b = ACTIVITY_BUCKET_S
+
+        def fn(conn: sqlite3.Connection) -> Activity:
+            texts = conn.execute(
+                f"SELECT tenant_id, CAST(created_at / {b} AS INTEGER) AS k, state, count(*)"
+                " FROM sms WHERE kind='notice' AND created_at>=? GROUP BY tenant_id, k, state",
+                (since,),
+            ).fetchall()
+            replies = conn.execute(
+                f"SELECT tenant_id, CAST(created_at / {b} AS INTEGER) AS k, count(*)"
+                " FROM conversation WHERE created_at>=? GROUP BY tenant_id, k",
+                (since,),
+            ).fetchall()
+            optouts = conn.execute(
+                f"SELECT scope, CAST(changed_at / {b} AS INTEGER) AS k, opted_out, count(*)"
+                " FROM optout_audit WHERE changed_at>=? GROUP BY scope, k, opted_out",
+                (since,),
+            ).fetchall()
+            to_fix = conn.execute(
+                "SELECT tenant_id, msisdn, coalesce(reason, ''), count(*) FROM sms"
+                " WHERE kind='notice' AND state IN ('failed','expired') AND created_at>=?"
+                " GROUP BY tenant_id, msisdn, reason ORDER BY count(*) DESC LIMIT 100",
+                (since,),
+            ).fetchall()
+            return Activity(
+                [(str(t), int(k), str(st), int(n)) for t, k, st, n in texts],
+                [(str(t), int(k), int(n)) for t, k, n in replies],
+                [(str(sc), int(k), bool(o), int(n)) for sc, k, o, n in optouts],
+                [(str(t), str(m), str(r), int(n)) for t, m, r, n in to_fix],
+            )
 
         return await self._read(fn)
 

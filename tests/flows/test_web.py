@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
+import zlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.metrics import Metrics
 from bridge.model import OptoutRecord, SmsRecord, SmsState
+from bridge.statuspage import LibraryInput
 from bridge.store import SmsFilter, StoreError
+from bridge.store.base import Activity
 from bridge.web import (
     HEAD_LIMIT,
     AdminServer,
@@ -131,6 +135,9 @@ class _BrokenStore:
     async def list_optouts(self, scope: str | None = None) -> list[OptoutRecord]:
         raise StoreError("disk I/O error")
 
+    async def activity(self, since: float) -> Activity:
+        raise StoreError("disk I/O error")
+
 
 class _HungStore(_BrokenStore):
     async def ping(self) -> int:
@@ -143,6 +150,7 @@ class _FakeBridge:
     store: Any
     session: Any = None
     clock: Callable[[], float] = lambda: 1_700_000_000.0
+    libraries: list[LibraryInput] = field(default_factory=list)
 
 
 async def test_healthz_503_when_store_fails() -> None:
@@ -223,6 +231,35 @@ async def test_status_page_shows_state_without_full_numbers(env: Env, admin: Adm
     assert "+1********43" in page
     assert '<td class="n" id="optouts">1</td>' in page
     for form in (*FULL_NUMBER_FORMS, "2025550199", "Your hold is ready"):
+        assert form not in page, form
+
+
+async def test_status_page_shows_each_library_today_and_the_last_24_hours(
+    env: Env, admin: AdminServer
+) -> None:
+    # two delivered, one rejected by the carrier, a patron reply and a STOP
+    for i in range(2):
+        conv = await send(
+            env.smtp_port, FROM, [TO], notice(f"Hold {i} is ready.", Message_ID=f"<ok{i}@x>")
+        )
+        await env.wait_state(conv.queue_ids[0], SmsState.DELIVERED)
+    env.sim.set_scenario("reject:0x0B")
+    conv = await send(env.smtp_port, FROM, ["2025550188@sms.example.org"], notice("Due soon."))
+    await env.wait_state(conv.queue_ids[0], SmsState.FAILED)
+    env.sim.set_scenario("ok")
+    assert await env.sim.inject_mo("+12025550143", "+12025550100", "Can I renew?") == [0]
+    assert await env.sim.inject_mo("+12025550177", "+12025550100", "STOP") == [0]
+
+    page = (await get(admin.port, "/")).text
+    for key, n in {"sent": 3, "delivered": 2, "failed": 1, "replies": 1, "optouts": 1}.items():
+        assert f'data-k="today-{key}">{n}<' in page, key
+        assert f'data-k="week-{key}">{n}<' in page, key
+    assert "Riverside Public Library" in page
+    assert "Numbers to fix in the ILS" in page and "+1********88" in page
+    assert '<svg id="chart24h"' in page
+    assert len(re.findall(r'class="bar-delivered"', page)) == 1  # one hour, one bar
+    assert len(re.findall(r'class="bar-failed"', page)) == 1
+    for form in (*FULL_NUMBER_FORMS, "2025550188", "2025550177", "Can I renew"):
         assert form not in page, form
 
 
@@ -373,6 +410,9 @@ async def test_status_page_renders_in_headless_chromium(
         if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
             pytest.fail("chromium is required (apt-get install chromium)")
         pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    for i in range(3):
+        conv = await send(env.smtp_port, FROM, [TO], notice(f"Hold {i}.", Message_ID=f"<c{i}@x>"))
+        await env.wait_state(conv.queue_ids[0], SmsState.DELIVERED)
     shot = tmp_path / "status.png"
     cmd = [
         browser,
@@ -384,7 +424,8 @@ async def test_status_page_renders_in_headless_chromium(
         "--no-first-run",
         "--hide-scrollbars",
         f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1024,900",
+        # a phone's viewport: the page must be readable there
+        "--window-size=412,1600",
         f"--screenshot={shot}",
         f"http://127.0.0.1:{admin.port}/",
     ]
@@ -392,8 +433,52 @@ async def test_status_page_renders_in_headless_chromium(
     # the DOM as the browser built it: the page parsed, and shows the live bind state
     dom = await _run([*cmd[:-2], "--dump-dom", cmd[-1]])
     assert '<td class="ok" id="smsc">bound</td>' in dom
-    assert "Text message queue" in dom
-    data = shot.read_bytes()
+    assert 'data-k="today-delivered">3<' in dom
+    assert '<rect class="bar-delivered"' in dom
+    width, height, pixels = _read_png(shot.read_bytes())
+    assert (width, height) == (412, 1600)
+    # the chart's delivered bar is drawn: pixels of its colour, and none wider than the screen
+    green = [i for i in range(0, len(pixels), 4) if pixels[i : i + 3] == bytes.fromhex("1a7f37")]
+    assert len(green) > 50, len(green)
+    columns = {(i // 4) % width for i in green}
+    assert max(columns) < width - 1
+
+
+def _read_png(data: bytes) -> tuple[int, int, bytes]:
+    """Width, height and RGBA rows of an 8-bit RGB(A) PNG (what Chromium writes)."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    # a blank 1024x900 page compresses to a few KiB; text and tables make it much larger
-    assert len(data) > 10_000, len(data)
+    pos, idat, width, height, channels = 8, b"", 0, 0, 4
+    while pos < len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + size]
+        if kind == b"IHDR":
+            width, height = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big")
+            assert body[8] == 8 and body[9] in (2, 6) and body[12] == 0, body
+            channels = 4 if body[9] == 6 else 3
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + size
+    raw, stride = zlib.decompress(idat), width * channels
+    out, prev = bytearray(), bytearray(stride)
+    for y in range(height):
+        line = raw[y * (stride + 1) : (y + 1) * (stride + 1)]
+        kind, row = line[0], bytearray(line[1:])
+        for x in range(stride):  # RFC 2083 §6: undo the row filter
+            a = row[x - channels] if x >= channels else 0
+            b, c = prev[x], prev[x - channels] if x >= channels else 0
+            if kind == 1:
+                row[x] = (row[x] + a) & 0xFF
+            elif kind == 2:
+                row[x] = (row[x] + b) & 0xFF
+            elif kind == 3:
+                row[x] = (row[x] + (a + b) // 2) & 0xFF
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else b if pb <= pc else c
+                row[x] = (row[x] + pred) & 0xFF
+        prev = row
+        for x in range(width):
+            px = row[x * channels : (x + 1) * channels]
+            out += px if channels == 4 else px + b"\xff"
+    return width, height, bytes(out)

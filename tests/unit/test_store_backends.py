@@ -15,7 +15,7 @@ import pytest
 
 from bridge.model import NewSms, OptoutRecord, SmsRecord, SmsState
 from bridge.ratebudget import Peer, share
-from bridge.store.base import CostLintRow, Outgoing, SmsFilter
+from bridge.store.base import ACTIVITY_BUCKET_S, CostLintRow, Outgoing, SmsFilter
 from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
 from tests.pg import create_database, drop_database, url_for
@@ -528,3 +528,28 @@ async def test_heartbeat_and_shares(pg: Opener) -> None:
     _, again = await a.heartbeat()
     assert again[0].joined_at == peers[0].joined_at and again[0].beat_at > peers[0].beat_at
     assert await a.ping() == 1
+
+
+# --- status page ---------------------------------------------------------------------------------
+
+
+async def test_activity_counts_notices_replies_and_optouts_by_bucket(store: AnyStore) -> None:
+    bucket = ACTIVITY_BUCKET_S
+    _, b = await store.enqueue_sms([sms(1, None), sms(2, None)], now=10 * bucket, dedup_window_s=0)
+    await store.enqueue_sms([sms(3, None)], now=1.0, dedup_window_s=0)  # before `since`
+    await store.claim_sms(now=10 * bucket, limit=10)
+    await store.record_final(b.queue_id, SmsState.FAILED, "rejected", now=10 * bucket + 5)
+    assert await store.commit_mo(
+        "mo1", 11 * bucket + 1, 60.0, conversations=[("<r@x>", "riverside", "+1202", "+1999")]
+    )
+    await store.set_optout(
+        OptoutRecord("+12025550188", "12025550100", True, "STOP", 12 * bucket, "patron")
+    )
+    act = await store.activity(since=5 * bucket)
+    assert sorted(act.texts) == [
+        ("riverside", 10, "failed", 1),
+        ("riverside", 10, "sending", 1),
+    ]
+    assert act.replies == [("riverside", 11, 1)]
+    assert act.optouts == [("12025550100", 12, True, 1)]
+    assert act.to_fix == [("riverside", "+12025550143", "rejected", 1)]

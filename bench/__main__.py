@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from bench import backlog, chart, pg_bench, report, smpp_bench, smtp_bench
+from bench import backlog, chart, kannel_bench, pg_bench, report, smpp_bench, smtp_bench
 from bench.common import Row
 from bench.procs import REPO
 
@@ -25,10 +25,11 @@ BENCHES: tuple[tuple[str, Callable[[], Awaitable[list[Row]]]], ...] = (
     ("4. Latency 250 -> submit", smtp_bench.latency),
     ("5. Backlog", backlog.backlog),
     ("6. PostgreSQL", pg_bench.postgres),
+    ("8. Kannel side by side", kannel_bench.side_by_side),
 )
 
 # `python -m bench 6` or `python -m bench pg` runs one section (see main()).
-ALIASES: dict[str, str] = {"pg": "6. PostgreSQL"}
+ALIASES: dict[str, str] = {"pg": "6. PostgreSQL", "kannel": "8. Kannel side by side"}
 
 # Per-benchmark ceilings: generous (about 3x a normal run) but bounded, so a hang cannot keep
 # `make bench` going forever.
@@ -39,6 +40,8 @@ LIMITS_S: dict[str, float] = {
     "4. Latency 250 -> submit": 90.0,
     "5. Backlog": 240.0,
     "6. PostgreSQL": 150.0,
+    # five cases, two systems each, every phase bounded by kannel_bench.DONE_LIMIT_S
+    "8. Kannel side by side": 900.0,
 }
 
 METHOD_NOTES: tuple[str, ...] = (
@@ -104,6 +107,23 @@ METHOD_NOTES: tuple[str, ...] = (
     "floor(max_tps/3) (bridge/ratebudget.py). The drain stops 12 s after the first submit. "
     "Everything, PostgreSQL server included, shares the same 2 cores, so three processes on "
     "one host measure contention, not the scale-out of three hosts.",
+    "8: Kannel 1.4.5 from Debian's packages (the bench installs it with apt-get when it runs "
+    "as root and says so in the row otherwise): bearerbox with one `smpp` SMSC group "
+    "(transceiver, `max-pending-submits` = the bridge's window, TON/NPI 1/1, spool store, "
+    "internal DLR storage) and smsbox; texts go in through smsbox's `sendsms` over 4 HTTP/1.0 "
+    "connections, with `dlr-mask=3` and a `dlr-url` to a sink in the bench process when "
+    "receipts are on. The bridge is `python -m bridge run` (SQLite, WAL, synchronous=FULL) fed "
+    "by benchmark 3's SMTP load generator over 4 connections. Same simulator child, scenario, "
+    "2,000 one-segment texts to 100 fake numbers, window 10. Queued rows put every text in "
+    "while the simulator's port is closed and time the drain once it listens; live rows start "
+    "the simulator first. Rates are (n-1)/span of the simulator's arrival times; CPU per text "
+    "is user+system time from /proc of bearerbox+smsbox or the bridge over the measured "
+    "phase (after the queueing in queued rows; intake included in live rows), divided by "
+    "the submits seen. What differs, so the comparison stays honest: the bridge commits every "
+    "notice and every state change to disk before answering (Kannel's spool store writes "
+    "without fsync and keeps its queue and DLR table in memory), parses MIME email and applies "
+    "compliance per text, and records each receipt in its store, where Kannel passes it on to "
+    "an HTTP URL. A row is a run of each system one after the other on the same 2 cores.",
     "All benchmark configs set `quiet_hours: null` so that results do not depend on the time "
     "of day the bench runs.",
 )

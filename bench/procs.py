@@ -62,9 +62,12 @@ class SimReport:
 
 
 @contextlib.asynccontextmanager
-async def simulator(scenario: str = "ok", *, receipts: bool = True) -> AsyncIterator[SimReport]:
-    """Run the SMSC simulator in a child process; the report is filled in on exit."""
-    args = ["--scenario", scenario]
+async def simulator(
+    scenario: str = "ok", *, receipts: bool = True, port: int = 0
+) -> AsyncIterator[SimReport]:
+    """Run the SMSC simulator in a child process (on `port`, or any free one); the report is
+    filled in on exit."""
+    args = ["--scenario", scenario, "--port", str(port)]
     if not receipts:
         args.append("--no-receipts")
     proc = await spawn("bench.sim_child", *args)

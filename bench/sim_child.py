@@ -18,8 +18,8 @@ import sys
 from bridge.testing.smsc_sim import SmscSimulator, precise_loop
 
 
-async def _run(scenario: str, receipts: bool) -> None:
-    sim = SmscSimulator(scenario=scenario, receipts=receipts)
+async def _run(scenario: str, receipts: bool, port: int) -> None:
+    sim = SmscSimulator(scenario=scenario, receipts=receipts, port=port)
     await sim.start()
     sys.stdout.write(f"PORT {sim.port}\n")
     sys.stdout.flush()
@@ -42,11 +42,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.sim_child")
     parser.add_argument("--scenario", default="ok")
     parser.add_argument("--no-receipts", action="store_true")
+    # A port chosen beforehand: the peers are configured (and queue texts) before it listens.
+    parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     # The simulator logs message text at INFO (its purpose as a tool); a benchmark shows none.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with asyncio.Runner(loop_factory=precise_loop) as runner:
-        runner.run(_run(args.scenario, not args.no_receipts))
+        runner.run(_run(args.scenario, not args.no_receipts, args.port))
 
 
 if __name__ == "__main__":

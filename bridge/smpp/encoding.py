@@ -19,6 +19,7 @@ no fill bits are needed after the UDH here.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -99,6 +100,18 @@ def _build_gsm_tables() -> tuple[dict[str, int], dict[int, str], dict[int, str]]
 
 _GSM_COST, _GSM_BASIC, _GSM_EXT = _build_gsm_tables()
 
+# Whole-text forms of the tables, so that the common case (a notice that fits one segment) is
+# checked and counted by C code instead of a Python call per character: the dispatcher and the
+# shaper count every text several times (footer budget, segments, truncation).
+_NOT_GSM: Final = re.compile("[^" + "".join(re.escape(ch) for ch in _GSM_COST) + "]")
+_EXT_DOUBLED: Final = str.maketrans({ch: ch * 2 for ch, cost in _GSM_COST.items() if cost == 2})
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+# The gsm0338 codec, character by character, as one translation table (its encoder is a Python
+# call per character): each GSM character to its septet, or ESC and a septet, one per byte.
+_GSM_ENCODE: Final = str.maketrans(
+    {ch: ch.encode(_GSM_CODEC).decode("latin-1") for ch in _GSM_COST}
+)
+
 
 class TooManySegments(ValueError):
     """The text needs more SMS segments than allowed; ``reason`` is plain words for staff."""
@@ -152,9 +165,7 @@ def _sanitize(text: str) -> str:
 
     They cannot be encoded as UTF-16 and would otherwise crash the dispatcher on one bad notice.
     """
-    if not any("\ud800" <= ch <= "\udfff" for ch in text):
-        return text
-    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _char_units(ch: str, coding: Coding) -> int:
@@ -171,7 +182,18 @@ def _char_units(ch: str, coding: Coding) -> int:
 
 def choose_coding(text: str) -> Coding:
     """GSM-7 when every character is in the GSM 03.38 default alphabet or its extension table."""
-    return "gsm7" if all(ch in _GSM_COST for ch in text) else "ucs2"
+    return "gsm7" if _NOT_GSM.search(text) is None else "ucs2"
+
+
+def _units(text: str, coding: Coding) -> int:
+    """`count_units` of a text already sanitized (no lone surrogates)."""
+    if coding == "gsm7":
+        bad = _NOT_GSM.search(text)
+        if bad is not None:
+            _char_units(bad.group(), coding)  # raises the ValueError that names the character
+        return len(text.translate(_EXT_DOUBLED))
+    # Characters outside the BMP take a UTF-16 surrogate pair: two code units.
+    return len(text.encode("utf-16-le")) // 2
 
 
 def count_units(text: str, coding: Coding) -> int:
@@ -179,8 +201,7 @@ def count_units(text: str, coding: Coding) -> int:
 
     Raises ValueError when ``coding`` is "gsm7" and the text has a non-GSM character.
     """
-    text = _sanitize(text)
-    return sum(_char_units(ch, coding) for ch in text)
+    return _units(_sanitize(text), coding)
 
 
 def _split(text: str, coding: Coding, concat: ConcatMode) -> list[str]:
@@ -188,9 +209,9 @@ def _split(text: str, coding: Coding, concat: ConcatMode) -> list[str]:
 
     Never splits an escape pair (one GSM character) or a surrogate pair (one Python character).
     """
-    units = [_char_units(ch, coding) for ch in text]
-    if sum(units) <= _SINGLE[coding]:
+    if _units(text, coding) <= _SINGLE[coding]:
         return [text]
+    units = [_char_units(ch, coding) for ch in text]
     limit = _PER_PART[concat][coding]
     chunks: list[str] = []
     start = 0
@@ -218,7 +239,9 @@ def segment_count(text: str, coding: Coding | None = None, concat: ConcatMode = 
 
 def _encode_text(text: str, coding: Coding) -> bytes:
     if coding == "gsm7":
-        return text.encode(_GSM_CODEC)
+        if _NOT_GSM.search(text) is not None:
+            return text.encode(_GSM_CODEC)  # raises the codec's own error for the character
+        return text.translate(_GSM_ENCODE).encode("latin-1")
     return text.encode("utf-16-be")
 
 
@@ -298,7 +321,7 @@ def encode_sms(
         truncated = True
 
     data_coding = DC_DEFAULT if coding == "gsm7" else DC_UCS2
-    units = sum(_char_units(ch, coding) for ch in text)
+    units = _units(text, coding)
 
     if concat == "payload":
         # SMPP 3.4 §5.3.2.32 message_payload: the SMSC does the segmentation.

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.smpp import encoding
 from bridge.smpp.encoding import (
     DC_DEFAULT,
     DC_UCS2,
@@ -482,3 +483,28 @@ def test_property_truncation(text: str, max_segments: int, marker: str) -> None:
         assert decoded == text
     for part in enc.parts:
         assert air_octets(enc, part) <= 140
+
+
+# --- the whole-text fast paths agree with the per-character definitions --------------------------
+
+_GSM_ALPHABET = "".join(encoding._GSM_COST)
+
+
+@given(st.text(alphabet=_GSM_ALPHABET, max_size=400))
+def test_gsm_fast_paths_match_the_codec_and_the_cost_table(text: str) -> None:
+    assert encoding._encode_text(text, "gsm7") == text.encode("gsm03.38")
+    assert encoding.count_units(text, "gsm7") == sum(encoding._GSM_COST[ch] for ch in text)
+    assert encoding.choose_coding(text) == "gsm7"
+
+
+@given(st.text(max_size=200))
+def test_ucs2_units_and_coding_match_the_per_character_rules(text: str) -> None:
+    clean = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    assert encoding._sanitize(text) == clean
+    expected = sum(2 if ord(ch) > 0xFFFF else 1 for ch in clean)
+    assert encoding.count_units(text, "ucs2") == expected
+    in_gsm = all(ch in encoding._GSM_COST for ch in clean)
+    assert encoding.choose_coding(clean) == ("gsm7" if in_gsm else "ucs2")
+    if not in_gsm:
+        with pytest.raises(ValueError, match=r"not in the GSM 03\.38 alphabet"):
+            encoding.count_units(clean, "gsm7")

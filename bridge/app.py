@@ -52,6 +52,7 @@ def session_settings(cfg: Config, *, port: int | None = None) -> SessionSettings
         tls_verify=s.tls_verify,
         tls_ca_file=str(s.tls_ca_file) if s.tls_ca_file else None,
         window=s.window,
+        inbound_window=s.inbound_window,
         response_timeout_s=s.response_timeout_s,
         enquire_link_s=s.enquire_link_s,
         enquire_link_timeout_s=s.enquire_link_timeout_s,

@@ -92,6 +92,10 @@ async def test_deliver_sm_flood_is_paced_and_smtp_stays_quick(
     assert max(durations) < 2.0, durations
     assert 1 < peak <= cap, (peak, cap)
     assert bridge.session.inbound_peak <= cap
+    metrics = bridge.metrics.render().decode()
+    assert 'sms_bridge_smpp_inbound_in_flight{smsc="smsc"} 0.0' in metrics
+    assert 'sms_bridge_smpp_inbound_paused_total{smsc="smsc"} 0.0' not in metrics
+    assert 'sms_bridge_smpp_inbound_paused_total{smsc="smsc"}' in metrics
     assert smsc.flood_stats.ok == FLOOD
     # every receipt was committed (held: no submit of ours carries these ids) before its resp
     held = read_db(tmp_path / "bridge.db", "SELECT DISTINCT smsc_message_id FROM pending_receipt")

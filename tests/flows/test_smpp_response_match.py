@@ -108,5 +108,10 @@ async def test_text_answered_with_enquire_link_resp_is_retried_and_gets_its_id(
         rec = await bridge.store.get_sms(queue_id)
         assert rec is not None and rec.state is SmsState.SUBMITTED
         assert rec.attempts == 2
+        metrics = bridge.metrics.render().decode()
+        assert (
+            'sms_bridge_smpp_protocol_errors_total{kind="mismatched_response",smsc="smsc"} 1.0'
+            in metrics
+        )
     finally:
         await asyncio.wait_for(bridge.stop(), 30)

@@ -53,6 +53,7 @@ def session_settings(cfg: Config, *, port: int | None = None) -> SessionSettings
         tls_verify=s.tls_verify,
         tls_ca_file=str(s.tls_ca_file) if s.tls_ca_file else None,
         window=s.window,
+        inbound_window=s.inbound_window,
         response_timeout_s=s.response_timeout_s,
         enquire_link_s=s.enquire_link_s,
         enquire_link_timeout_s=s.enquire_link_timeout_s,
@@ -100,6 +101,7 @@ class Bridge:
         self.stop_requested = asyncio.Event()
         self.reload_requested = asyncio.Event()
         self._first_signal_at: float | None = None
+        self._started = False  # something to stop: the store at least was opened
 
     @property
     def smtp_port(self) -> int:
@@ -126,6 +128,7 @@ class Bridge:
         # 1. the store: everything else hands work over through it
         await self.store.open()
         stack.push_async_callback(self.store.close)
+        self._started = True
         # the admin listener next, stopped just before the store: /healthz says 503 while
         # everything else drains
         if cfg.admin.listen is not None:
@@ -216,6 +219,8 @@ class Bridge:
         self.metrics.send_rate_applied(0.0 if tps <= PAUSED_TPS else tps)
 
     async def stop(self) -> None:
+        if not self._started:
+            return  # the store never opened: nothing ran, and its error says why
         log.info("stopping")
         await self._stack.aclose()
         log.info("stopped")

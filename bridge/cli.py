@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bridge.config import Config, ConfigError, load_config, summary
 from bridge.passwords import hash_password
+from bridge.store.base import StoreError
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1  # bad config, not found, refused
@@ -492,7 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.fn(args)
+    try:
+        code: int = args.fn(args)
+    except StoreError as exc:
+        # The store cannot be opened (read-only file, missing directory, PostgreSQL down):
+        # the reason and what to check, in one line; a traceback would bury both.
+        print(f"sms-bridge: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
     return code
 
 

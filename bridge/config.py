@@ -172,6 +172,7 @@ class SmppConfig(_Model):
     # CA bundle (PEM) for a carrier whose SMSC certificate is signed by a private CA.
     tls_ca_file: Path | None = None
     window: int = Field(default=defaults.SMPP_WINDOW, ge=1, le=1000)
+    inbound_window: int = Field(default=defaults.SMPP_INBOUND_WINDOW, ge=1, le=1000)
     max_tps: float = Field(default=defaults.SMPP_MAX_TPS, gt=0)
     enquire_link_s: float = Field(default=defaults.SMPP_ENQUIRE_LINK_S, gt=0)
     enquire_link_timeout_s: float = Field(default=defaults.SMPP_ENQUIRE_LINK_TIMEOUT_S, gt=0)

@@ -31,6 +31,11 @@ DEDUP_WINDOW_S = 24 * 3600.0
 SMPP_HOST = "127.0.0.1"
 SMPP_PORT = 2775
 SMPP_WINDOW = 10
+# deliver_sm (receipts, patron replies) handled at once. Beyond it the session stops reading,
+# so a carrier's burst waits in TCP rather than queueing at the store ahead of the libraries'
+# SMTP commits. 32 fills a store group commit and far exceeds what any carrier's own window
+# keeps outstanding (typically 1-10), so a well-behaved SMSC never meets it.
+SMPP_INBOUND_WINDOW = 32
 SMPP_MAX_TPS = 10.0
 SMPP_ENQUIRE_LINK_S = 30.0
 SMPP_ENQUIRE_LINK_TIMEOUT_S = 10.0

@@ -195,6 +195,15 @@ class SessionMetrics:
     def on_reconnect(self) -> None:
         self._m.smpp_reconnects.labels(self._smsc).inc()
 
+    def on_protocol_error(self, kind: str) -> None:
+        self._m.smpp_protocol_errors.labels(self._smsc, kind).inc()
+
+    def on_inbound(self, in_flight: int) -> None:
+        self._m.smpp_inbound_in_flight.labels(self._smsc).set(in_flight)
+
+    def on_inbound_paused(self) -> None:
+        self._m.smpp_inbound_paused.labels(self._smsc).inc()
+
 
 class Metrics:
     """Every metric the bridge exports, in ``self.registry``."""
@@ -250,6 +259,26 @@ class Metrics:
             ["smsc"],
             registry=r,
         )
+        self.smpp_protocol_errors = Counter(
+            "sms_bridge_smpp_protocol_errors",
+            "PDUs from the SMSC that break SMPP 3.4 and were ignored, by kind (mismatched_response:"
+            " a response whose command_id does not answer the request with its sequence number)",
+            ["smsc", "kind"],
+            registry=r,
+        )
+        self.smpp_inbound_in_flight = Gauge(
+            "sms_bridge_smpp_inbound_in_flight",
+            "deliver_sm / data_sm being handled now (at most smpp.inbound_window)",
+            ["smsc"],
+            registry=r,
+        )
+        self.smpp_inbound_paused = Counter(
+            "sms_bridge_smpp_inbound_paused",
+            "Times the session stopped reading from the SMSC because smpp.inbound_window"
+            " deliver_sm were in hand (a burst paced by TCP)",
+            ["smsc"],
+            registry=r,
+        )
         self.submit_latency = Histogram(
             "sms_bridge_accept_to_submit_seconds",
             "Time from the commit behind SMTP 250 to the last segment's submit_sm_resp",
@@ -290,6 +319,7 @@ class Metrics:
     def session_listener(self, smsc: str = "smsc") -> SessionMetrics:
         listener = SessionMetrics(self, smsc)
         listener.on_state("stopped")  # export the series before the first bind
+        listener.on_inbound(0)
         return listener
 
     def send_rate_applied(self, tps: float) -> None:

@@ -7,8 +7,10 @@ never notices a dead link, see ARCHITECTURE.md); only its PDU codec is, through
 Shape: one supervisor task per session connects, binds, waits until the link dies, backs off and
 starts again. Each live link owns a reader task and an enquire_link task. Submits from any number
 of callers share the window (a semaphore) and the rate limiter, and are matched to their
-responses by sequence number. deliver_sm handlers run as tracked tasks so a slow handler never
-stalls the reader; each deliver_sm_resp is written only after its handler returned.
+responses by sequence number and command_id. deliver_sm handlers run as tracked tasks so a slow
+handler never stalls the reader; each deliver_sm_resp is written only after its handler
+returned. At most ``inbound_window`` handlers run at once: beyond that the reader stops reading
+and TCP backpressure paces the SMSC.
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ class SessionListener(Protocol):
 
     def on_reconnect(self) -> None: ...
 
+    def on_protocol_error(self, kind: str) -> None: ...
+
+    def on_inbound(self, in_flight: int) -> None: ...
+
+    def on_inbound_paused(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class SessionSettings:
@@ -81,6 +89,9 @@ class SessionSettings:
     tls_verify: bool = True
     tls_ca_file: str | None = None  # PEM bundle for a private CA; None: the system's CAs
     window: int = 10
+    # deliver_sm / data_sm handled at once; while that many are in hand the reader stops
+    # reading, so a flood waits in TCP (see _Link._read_loop).
+    inbound_window: int = 32  # bridge/defaults.py SMPP_INBOUND_WINDOW
     response_timeout_s: float = 30.0
     enquire_link_s: float = 30.0
     enquire_link_timeout_s: float = 10.0
@@ -93,6 +104,8 @@ class SessionSettings:
     def __post_init__(self) -> None:
         if self.window < 1:
             raise ValueError("window must be at least 1")
+        if self.inbound_window < 1:
+            raise ValueError("inbound_window must be at least 1")
         if self.max_tps <= 0:
             raise ValueError("max_tps must be positive")
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
@@ -230,7 +243,9 @@ class _Link:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self._seq = 0
-        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        # sequence -> (the command_id its response must carry, the waiter)
+        self._pending: dict[int, tuple[int, asyncio.Future[bytes]]] = {}
+        self._paused_logged = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._drain_lock = asyncio.Lock()
 
@@ -271,7 +286,7 @@ class _Link:
         was sent), ResponseTimeout / ConnectionLost afterwards (outcome unknown)."""
         seq = self.next_sequence()
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = future
+        self._pending[seq] = (p.parse_header(raw).command_id | p.RESP_BIT, future)
         try:
             if not self.send(_with_sequence(raw, seq)):
                 raise NotBound(f"link closed ({self.close_reason})")
@@ -298,7 +313,7 @@ class _Link:
         self.close_reason = reason
         self.closed.set()
         self.writer.close()
-        for future in self._pending.values():
+        for _, future in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionLost(f"connection lost: {reason}"))
         self._pending.clear()
@@ -320,7 +335,15 @@ class _Link:
         try:
             while True:
                 raw = await p.frame_reader(self.reader)
-                self._dispatch(raw)
+                header = p.parse_header(raw)
+                if header.command_id in (p.DELIVER_SM, p.DATA_SM) and self.receives:
+                    # Bounded inbound work: with inbound_window deliver_sm in hand, do not
+                    # read the next PDU until one is answered. The SMSC's PDUs then wait in
+                    # our socket buffer and TCP's closing window slows the SMSC down (its own
+                    # window, §2.6, does the rest), instead of thousands of handlers queueing
+                    # at the store in front of the libraries' SMTP commits.
+                    await self.session._inbound_slot(self)
+                self._dispatch(header, raw)
                 if self.closed.is_set():
                     return
         except p.FrameError as exc:
@@ -341,11 +364,40 @@ class _Link:
     def label(self) -> str:
         return f"{self.session.name}/{self.role}"
 
-    def _dispatch(self, raw: bytes) -> None:
-        header = p.parse_header(raw)
+    def note_paused(self) -> None:
+        """The reader stopped for the inbound window: said once per link at INFO (a flood
+        would say it thousands of times; the metric counts every pause)."""
+        if not self._paused_logged:
+            self._paused_logged = True
+            log.info(
+                "SMPP %s: %d deliver_sm in hand (smpp.inbound_window); reading paused until "
+                "one is answered",
+                self.label,
+                self.session.settings.inbound_window,
+            )
+
+    def _dispatch(self, header: p.Header, raw: bytes) -> None:
         cid = header.command_id
         if cid & p.RESP_BIT:
-            future = self._pending.get(header.sequence)
+            pending = self._pending.get(header.sequence)
+            if pending is not None and cid not in (pending[0], p.GENERIC_NACK):
+                # §3.2: a response carries its request's command_id with bit 31 set, and
+                # generic_nack may answer anything. Anything else with this sequence number
+                # (an enquire_link_resp echoing a submit's number) is not the answer: taking
+                # it would mark a text submitted with no message id, so its receipt could
+                # never match. The request stays pending until its own response or timeout.
+                log.warning(
+                    "SMPP %s: %s (0x%08X) with seq %d does not answer the pending %s; "
+                    "ignored (protocol error)",
+                    self.label,
+                    header.name,
+                    cid,
+                    header.sequence,
+                    p.command_name(pending[0] & ~p.RESP_BIT),
+                )
+                self.session._protocol_error("mismatched_response")
+                return
+            future = None if pending is None else pending[1]
             if future is not None and not future.done():
                 future.set_result(raw)
             elif cid == p.GENERIC_NACK:
@@ -357,7 +409,9 @@ class _Link:
                 )
             else:
                 # Usually the answer to a request we already gave up on (timeout).
-                log.debug("SMPP %s: late/unexpected %s seq %d", self.label, header.name, cid)
+                log.debug(
+                    "SMPP %s: late/unexpected %s seq %d", self.label, header.name, header.sequence
+                )
             return
         if cid == p.ENQUIRE_LINK:
             self.send(p.build_header_only(p.ENQUIRE_LINK_RESP, header.sequence))
@@ -431,8 +485,15 @@ class SmppSession:
         self._idle = asyncio.Event()
         self._idle.set()
         self._handlers: set[asyncio.Task[None]] = set()
+        self._inbound = asyncio.Semaphore(settings.inbound_window)
         self._rng = random.Random()
         self.bind_attempts = 0
+        # Observability (status page, tests): deliver_sm / data_sm being handled now, the most
+        # at once, times the reader paused for the inbound window, protocol errors by kind.
+        self.inbound_in_flight = 0
+        self.inbound_peak = 0
+        self.inbound_pauses = 0
+        self.protocol_errors: collections.Counter[str] = collections.Counter()
 
     # -- public surface
 
@@ -566,11 +627,13 @@ class SmppSession:
         self._state = state
         self._notify("on_state", state)
 
-    def _notify(self, hook: str, *args: str) -> None:
-        if self._listener is None:
+    def _notify(self, hook: str, *args: str | int) -> None:
+        # A listener written before a hook existed simply does not get it.
+        method = getattr(self._listener, hook, None)
+        if method is None:
             return
         try:
-            getattr(self._listener, hook)(*args)
+            method(*args)
         except Exception:  # a metrics bug must not take the SMPP session down
             log.exception("SMPP %s: listener %s failed", self.name, hook)
 
@@ -623,20 +686,51 @@ class SmppSession:
             link.close(f"SMSC answered {errors.status_name(status)}")
         return SubmitResult(status=status, message_id=message_id)
 
+    def _protocol_error(self, kind: str) -> None:
+        self.protocol_errors[kind] += 1
+        self._notify("on_protocol_error", kind)
+
+    async def _inbound_slot(self, link: _Link) -> None:
+        """Take one place in the inbound window, waiting (and so not reading) while it is
+        full. The place is given back by _on_deliver_pdu: when the handler's response is
+        written, or at once for a PDU answered without a handler."""
+        if self._inbound.locked():
+            self.inbound_pauses += 1
+            link.note_paused()
+            self._notify("on_inbound_paused")
+        await self._inbound.acquire()
+        self.inbound_in_flight += 1
+        self.inbound_peak = max(self.inbound_peak, self.inbound_in_flight)
+        self._notify("on_inbound", self.inbound_in_flight)
+
+    def _inbound_release(self, _: object = None) -> None:
+        self.inbound_in_flight -= 1
+        self._inbound.release()
+        self._notify("on_inbound", self.inbound_in_flight)
+
     def _on_deliver_pdu(self, link: _Link, header: p.Header, raw: bytes) -> None:
         resp_id = p.DATA_SM_RESP if header.command_id == p.DATA_SM else p.DELIVER_SM_RESP
         if not link.receives:
             link.send(p.build_header_only(resp_id, header.sequence, errors.ESME_RINVBNDSTS))
             return
+        # The reader took an inbound place for this PDU (_Link._read_loop); whatever happens
+        # here, exactly one release follows.
+        handed_over = False
         try:
-            message = p.parse_deliver_sm(raw)
-        except p.PduError as exc:
-            log.warning("SMPP %s: unreadable %s: %s", link.label, header.name, exc)
-            link.send(p.build_header_only(resp_id, header.sequence, exc.status))
-            return
-        task = asyncio.create_task(self._run_handler(link, resp_id, message))
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
+            try:
+                message = p.parse_deliver_sm(raw)
+            except p.PduError as exc:
+                log.warning("SMPP %s: unreadable %s: %s", link.label, header.name, exc)
+                link.send(p.build_header_only(resp_id, header.sequence, exc.status))
+                return
+            task = asyncio.create_task(self._run_handler(link, resp_id, message))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+            task.add_done_callback(self._inbound_release)
+            handed_over = True
+        finally:
+            if not handed_over:
+                self._inbound_release()
 
     async def _run_handler(self, link: _Link, resp_id: int, message: DeliverSm) -> None:
         try:

@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -79,6 +80,38 @@ _SMS_COLUMNS = (
 _Errors = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 HeldReceipt = tuple[int, str, str, str, str | None, str | None, float]
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ***, for messages and logs."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = urllib.parse.quote(parts.username or "", safe="")
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    except ValueError:
+        return "the configured store.url"
+
+
+def open_problem(url: str, exc: BaseException) -> str:
+    """One line saying why the PostgreSQL store cannot be opened, and what to check (pure)."""
+    where = f"cannot open the PostgreSQL store at {safe_url(url)}"
+    if isinstance(exc, TimeoutError):
+        return (
+            f"{where}: no answer within {_CONNECT_TIMEOUT_S:g} s (check store.url, and that "
+            "PostgreSQL runs there and no firewall drops the connection)"
+        )
+    if isinstance(exc, OSError):
+        reason = "connection refused" if isinstance(exc, ConnectionRefusedError) else None
+        return (
+            f"{where}: {reason or exc.strerror or exc} (check store.url, and that PostgreSQL "
+            "runs and listens on that address)"
+        )
+    if isinstance(exc, asyncpg.PostgresError):
+        return f"{where}: {exc} (check store.url: user, database, and pg_hba.conf)"
+    return f"{where}: {exc}"
 
 
 def _sms(row: Any) -> SmsRecord:
@@ -148,7 +181,7 @@ class PostgresStore:
                 timeout=_CONNECT_TIMEOUT_S,
             )
         except (*_Errors, ValueError) as exc:
-            raise StoreError(f"cannot open the PostgreSQL store: {exc}") from exc
+            raise StoreError(open_problem(self.url, exc)) from exc
         try:
             await self._migrate()
         except BaseException:

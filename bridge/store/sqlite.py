@@ -50,6 +50,32 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Fn = Callable[[sqlite3.Connection], Any]
 
+# What to check when SQLite cannot open or write the file. Root never meets this; the service
+# user does when the database or its directory is not writable to it (SQLite creates the -wal
+# and -shm files next to the database, so the directory needs write access too).
+_PERMISSION_HINT = (
+    "check the file and directory permissions: the service user needs write access to both"
+)
+_NOT_A_DB_HINT = "it is not a readable SQLite database: check store.path, or restore a backup"
+
+
+def open_problem(path: Path, exc: BaseException) -> str:
+    """One line saying why the store at ``path`` cannot be used, and what to check (pure)."""
+    if isinstance(exc, StoreError):
+        return str(exc)
+    where = f"cannot open the store at {path}"
+    if isinstance(exc, sqlite3.Error):
+        name = str(getattr(exc, "sqlite_errorname", ""))
+        if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")):
+            return f"{where}: {exc} ({_PERMISSION_HINT})"
+        if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+            return f"{where}: {exc} ({_NOT_A_DB_HINT})"
+        return f"{where}: {exc}"
+    if isinstance(exc, OSError):
+        return f"{where}: {exc.strerror or exc} ({_PERMISSION_HINT})"
+    return f"{where}: {type(exc).__name__}: {exc}"
+
+
 # Upper bound on calls folded into one transaction: keeps one commit's latency bounded when a
 # burst arrives, while still turning hundreds of small commits into a handful.
 _GROUP_MAX = 256
@@ -124,12 +150,20 @@ class SqliteStore:
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Open (and migrate) the database; StoreError with a one-line reason when it cannot
+        be opened for writing."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open the store at {self.path}: cannot create the directory "
+                f"{self.path.parent}: {exc.strerror or exc} ({_PERMISSION_HINT})"
+            ) from exc
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
         await asyncio.get_running_loop().run_in_executor(None, self._ready.wait)
         if self._open_error is not None:
-            raise StoreError(f"cannot open the store at {self.path}: {self._open_error}")
+            raise StoreError(open_problem(self.path, self._open_error)) from self._open_error
 
     async def close(self) -> None:
         if self._thread is None:
@@ -149,7 +183,19 @@ class SqliteStore:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
         self._migrate(conn)
+        self._check_writable(conn)
         return conn
+
+    @staticmethod
+    def _check_writable(conn: sqlite3.Connection) -> None:
+        """A database SQLite could open only read-only (a read-only file or mount) opens and
+        reads fine, and would first fail on the first notice's commit: a 451 for every
+        message of a bridge that looks healthy. Write once, rolled back, to find out now."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE start_write_probe (x INTEGER)")
+        finally:
+            conn.execute("ROLLBACK")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]

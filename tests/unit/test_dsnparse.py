@@ -70,8 +70,10 @@ def test_non_standard_bounce_is_a_failure_with_its_first_lines() -> None:
     assert rep.status == "5.1.1"  # "(#5.1.1)" in the text
     assert rep.recipient is None
     assert rep.diagnostic is not None
-    assert rep.diagnostic.startswith("Hi. This is the qmail-send program at mx.oldlibrary.example.")
-    assert "Sorry it didn't work out." in rep.diagnostic
+    assert rep.diagnostic.startswith(
+        "<circ@oldlibrary.example>: Sorry, no mailbox here by that name. (#5.1.1)"
+        " Hi. This is the qmail-send program at mx.oldlibrary.example."
+    )
 
 
 def test_bare_text_without_status_gets_the_generic_permanent_code() -> None:

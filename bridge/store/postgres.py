@@ -883,14 +883,14 @@ class PostgresStore:
                 await conn.execute(
                     "UPDATE mail_outbox SET state='sent',"
                     " data=CASE WHEN kind='reply' THEN data ELSE ''::bytea END, reason=NULL,"
-                    " updated_at=$1 WHERE id=$2",
+                    " updated_at=$1 WHERE id=$2 AND state='queued'",
                     now,
                     mail_id,
                 )
             else:
                 await conn.execute(
                     "UPDATE mail_outbox SET state=$1, reason=$2, next_attempt_at=$3,"
-                    " updated_at=$4 WHERE id=$5",
+                    " updated_at=$4 WHERE id=$5 AND state='queued'",
                     state,
                     reason,
                     next_at,

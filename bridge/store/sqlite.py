@@ -950,20 +950,22 @@ class SqliteStore:
         self, mail_id: int, state: str, reason: str | None, now: float, next_at: float = 0.0
     ) -> None:
         """state: 'sent' (bytes dropped, but a reply's are kept: a bounce may still make a
-        fallback copy of it; the purge erases them), 'queued' (retry at next_at) or 'dead'."""
+        fallback copy of it; the purge erases them), 'queued' (retry at next_at) or 'dead'.
+        Only a queued email changes: a bounce can come back, and be recorded, before the
+        mailer that sent the email gets to record it sent."""
 
         def fn(conn: sqlite3.Connection) -> None:
             if state == "sent":
                 conn.execute(
                     "UPDATE mail_outbox SET state='sent',"
                     " data=CASE WHEN kind='reply' THEN data ELSE x'' END, reason=NULL,"
-                    " updated_at=? WHERE id=?",
+                    " updated_at=? WHERE id=? AND state='queued'",
                     (now, mail_id),
                 )
             else:
                 conn.execute(
                     "UPDATE mail_outbox SET state=?, reason=?, next_attempt_at=?, updated_at=?"
-                    " WHERE id=?",
+                    " WHERE id=? AND state='queued'",
                     (state, reason, next_at, now, mail_id),
                 )
 

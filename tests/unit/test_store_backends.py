@@ -618,3 +618,15 @@ async def test_heartbeat_and_shares(pg: Opener) -> None:
     _, again = await a.heartbeat()
     assert again[0].joined_at == peers[0].joined_at and again[0].beat_at > peers[0].beat_at
     assert await a.ping() == 1
+
+
+async def test_bounce_recorded_before_the_mailer_records_sent_stays(store: AnyStore) -> None:
+    # A local relay can bounce faster than the mailer commits "sent" for the same email.
+    rid = await store.enqueue_mail(REPLY, now=1.0)
+    await store.claim_mail(now=1.0, limit=5)
+    assert await store.mail_lost(rid, "bounced", "5.1.1", 2.0) == 0
+    await store.mail_done(rid, "sent", None, now=2.1)
+    await store.mail_done(rid, "queued", "late retry", now=2.2, next_at=3.0)
+    info = await store.get_mail(rid)
+    assert info is not None and info.state == "bounced"
+    assert await store.claim_mail(now=10.0, limit=5) == []

@@ -5,8 +5,8 @@ report-type=delivery-status (RFC 6522) whose message/delivery-status part holds 
 per-message fields and one group per recipient (Final-Recipient, Action, Status,
 Diagnostic-Code). Postfix, Exim, Sendmail and Exchange all send that. Older or odd systems
 (qmail's QSBMF, some appliances) send plain text; since it reached a bounce address from the
-null sender it is a failure report all the same, and its first lines are the best reason there
-is.
+null sender it is a failure report all the same, and the line with a status code and the first
+lines are the best reason there is.
 
 Only a final failure counts: a "delayed" report (Postfix's delay_warning_time) means the MTA
 is still trying, and "delivered"/"relayed"/"expanded" (RFC 3464 §2.3.3) are success reports
@@ -32,6 +32,7 @@ REASON_LINES: Final = 4
 _STATUS_IN_TEXT: Final = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _STATUS: Final = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _SUCCESS: Final = frozenset({"delivered", "relayed", "expanded"})
+_STATUS_TYPES: Final = frozenset({"message/delivery-status", "message/global-delivery-status"})
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,17 @@ def _groups(part: Message) -> list[Message]:
     us (a list payload); a part it could not split is read by hand, one group per paragraph."""
     payload = part.get_payload()
     if isinstance(payload, list):
-        return [g for g in payload if isinstance(g, Message)]
-    text = payload if isinstance(payload, str) else ""
+        groups = [g for g in payload if isinstance(g, Message)]
+        if part.get_content_type() == "message/delivery-status" or len(groups) != 1:
+            return groups
+        # Any other message/* type is parsed like message/rfc822: the first group becomes the
+        # headers of one message and every other group its body.
+        rest = groups[0].get_payload()
+        return groups[:1] + (_split_groups(rest) if isinstance(rest, str) else [])
+    return _split_groups(payload if isinstance(payload, str) else "")
+
+
+def _split_groups(text: str) -> list[Message]:
     parser = email.parser.HeaderParser(policy=email.policy.compat32)
     blocks = re.split(r"\r?\n[ \t]*\r?\n", text.strip())
     return [parser.parsestr(block + "\n") for block in blocks if block.strip()]
@@ -94,9 +104,9 @@ def _first_text(msg: Message) -> str:
 
 
 def _from_report(msg: Message) -> BounceReport | None:
-    status_part = next(
-        (p for p in msg.walk() if p.get_content_type() == "message/delivery-status"), None
-    )
+    # RFC 6533 §6: message/global-delivery-status is the UTF-8 form (Postfix uses it when
+    # the original was sent with SMTPUTF8); the stdlib does not split it, _groups does.
+    status_part = next((p for p in msg.walk() if p.get_content_type() in _STATUS_TYPES), None)
     if status_part is None:
         return None
     per_recipient = [g for g in _groups(status_part) if g.get("Action") or g.get("Final-Recipient")]
@@ -140,9 +150,16 @@ def parse_bounce(raw: bytes) -> BounceReport:
         return report
     text = _first_text(msg)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    reason = _flat(" ".join(lines[:REASON_LINES]), MAX_REASON) or _flat(
-        str(msg.get("Subject", "")), MAX_REASON
-    )
+    # The line with a status code is what a person needs ("<circ@x>: Sorry, no mailbox here
+    # by that name. (#5.1.1)" in qmail's QSBMF), with the address line before it; then the
+    # first lines, which say who is reporting.
+    key: list[str] = []
+    for i, line in enumerate(lines):
+        if _STATUS_IN_TEXT.search(line):
+            key = ([lines[i - 1]] if i and lines[i - 1].endswith(":") else []) + [line]
+            break
+    shown = key + [line for line in lines[:REASON_LINES] if line not in key]
+    reason = _flat(" ".join(shown), MAX_REASON) or _flat(str(msg.get("Subject", "")), MAX_REASON)
     # A status code in the text is kept when it says permanent; anything else is reported as
     # the generic permanent "5.0.0" (this mail is a failure report whatever it says).
     found = _STATUS_IN_TEXT.search(text)

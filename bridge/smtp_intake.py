@@ -232,7 +232,7 @@ class SmtpHandler:
         if isinstance(found, str):
             self.server.rejected(None, found)
             return found
-        if getattr(envelope, _RCPTS, None):
+        if getattr(envelope, _RCPTS, None) or len(ids) >= self.server.cfg.smtp.max_recipients:
             return ERR_452_RCPTS  # a bounce and a notice in one envelope: one at a time
         ids.append(found)
         envelope.rcpt_tos.append(address)

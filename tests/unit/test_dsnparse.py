@@ -34,6 +34,17 @@ def test_postfix_bounce_with_crlf_line_ends() -> None:
     assert (rep.failed, rep.status, rep.recipient) == (True, "5.1.1", "circ-desk@library.example")
 
 
+def test_utf8_delivery_status_is_read_too() -> None:
+    # RFC 6533: Postfix's form for a message sent with SMTPUTF8; the stdlib leaves it unsplit.
+    raw = POSTFIX.replace(
+        b"Content-Type: message/delivery-status", b"Content-Type: message/global-delivery-status"
+    )
+    rep = parse_bounce(raw)
+    assert (rep.failed, rep.standard, rep.status) == (True, True, "5.1.1")
+    assert rep.recipient == "circ-desk@library.example"
+    assert rep.diagnostic is not None and rep.diagnostic.endswith("virtual mailbox table")
+
+
 def test_postfix_delay_warning_is_not_a_failure() -> None:
     # Postfix's delay_warning_time notice: same format, Action: delayed, a 4.X.X status.
     raw = POSTFIX.replace(b"Action: failed", b"Action: delayed").replace(

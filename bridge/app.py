@@ -86,7 +86,11 @@ class Bridge:
         self.admin: AdminServer | None = None
         self.intake = Intake(cfg, self.store, clock)
         self.smtp = SmtpIntake(cfg, self.intake, metrics=self.metrics)
-        self.mailer = Mailer(cfg, self.store, make_transport(cfg), clock=clock)
+        self.mailer = Mailer(
+            cfg, self.store, make_transport(cfg), clock=clock, metrics=self.metrics
+        )
+        self.intake.bounces.metrics = self.metrics
+        self.intake.bounces.wake_mailer = self.mailer.wake
         self.inbound = Inbound(
             cfg, self.store, clock=clock, wake_mailer=self.mailer.wake, metrics=self.metrics
         )

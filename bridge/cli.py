@@ -199,25 +199,42 @@ def _age(seconds: float) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from bridge.store import make_store
+    from bridge.store.base import LostMail
 
     cfg = _load(args.config)
 
-    async def go() -> dict[str, object]:
+    async def go() -> tuple[dict[str, object], list[LostMail]]:
         store = make_store(cfg.store)
         await store.open()
         try:
-            return {"sms": await store.counts(), "mail": await store.mail_counts()}
+            counts: dict[str, object] = {
+                "sms": await store.counts(),
+                "mail": await store.mail_counts(),
+            }
+            # Emails that never arrived in the last week (a bounced patron reply above all).
+            lost = await store.lost_mail(time.time() - 7 * 86400.0, limit=20)
+            return counts, lost
         finally:
             await store.close()
 
-    data = asyncio.run(go())
+    data, lost = asyncio.run(go())
     if args.json:
+        data["lost_mail"] = [dataclasses.asdict(m) for m in lost]
         print(json.dumps(data, indent=2))
     else:
         for section, counts in data.items():
             assert isinstance(counts, dict)
             shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"
             print(f"{section:5} {shown}")
+        if lost:
+            print(f"lost emails in the last 7 days ({len(lost)} shown, newest first):")
+        for m in lost:
+            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m.lost_at))
+            fallback = f"; fallback copy {m.fallback_state}" if m.fallback_state else ""
+            print(
+                f"  {when} mail id={m.id} {m.kind} tenant={m.tenant_id or '-'}"
+                f" to={','.join(m.rcpt_to)} {m.state}: {m.reason}{fallback}"
+            )
     return EXIT_OK
 
 

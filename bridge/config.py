@@ -235,8 +235,28 @@ class MailConfig(_Model):
     max_attempts: int = Field(default=defaults.MAIL_MAX_ATTEMPTS, ge=1)
     retry_min_s: float = Field(default=defaults.MAIL_RETRY_MIN_S, ge=0)
     retry_max_s: float = Field(default=defaults.MAIL_RETRY_MAX_S, ge=0)
+    # Bounces (bridge/verp.py): every email but a DSN leaves from its own address
+    # bounce+<id>-<token>@<bounce_domain>; default domain: smtp.domains[0], which the
+    # library's mail server already routes to the bridge. The token is an HMAC with
+    # verp_secret; default: a random secret made once and kept in the store (shared by every
+    # instance on PostgreSQL). Changing it makes bounces for emails already sent unreadable.
+    bounce_domain: str | None = None
+    verp_secret: str | None = Field(default=None, min_length=defaults.VERP_SECRET_MIN_CHARS)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("bounce_domain")
+    @classmethod
+    def _bounce_domain(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(
+            r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+",
+            value,
+        ):
+            raise ValueError(
+                f"{value!r} is not a domain name; give a domain your mail server routes to"
+                " the bridge, such as sms.example.org"
+            )
+        return value.lower() if value else value
 
     @field_validator("relay", mode="before")
     @classmethod
@@ -471,6 +491,9 @@ class TenantConfig(_Model):
     noreply_text: str | None = None
     # Where the scheduled report goes (default: reply_to, else bounce_to).
     report_to: str | None = None
+    # Where a patron's reply goes when reply_to bounces it (a broken alias, a full mailbox):
+    # one copy, with the reason (default: bounce_to, else inbound.fallback_to).
+    fallback_to: str | None = None
 
     @field_validator("networks", mode="before")
     @classmethod

@@ -68,6 +68,8 @@ MAIL_TIMEOUT_S = 30.0
 MAIL_MAX_ATTEMPTS = 20
 MAIL_RETRY_MIN_S = 30.0
 MAIL_RETRY_MAX_S = 3600.0
+# mail.verp_secret, when given, is at least this long (an HMAC key; `openssl rand -hex 32`).
+VERP_SECRET_MIN_CHARS = 16
 
 # --- inbound (MO, receipts) ----------------------------------------------------------------------
 INBOUND_REPLY_WINDOW_S = 30 * 24 * 3600.0

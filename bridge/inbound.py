@@ -459,7 +459,9 @@ class Inbound:
             tag=tag,
         )
         return MoOutcome(
-            mails=[Outgoing("reply", mail.mail_from, mail.rcpt_to, mail.message)],
+            mails=[
+                Outgoing("reply", mail.mail_from, mail.rcpt_to, mail.message, tenant_id=tenant.id)
+            ],
             conversations=[(mail.message_id, tenant.id, msisdn, dest)],
         )
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bridge import addressing, gateways
+from bridge.bounce_intake import BounceIntake
 from bridge.config import Config, TenantConfig
 from bridge.emailparse import NoTextError, ParsedNotice, TextOptions, parse_notice
 from bridge.model import EnqueueResult, NewSms
@@ -69,9 +70,12 @@ class Intake:
         self._backlog_at = float("-inf")
         # Set by the composition root: wakes the dispatcher right after a commit.
         self.notify: Callable[[], None] | None = None
+        # Bounces to the bridge's own addresses take a separate path (null sender, no tenant).
+        self.bounces = BounceIntake(cfg, store, clock=clock)
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.bounces.reload(cfg)
 
     # --- who may send ------------------------------------------------------------------------
 

@@ -15,19 +15,28 @@ Loop prevention (RFC 3834), decided per kind of message:
   response to a message (the notice), RFC 3834 §5.1; Exim marks its bounces the same way. The
   envelope sender is null (RFC 5321 §4.5.5, RFC 3464 §2) so nothing ever bounces back.
 * Staff notifications (opt-out, ...) carry ``Auto-Submitted: auto-generated``: produced by the
-  bridge, not a response to any email (RFC 3834 §5.1). Null envelope sender as well.
-* Relayed patron replies carry *no* Auto-Submitted field, which means "no" (RFC 3834 §5): a person
-  wrote the text, staff are meant to read and answer it, and RFC 3834 §2 tells responders to treat
-  it like any human mail. What we must stop is a staff out-of-office answer being texted to the
-  patron, so the reply carries ``X-Auto-Response-Suppress: All`` (Microsoft Exchange/365 honours
-  it, [MS-OXCMAIL] §2.2.3.2.20; most library staff mailboxes are Exchange). We do NOT set
-  ``Precedence: bulk``: it is non-standard (RFC 3834 §3.1.8 discourages relying on it) and Gmail
-  and 365 may file such mail as bulk, hiding a patron's "I lost my card" from staff. The final
-  loop guard belongs to the inbound side, which must drop auto-submitted and null-sender mail.
+  bridge, not a response to any email (RFC 3834 §5.1).
+* Relayed patron replies carry ``Auto-Submitted: auto-generated`` too. A person wrote the words,
+  but the email is made by a program from an SMS, not sent by anyone through a mail client, and
+  it answers no email (so not "auto-replied", RFC 3834 §5.1). What matters is its effect: RFC
+  3834 §2 tells automatic responders (vacation, out-of-office) not to answer a message whose
+  Auto-Submitted is anything but "no", and an out-of-office answer is exactly what must not
+  reach the patron's address. Humans are not bound by it: staff press Reply as before, and the
+  inbound side texts their answer (their mail client does not copy Auto-Submitted). The reply
+  also carries ``X-Auto-Response-Suppress: All`` for Microsoft Exchange/365, which ignores
+  Auto-Submitted ([MS-OXCMAIL] §2.2.3.2.20; most library staff mailboxes are Exchange). We do
+  NOT set ``Precedence: bulk``: it is non-standard (RFC 3834 §3.1.8 discourages relying on it)
+  and Gmail and 365 may file such mail as bulk, hiding a patron's "I lost my card" from staff.
+  The final loop guard belongs to the inbound side, which drops auto-submitted mail.
+
+Envelope senders: the builders give the null sender to DSNs (kept: RFC 5321 §4.5.5) and a
+placeholder to the rest; the mailer sends every non-DSN email from its own bounce address
+(bridge/verp.py), so a bounce comes back to the bridge and says which email was lost.
 """
 
 from __future__ import annotations
 
+import email
 import re
 import unicodedata
 import uuid
@@ -46,6 +55,7 @@ __all__ = [
     "build_dsn",
     "build_notification",
     "build_patron_reply",
+    "build_reply_fallback",
     "clean_header_value",
 ]
 
@@ -438,8 +448,9 @@ def build_patron_reply(
 
     From is the patron's reply address on the bridge (``"SMS from +1 202-555-0143"
     <12025550143@domain>``), so staff simply press Reply; Reply-To is not set. The envelope
-    sender defaults to the same address; the inbound side must drop null-sender bounces to it
-    so that a bounce never turns into an SMS. `original_subject` is accepted for callers that
+    sender given here (default: the same address) is replaced by the mailer with the email's
+    own bounce address, so a bounce reaches the bridge's bounce handling and never turns into
+    an SMS. `original_subject` is accepted for callers that
     know it but is not repeated: the Subject shows what the patron said, and threading comes
     from In-Reply-To/References.
     """
@@ -458,6 +469,8 @@ def build_patron_reply(
         domain=domain,
     )
     _thread(msg, original_message_id)
+    # RFC 3834 §5: see the module docstring for why a relayed SMS is "auto-generated".
+    msg["Auto-Submitted"] = "auto-generated"
     msg["X-Auto-Response-Suppress"] = "All"
     for name, value in (extra_headers or {}).items():
         if not _FIELD_NAME.fullmatch(name) or name.lower() in _RESERVED_HEADERS:
@@ -493,7 +506,8 @@ def build_notification(
 ) -> OutgoingMail:
     """A plain-text notice from the bridge to staff (opt-outs, config problems, ...).
 
-    Null envelope sender: a failed notification must never bounce back into the bridge.
+    Built with the null envelope sender; the mailer sends it from its own bounce address, so
+    a failed notification is recorded as lost rather than bouncing into an SMS.
     """
     msg, mid = _new_message(
         from_=_address(from_addr, "SMS Bridge", "from_addr"),
@@ -507,3 +521,50 @@ def build_notification(
     msg["X-Auto-Response-Suppress"] = "All"
     msg.set_content(_clean_body(body).rstrip("\n") + "\n", charset="utf-8")
     return _finish(msg, mail_from="", rcpt_to=(to_addr,), mid=mid)
+
+
+FALLBACK_SUBJECT_PREFIX: Final = "[Not delivered to "
+
+
+def build_reply_fallback(
+    original: bytes,
+    *,
+    from_addr: str,
+    to_addr: str,
+    failed_rcpt: str,
+    reason: str,
+    now: datetime,
+    domain: str,
+) -> OutgoingMail:
+    """The copy of a lost patron reply for the library's fallback address.
+
+    It is the reply itself, resent (RFC 5322 §3.6.6: Resent-From, Resent-To, Resent-Date and
+    Resent-Message-ID are added; From, Message-ID and the threading headers are kept), so staff
+    answer the patron by pressing Reply as usual and the answer threads with the conversation.
+    The Subject and the top of the text say where the reply should have gone and why it did
+    not. `original` is an email built by `build_patron_reply` (7-bit, our own policy).
+    """
+    _require_aware(now)
+    msg = email.message_from_bytes(original, policy=POLICY)
+    assert isinstance(msg, EmailMessage)
+    failed = clean_header_value(failed_rcpt, MAX_DISPLAY_NAME)
+    why = clean_header_value(reason, MAX_DSN_FIELD)
+    subject = clean_header_value(str(msg.get("Subject", "")), MAX_SUBJECT)
+    del msg["Subject"]
+    msg["Subject"] = clean_header_value(
+        f"{FALLBACK_SUBJECT_PREFIX}{failed}] {subject}", MAX_SUBJECT
+    )
+    resent_id = _message_id(domain)
+    msg["Resent-From"] = _address(from_addr, "SMS Bridge", "from_addr")
+    msg["Resent-To"] = _address(to_addr, "", "to_addr")
+    msg["Resent-Date"] = format_datetime(now)
+    msg["Resent-Message-ID"] = resent_id
+    if msg.get_content_type() == "text/plain" and not msg.is_multipart():
+        note = (
+            f"[This patron's text reply could not be delivered to {failed}: {why}\n"
+            " It is sent to this address instead; reply as usual to answer the patron,"
+            " and ask the bridge administrator to check the library's reply_to address.]\n\n"
+        )
+        body = msg.get_content()
+        msg.set_content(note + _clean_body(str(body)), charset="utf-8")
+    return _finish(msg, mail_from="", rcpt_to=(to_addr,), mid=resent_id)

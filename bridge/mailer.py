@@ -1,8 +1,12 @@
 """Outbound email worker: mail outbox → relay (aiosmtplib) or the local Maildir.
 
 Retries with backoff on temporary errors; a permanent refusal (5xx) or too many attempts make
-the email a dead letter with its reason, visible in `sms-bridge status`. Nothing is lost while
-the relay is down: the email waits in the store.
+the email a dead letter with its reason, visible in `sms-bridge status` and on the status
+page; a dead patron reply gets a fallback copy (bridge/bounce_intake.py). Nothing is lost
+while the relay is down: the email waits in the store.
+
+Every email but a DSN is sent from its own bounce address (bridge/verp.py), made here from
+the outbox id, so a bounce that comes back later names the email it is about.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from bridge import verp
+from bridge.bounce_intake import NULL_SENDER_KINDS, bounce_domain, load_secret, record_lost
 from bridge.config import Config
 from bridge.mail_transport import (
     MaildirTransport,
@@ -24,6 +31,10 @@ from bridge.mail_transport import (
 from bridge.mailbuild import OutgoingMail
 from bridge.model import MailRecord
 from bridge.store import Store, StoreError
+from bridge.store.base import MailInfo
+
+if TYPE_CHECKING:
+    from bridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +63,14 @@ class Mailer:
         transport: MailTransport,
         *,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
         self.transport = transport
         self.clock = clock
+        self.metrics = metrics
+        self._secret: bytes | None = None
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -66,6 +80,16 @@ class Mailer:
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
+        self._secret = None
+
+    async def envelope_sender(self, rec: MailRecord) -> str:
+        """The email's own bounce address; a DSN keeps the null sender (RFC 5321 §4.5.5:
+        a bounce is never bounced)."""
+        if rec.kind in NULL_SENDER_KINDS:
+            return rec.mail_from
+        if self._secret is None:
+            self._secret = await load_secret(self.cfg, self.store)
+        return verp.encode(rec.id, self._secret, bounce_domain(self.cfg))
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mailer")
@@ -105,16 +129,25 @@ class Mailer:
                 await self._sleep(1.0)
 
     async def _send(self, rec: MailRecord) -> None:
-        mail = OutgoingMail(rec.mail_from, rec.rcpt_to, rec.data, message_id="")
+        mail = OutgoingMail(await self.envelope_sender(rec), rec.rcpt_to, rec.data, message_id="")
         try:
             await self.transport.send(mail)
         except TransportError as exc:
             cfg = self.cfg.mail
             now = self.clock()
             if exc.permanent or rec.attempts >= cfg.max_attempts:
-                await self.store.mail_done(rec.id, "dead", str(exc), now)
-                log.error(
-                    "mail id=%d kind=%s ref=%s dead letter: %s", rec.id, rec.kind, rec.ref, exc
+                info = MailInfo(
+                    rec.id,
+                    rec.kind,
+                    "queued",
+                    rec.rcpt_to,
+                    rec.data,
+                    rec.tenant_id,
+                    rec.ref,
+                    rec.fallback_of,
+                )
+                await record_lost(
+                    self.cfg, self.store, info, "dead", f"dead letter: {exc}", now, self.metrics
                 )
                 return
             cap = min(cfg.retry_max_s, cfg.retry_min_s * 2 ** (rec.attempts - 1))

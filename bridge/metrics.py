@@ -36,6 +36,7 @@ from bridge.smpp import errors
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BOUNCE_OUTCOMES",
     "CONTENT_TYPE",
     "LATENCY_BUCKETS_S",
     "MAIL_STATES",
@@ -57,8 +58,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seeded so a state with no rows is exported as 0 rather than vanishing: an alert on
 # `sms_bridge_queue_messages{state="queued"} > 1000` must see the series to see it recover.
 QUEUE_STATES: tuple[str, ...] = tuple(s.value for s in SmsState)
-# bridge/store/sqlite.py mail_done(): "queued" (waiting or retrying), "sent", "dead".
-MAIL_STATES: tuple[str, ...] = ("queued", "sent", "dead")
+# bridge/store/sqlite.py mail_done()/mail_lost(): "queued" (waiting or retrying), "sent",
+# "dead" (the relay refused it), "bounced" (a DSN came back to its bounce address).
+MAIL_STATES: tuple[str, ...] = ("queued", "sent", "dead", "bounced")
+# bridge/bounce_intake.py: what became of a bounce to one of the bridge's own addresses.
+BOUNCE_OUTCOMES: tuple[str, ...] = ("recorded", "replay", "not_failure", "unknown", "forged")
 # SmppSession.state values; "bind_failed: <reason>" is folded to "bind_failed" (a label must
 # not carry free text, or every distinct error message becomes a new time series).
 SESSION_STATES: tuple[str, ...] = ("connecting", "bound", "bind_failed", "backoff", "stopped")
@@ -303,6 +307,21 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.bounces = Counter(
+            "sms_bridge_bounces_received",
+            "Bounces (DSNs) to the bridge's own addresses by outcome: recorded (an email marked"
+            " lost), replay, not_failure (delay or success report), unknown (purged), forged"
+            " (refused at RCPT)",
+            ["outcome"],
+            registry=r,
+        )
+        self.mail_lost_total = Counter(
+            "sms_bridge_mail_lost",
+            "Emails that never reached their recipient, by kind (reply, notification, report,"
+            " fallback, dsn) and state (dead: refused by the relay; bounced: a DSN came back)",
+            ["kind", "state"],
+            registry=r,
+        )
         self.scrape_errors = Counter(
             "sms_bridge_metrics_refresh_errors",
             "Scrapes where the store could not be read (the store gauges kept old values)",
@@ -312,6 +331,10 @@ class Metrics:
             self.queue.labels(state).set(0)
         for state in MAIL_STATES:
             self.mail_outbox.labels(state).set(0)
+        for outcome in BOUNCE_OUTCOMES:
+            self.bounces.labels(outcome)
+        for state in ("dead", "bounced"):
+            self.mail_lost_total.labels("reply", state)
         self._inbound: _InboundCollector | None = None
 
     # -- events (called by the components; all synchronous and memory-only)
@@ -331,6 +354,12 @@ class Metrics:
 
     def message_rejected(self, tenant: str | None, reply: str) -> None:
         self.rejected.labels(tenant or "unknown", rejection_reason(reply)).inc()
+
+    def bounce_received(self, outcome: str) -> None:
+        self.bounces.labels(outcome).inc()
+
+    def mail_lost(self, kind: str, state: str) -> None:
+        self.mail_lost_total.labels(kind, state).inc()
 
     def submit_result(self, status: int) -> None:
         """One submit_sm_resp (or generic_nack): labelled by SMPP 3.4 §5.1.3 status name."""

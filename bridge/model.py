@@ -98,3 +98,5 @@ class MailRecord:
     data: bytes
     attempts: int
     ref: str | None  # queue id or inbound id it came from, for logs
+    tenant_id: str | None = None
+    fallback_of: int | None = None  # the lost email this is the fallback copy of

@@ -64,6 +64,20 @@ def build_report(name: str, data: ReportData, since: float, until: float) -> Rep
         for msisdn, reason, subj, at in data.failed:
             lines.append(f"  {format_msisdn(msisdn)}  {_day(at)}  {subj[:40]}  - {reason}")
         lines.append("")
+    replies = [m for m in data.lost_mail if m.kind == "reply"]
+    if data.lost_mail:
+        lines += [
+            f"Emails from the bridge that never arrived: {len(data.lost_mail)}"
+            f" (patron replies: {len(replies)})",
+            "",
+        ]
+        for m in data.lost_mail:
+            lines.append(f"  {_day(m.lost_at)}  {m.kind} to {', '.join(m.rcpt_to)}  - {m.reason}")
+            lines.append(f"    {_fallback_line(m.kind, m.fallback_state)}")
+        lines += [
+            "  Check that the library's reply address exists and accepts mail from the bridge.",
+            "",
+        ]
     outs = [c for c in data.optout_changes if c[1]]
     ins = [c for c in data.optout_changes if not c[1]]
     lines.append(f"Opt-outs: {len(outs)}   Opt-ins: {len(ins)}")
@@ -97,6 +111,23 @@ def build_report(name: str, data: ReportData, since: float, until: float) -> Rep
         parts += [row("Number", "Date", "Notice", "Why")]
         parts += [row(format_msisdn(m), _day(a), s[:40], r) for m, r, s, a in data.failed]
         parts.append("</table>")
+    if data.lost_mail:
+        parts += [
+            "<h3>Emails from the bridge that never arrived</h3>",
+            "<table border='1' cellpadding='4'>",
+            row("Date", "Kind", "To", "Why", "Copy"),
+        ]
+        parts += [
+            row(
+                _day(m.lost_at),
+                m.kind,
+                ", ".join(m.rcpt_to),
+                m.reason,
+                _fallback_line(m.kind, m.fallback_state),
+            )
+            for m in data.lost_mail
+        ]
+        parts.append("</table>")
     parts.append(f"<h3>Opt-outs: {len(outs)}, opt-ins: {len(ins)}</h3>")
     if data.costly:
         parts += ["<h3>Costly templates</h3>", "<table border='1' cellpadding='4'>"]
@@ -104,6 +135,16 @@ def build_report(name: str, data: ReportData, since: float, until: float) -> Rep
         parts += [row(*c) for c in data.costly]
         parts.append("</table>")
     return Report(subject, text, "\n".join(parts))
+
+
+def _fallback_line(kind: str, state: str | None) -> str:
+    if kind != "reply":
+        return "nothing was resent"
+    if state is None:
+        return "no copy was sent (no fallback address: set tenants[].fallback_to)"
+    if state in ("dead", "bounced"):
+        return "the copy to the fallback address was lost too"
+    return f"a copy went to the fallback address ({state})"
 
 
 def report_mail(cfg: Config, to: str, report: Report, now: float) -> Outgoing:
@@ -116,7 +157,8 @@ def report_mail(cfg: Config, to: str, report: Report, now: float) -> Outgoing:
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
     msg.set_content(report.text)
     msg.add_alternative(f"<html><body>{report.html}</body></html>", subtype="html")
-    # Null reverse path: a report that cannot be delivered must not bounce into the bridge.
+    # The mailer sends it from its own bounce address: a report that cannot be delivered is
+    # recorded as lost (bridge/bounce_intake.py), never answered.
     return Outgoing("report", "", (to,), bytes(msg), None)
 
 

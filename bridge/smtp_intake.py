@@ -41,6 +41,10 @@ OK_250 = "250 2.1.0 OK"
 # State kept per SMTP session (aiosmtpd's Session has no slot for it).
 _TENANT = "sms_bridge_tenant"
 _RCPTS = "sms_bridge_rcpts"
+# Null-sender envelopes: outbox ids of the bridge's own emails a bounce is for, and the
+# refusal the null sender got before bounces were taken (given at RCPT to anything else).
+_BOUNCE_IDS = "sms_bridge_bounce_ids"
+_NULL_REFUSAL = "sms_bridge_null_refusal"
 
 
 class _AuthThrottle:
@@ -165,13 +169,22 @@ class SmtpHandler:
         login = (
             session.login_data.decode() if session.authenticated and session.login_data else None
         )
+        null_sender = _reverse_path(address) == ""
         try:
             tenant = self.intake.tenant_for_sender(peer, login, _reverse_path(address))
             await self.intake.check_backlog()
         except Rejected as exc:
-            log.info("smtp mail refused peer=%s reply=%s", peer, exc.reply[:60])
-            self.server.rejected(None, exc.reply)
-            return exc.reply
+            if not (null_sender and exc.permanent):
+                log.info("smtp mail refused peer=%s reply=%s", peer, exc.reply[:60])
+                self.server.rejected(None, exc.reply)
+                return exc.reply
+            # A bounce (RFC 3464) comes from the null sender, from any MTA. Whether it may pass
+            # is decided at RCPT: only the bridge's own bounce addresses take it
+            # (bridge/bounce_intake.py); any other recipient gets this refusal there.
+            tenant = None
+            setattr(envelope, _NULL_REFUSAL, exc.reply)
+        if null_sender:
+            setattr(envelope, _BOUNCE_IDS, [])
         setattr(envelope, _TENANT, tenant)
         setattr(envelope, _RCPTS, [])
         envelope.mail_from = address
@@ -181,9 +194,21 @@ class SmtpHandler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        bounce_ids: list[int] | None = getattr(envelope, _BOUNCE_IDS, None)
+        if bounce_ids is not None:
+            reply = await self._bounce_rcpt(envelope, bounce_ids, address)
+            if reply is not None:
+                return reply
         tenant = getattr(envelope, _TENANT, None)
         if tenant is None:
+            refusal = getattr(envelope, _NULL_REFUSAL, None)
+            if refusal is not None:
+                log.info("smtp rcpt refused: null sender to a non-bounce address")
+                self.server.rejected(None, refusal)
+                return str(refusal)
             return ERR_503_MAIL_FIRST
+        if bounce_ids:
+            return ERR_452_RCPTS  # a bounce and a notice in one envelope: one at a time
         rcpts: list[Recipient] = getattr(envelope, _RCPTS)
         if len(rcpts) >= self.server.cfg.smtp.max_recipients:
             return ERR_452_RCPTS
@@ -199,14 +224,35 @@ class SmtpHandler:
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"
 
+    async def _bounce_rcpt(self, envelope: Envelope, ids: list[int], address: str) -> str | None:
+        """A null-sender RCPT to one of the bridge's bounce addresses; None: not one of them."""
+        found = await self.intake.bounces.check_rcpt(address)
+        if found is None:
+            return None
+        if isinstance(found, str):
+            self.server.rejected(None, found)
+            return found
+        if getattr(envelope, _RCPTS, None) or len(ids) >= self.server.cfg.smtp.max_recipients:
+            return ERR_452_RCPTS  # a bounce and a notice in one envelope: one at a time
+        ids.append(found)
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         tenant = getattr(envelope, _TENANT, None)
         rcpts: list[Recipient] = getattr(envelope, _RCPTS, [])
-        if tenant is None or not rcpts:
-            return "554 5.5.1 Error: no valid recipients"
         raw = envelope.original_content or envelope.content
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
+        bounce_ids: list[int] = getattr(envelope, _BOUNCE_IDS, None) or []
+        if bounce_ids:
+            try:
+                return await self.intake.bounces.accept(bounce_ids, raw or b"")
+            except StoreError as exc:
+                log.error("smtp bounce not accepted: store failure: %s", exc)
+                return ERR_451_STORE
+        if tenant is None or not rcpts:
+            return "554 5.5.1 Error: no valid recipients"
         try:
             results = await self.intake.accept(
                 tenant, _reverse_path(envelope.mail_from), rcpts, raw or b"", via="smtp"

@@ -30,7 +30,7 @@ from bridge.metrics import CONTENT_TYPE, MAIL_STATES, QUEUE_STATES, Metrics
 from bridge.model import OptoutRecord, SmsRecord
 from bridge.statuspage import LibraryInput, LibraryStats
 from bridge.store import SmsFilter
-from bridge.store.base import Activity
+from bridge.store.base import Activity, LostMail
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ HEAD_LIMIT = 8 * 1024  # request line + headers
 READ_TIMEOUT_S = 5.0  # slow-loris guard: the whole head must arrive within this
 HEALTH_TIMEOUT_S = 2.0  # a store slower than this is not healthy, whatever it answers later
 RECENT_FAILURES = 20
+# Lost emails (bounced or refused replies, notifications, reports) shown: this many, this recent.
+RECENT_LOST = 20
+RECENT_LOST_S = 7 * 86400.0
 REFRESH_S = 10  # status page auto-refresh
 
 _REASONS = {
@@ -86,6 +89,10 @@ class StoreView(Protocol):
     async def list_sms(self, flt: SmsFilter, now: float) -> list[SmsRecord]: ...
 
     async def list_optouts(self, scope: str | None = None) -> list[OptoutRecord]: ...
+
+    async def lost_mail(
+        self, since: float, tenant_id: str | None = None, limit: int = 20
+    ) -> list[LostMail]: ...
 
     async def ping(self) -> int: ...
 
@@ -206,6 +213,7 @@ class StatusData:
     libraries: list[LibraryStats] = field(default_factory=list)
     last_24h: list[dict[str, int]] = field(default_factory=list)  # per hour, by outcome
     chart_zone: str = "UTC"
+    lost: list[LostMail] = field(default_factory=list)  # emails that never arrived, newest first
 
 
 def render_status_page(data: StatusData) -> str:
@@ -248,6 +256,7 @@ def render_status_page(data: StatusData) -> str:
         )
     else:
         parts.append('<p class="muted" id="optouts">No patron has opted out.</p>')
+    parts.append(_lost_table(data.lost))
     parts.append(f"<h2>Recent failures (last {RECENT_FAILURES})</h2>")
     if not data.failures:
         parts.append('<p class="muted">None.</p>')
@@ -274,6 +283,35 @@ def render_status_page(data: StatusData) -> str:
     return "\n".join(parts)
 
 
+_FALLBACK_SHOWN = {
+    None: "none (no fallback address, or not a reply)",
+    "queued": "being sent",
+    "sent": "sent",
+    "dead": "lost too",
+    "bounced": "lost too",
+}
+
+
+def _lost_table(lost: list[LostMail]) -> str:
+    """Emails the bridge sent that never arrived: a bounce came back or the relay refused
+    them. A lost patron reply is what a library most needs to know about."""
+    head = f"<h2>Lost emails (last {RECENT_LOST_S / 86400:.0f} days)</h2>"
+    if not lost:
+        return head + '<p class="muted" id="lost">None.</p>'
+    rows = "".join(
+        f"<tr><td>{_e(_utc(m.lost_at))}</td><td><code>{m.id}</code></td><td>{_e(m.kind)}</td>"
+        f"<td>{_e(m.tenant_id or '-')}</td><td>{_e(', '.join(m.rcpt_to))}</td>"
+        f"<td>{_e(m.reason)}</td>"
+        f"<td>{_e(_FALLBACK_SHOWN.get(m.fallback_state, m.fallback_state or '-'))}</td></tr>"
+        for m in lost
+    )
+    return (
+        f'{head}<table id="lost"><tr><th>when</th><th>mail id</th><th>kind</th>'
+        "<th>library</th><th>to</th><th>reason</th><th>fallback copy</th></tr>"
+        f"{rows}</table>"
+    )
+
+
 async def gather_status(bridge: BridgeView) -> StatusData:
     health = await check_health(bridge)
     store = bridge.store
@@ -285,6 +323,7 @@ async def gather_status(bridge: BridgeView) -> StatusData:
     libraries: list[LibraryStats] = []
     last_24h: list[dict[str, int]] = []
     inputs = bridge.libraries
+    lost: list[LostMail] = []
     if health.store == "ok":
         activity = await store.activity(now - statuspage.WEEK_S)
         libraries = statuspage.summarise(activity, inputs, now)
@@ -294,6 +333,7 @@ async def gather_status(bridge: BridgeView) -> StatusData:
         failures = await store.list_sms(SmsFilter(state="failed", limit=RECENT_FAILURES), now)
         for rec in await store.list_optouts():
             optouts[rec.scope] = optouts.get(rec.scope, 0) + 1
+        lost = await store.lost_mail(now - RECENT_LOST_S, limit=RECENT_LOST)
     session = bridge.session
     return StatusData(
         now=now,
@@ -307,6 +347,7 @@ async def gather_status(bridge: BridgeView) -> StatusData:
         libraries=libraries,
         last_24h=last_24h,
         chart_zone=inputs[0].timezone if inputs else "UTC",
+        lost=lost,
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bridge.model import SmsState
 
@@ -15,11 +15,44 @@ class StoreError(Exception):
 class Outgoing:
     """An email to queue in the durable mail outbox."""
 
-    kind: str  # "dsn", "reply", "notification"
-    mail_from: str  # "" for the null reverse path (DSNs, RFC 3464 §2)
+    kind: str  # "dsn", "reply", "notification", "report", "fallback"
+    # The envelope sender the builder chose. The mailer sends every kind but "dsn" from the
+    # email's own bounce address instead (bridge/verp.py); a DSN keeps the null reverse path
+    # "" (RFC 3464 §2, RFC 5321 §4.5.5).
+    mail_from: str
     rcpt_to: tuple[str, ...]
     data: bytes
     ref: str | None = None
+    tenant_id: str | None = None  # the library it concerns, when one does
+    fallback_of: int | None = None  # the lost email this is the fallback copy of
+
+
+@dataclass(frozen=True)
+class MailInfo:
+    """One email of the mail outbox as a bounce handler needs it."""
+
+    id: int
+    kind: str
+    state: str  # "queued", "sent", "dead" (refused by the relay), "bounced" (a DSN came back)
+    rcpt_to: tuple[str, ...]
+    data: bytes  # empty once sent, except for replies (kept for a fallback copy until purged)
+    tenant_id: str | None
+    ref: str | None
+    fallback_of: int | None
+
+
+@dataclass(frozen=True)
+class LostMail:
+    """An email that never reached its recipient, for the status page and reports."""
+
+    id: int
+    kind: str
+    state: str  # "dead" or "bounced"
+    rcpt_to: tuple[str, ...]
+    tenant_id: str | None
+    reason: str
+    lost_at: float
+    fallback_state: str | None  # the fallback copy's state, None when there is none
 
 
 @dataclass(frozen=True)
@@ -66,6 +99,7 @@ class ReportData:
     failed: list[tuple[str, str, str, float]]  # (msisdn, reason, subject, created_at)
     optout_changes: list[tuple[str, bool, str | None, float]]  # (msisdn, opted_out, keyword, at)
     costly: list[tuple[str, int, int, int, str]]  # (template, texts, ucs2, segments, culprits)
+    lost_mail: list[LostMail] = field(default_factory=list)  # replies and notices that bounced
 
 
 # Activity is counted in buckets of this many seconds: fine enough for "today" in any time zone

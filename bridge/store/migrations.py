@@ -166,4 +166,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX sms_created ON sms (created_at);
     CREATE INDEX optout_audit_time ON optout_audit (changed_at)
     """,
+    # 8: bounces to the bridge's own addresses (VERP): which tenant an email belongs to, when a
+    # bounce marked it lost, the fallback copy of a lost reply; a key-value table for
+    # bridge-wide settings kept in the store (the VERP secret)
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    ALTER TABLE mail_outbox ADD COLUMN tenant_id TEXT;
+    ALTER TABLE mail_outbox ADD COLUMN lost_at REAL;
+    ALTER TABLE mail_outbox ADD COLUMN fallback_of INTEGER;
+    CREATE INDEX mail_outbox_lost ON mail_outbox (lost_at) WHERE lost_at IS NOT NULL;
+    CREATE INDEX mail_outbox_fallback ON mail_outbox (fallback_of) WHERE fallback_of IS NOT NULL
+    """,
 )

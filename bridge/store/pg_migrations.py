@@ -162,4 +162,16 @@ MIGRATIONS: tuple[str, ...] = (
         beat_at DOUBLE PRECISION NOT NULL
     )
     """,
+    # 2: bounces to the bridge's own addresses (SQLite migration 8)
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    ALTER TABLE mail_outbox ADD COLUMN tenant_id TEXT;
+    ALTER TABLE mail_outbox ADD COLUMN lost_at DOUBLE PRECISION;
+    ALTER TABLE mail_outbox ADD COLUMN fallback_of BIGINT;
+    CREATE INDEX mail_outbox_lost ON mail_outbox (lost_at) WHERE lost_at IS NOT NULL;
+    CREATE INDEX mail_outbox_fallback ON mail_outbox (fallback_of) WHERE fallback_of IS NOT NULL
+    """,
 )

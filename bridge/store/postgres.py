@@ -48,6 +48,8 @@ from bridge.store.base import (
     ACTIVITY_BUCKET_S,
     Activity,
     CostLintRow,
+    LostMail,
+    MailInfo,
     Outgoing,
     PurgeCounts,
     ReportData,
@@ -915,7 +917,8 @@ class PostgresStore:
                 " AND next_attempt_at<=$1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
                 " UPDATE mail_outbox m SET attempts=m.attempts+1, updated_at=$1,"
                 " next_attempt_at=$3 FROM due WHERE m.id=due.id"
-                " RETURNING m.id, m.kind, m.mail_from, m.rcpt_to, m.data, m.attempts, m.ref",
+                " RETURNING m.id, m.kind, m.mail_from, m.rcpt_to, m.data, m.attempts, m.ref,"
+                " m.tenant_id, m.fallback_of",
                 now,
                 limit,
                 now + self.lease_s,
@@ -929,6 +932,8 @@ class PostgresStore:
                 data=bytes(r[4]),
                 attempts=int(r[5]),
                 ref=r[6],
+                tenant_id=r[7],
+                fallback_of=None if r[8] is None else int(r[8]),
             )
             for r in rows
         ]
@@ -938,25 +943,93 @@ class PostgresStore:
     async def mail_done(
         self, mail_id: int, state: str, reason: str | None, now: float, next_at: float = 0.0
     ) -> None:
-        """state: 'sent' (bytes dropped), 'queued' (retry at next_at) or 'dead'."""
+        """state: 'sent' (bytes dropped, a reply's kept for a fallback copy: see
+        SqliteStore.mail_done), 'queued' (retry at next_at) or 'dead'."""
         async with self._tx() as conn:
             if state == "sent":
                 await conn.execute(
-                    "UPDATE mail_outbox SET state='sent', data=''::bytea, reason=NULL,"
-                    " updated_at=$1 WHERE id=$2",
+                    "UPDATE mail_outbox SET state='sent',"
+                    " data=CASE WHEN kind='reply' THEN data ELSE ''::bytea END, reason=NULL,"
+                    " updated_at=$1 WHERE id=$2 AND state='queued'",
                     now,
                     mail_id,
                 )
             else:
                 await conn.execute(
                     "UPDATE mail_outbox SET state=$1, reason=$2, next_attempt_at=$3,"
-                    " updated_at=$4 WHERE id=$5",
+                    " updated_at=$4 WHERE id=$5 AND state='queued'",
                     state,
                     reason,
                     next_at,
                     now,
                     mail_id,
                 )
+
+    async def get_mail(self, mail_id: int) -> MailInfo | None:
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                "SELECT id, kind, state, rcpt_to, data, tenant_id, ref, fallback_of"
+                " FROM mail_outbox WHERE id=$1",
+                mail_id,
+            )
+        if row is None:
+            return None
+        return MailInfo(
+            int(row[0]),
+            row[1],
+            row[2],
+            tuple(json.loads(row[3])),
+            bytes(row[4]),
+            row[5],
+            row[6],
+            None if row[7] is None else int(row[7]),
+        )
+
+    async def mail_lost(
+        self,
+        mail_id: int,
+        state: str,
+        reason: str,
+        now: float,
+        fallback: Outgoing | None = None,
+    ) -> int | None:
+        """See SqliteStore.mail_lost. The conditional UPDATE decides under the row lock, so of
+        two instances taking the same DSN at once exactly one queues the fallback copy."""
+        async with self._tx() as conn:
+            status = await conn.execute(
+                "UPDATE mail_outbox SET state=$1, reason=$2, lost_at=$3, updated_at=$3,"
+                " data=''::bytea WHERE id=$4 AND state NOT IN ('dead','bounced')",
+                state,
+                reason,
+                now,
+                mail_id,
+            )
+            if _rowcount(status) != 1:
+                return None
+            return await _insert_mail(conn, fallback, now) if fallback is not None else 0
+
+    async def lost_mail(
+        self, since: float, tenant_id: str | None = None, limit: int = 20
+    ) -> list[LostMail]:
+        """Emails lost since `since`, newest first (all libraries when tenant_id is None)."""
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                _LOST_SELECT + " WHERE m.lost_at IS NOT NULL AND m.lost_at>=$1"
+                " AND ($2::text IS NULL OR m.tenant_id=$2)"
+                " ORDER BY m.lost_at DESC, m.id DESC LIMIT $3",
+                since,
+                tenant_id,
+                limit,
+            )
+        return [_lost(r) for r in rows]
+
+    async def meta_setdefault(self, key: str, value: str) -> str:
+        """See SqliteStore.meta_setdefault; every instance reads the same value."""
+        async with self._tx() as conn:
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES ($1,$2) ON CONFLICT DO NOTHING", key, value
+            )
+            return str(await conn.fetchval("SELECT value FROM meta WHERE key=$1", key))
 
     async def mail_counts(self) -> dict[str, int]:
         async with self._tx() as conn:
@@ -996,7 +1069,8 @@ class PostgresStore:
             )
             mails = _rowcount(
                 await conn.execute(
-                    "DELETE FROM mail_outbox WHERE state IN ('sent','dead') AND updated_at<$1",
+                    "DELETE FROM mail_outbox WHERE state IN ('sent','dead','bounced')"
+                    " AND updated_at<$1",
                     bodies_before,
                 )
             )
@@ -1066,11 +1140,19 @@ class PostgresStore:
                 since,
                 until,
             )
+            lost = await conn.fetch(
+                _LOST_SELECT + " WHERE m.tenant_id=$1 AND m.lost_at>=$2 AND m.lost_at<$3"
+                " ORDER BY m.lost_at",
+                tenant_id,
+                since,
+                until,
+            )
         return ReportData(
             {str(r[0]): int(r[1]) for r in states},
             [(r[0], r[1] or "", r[2] or "", float(r[3])) for r in failed],
             [(r[0], bool(r[1]), r[2], float(r[3])) for r in changes],
             [(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] or "") for r in costly],
+            [_lost(r) for r in lost],
         )
 
 
@@ -1130,16 +1212,32 @@ async def _write_optout(conn: Any, rec: OptoutRecord, mo_ref: str | None) -> Non
     )
 
 
+# A lost email and the state of its fallback copy (bridge/store/base.py LostMail).
+_LOST_SELECT = (
+    "SELECT m.id, m.kind, m.state, m.rcpt_to, m.tenant_id, m.reason, m.lost_at,"
+    " (SELECT f.state FROM mail_outbox f WHERE f.fallback_of=m.id ORDER BY f.id LIMIT 1)"
+    " FROM mail_outbox m"
+)
+
+
+def _lost(r: Any) -> LostMail:
+    return LostMail(
+        int(r[0]), r[1], r[2], tuple(json.loads(r[3])), r[4], r[5] or "", float(r[6]), r[7]
+    )
+
+
 async def _insert_mail(conn: Any, mail: Outgoing, now: float) -> int:
     value = await conn.fetchval(
         "INSERT INTO mail_outbox (kind, mail_from, rcpt_to, data, state, attempts,"
-        " next_attempt_at, created_at, updated_at, ref)"
-        " VALUES ($1,$2,$3,$4,'queued',0,$5,$5,$5,$6) RETURNING id",
+        " next_attempt_at, created_at, updated_at, ref, tenant_id, fallback_of)"
+        " VALUES ($1,$2,$3,$4,'queued',0,$5,$5,$5,$6,$7,$8) RETURNING id",
         mail.kind,
         mail.mail_from,
         json.dumps(list(mail.rcpt_to)),
         mail.data,
         now,
         mail.ref,
+        mail.tenant_id,
+        mail.fallback_of,
     )
     return int(value)

@@ -36,6 +36,8 @@ from bridge.store.base import (
     ACTIVITY_BUCKET_S,
     Activity,
     CostLintRow,
+    LostMail,
+    MailInfo,
     Outgoing,
     PurgeCounts,
     ReportData,
@@ -965,7 +967,8 @@ class SqliteStore:
     async def claim_mail(self, now: float, limit: int) -> list[MailRecord]:
         def fn(conn: sqlite3.Connection) -> list[MailRecord]:
             rows = conn.execute(
-                "SELECT id, kind, mail_from, rcpt_to, data, attempts, ref FROM mail_outbox"
+                "SELECT id, kind, mail_from, rcpt_to, data, attempts, ref, tenant_id,"
+                " fallback_of FROM mail_outbox"
                 " WHERE state='queued' AND next_attempt_at<=? ORDER BY id LIMIT ?",
                 (now, limit),
             ).fetchall()
@@ -983,6 +986,8 @@ class SqliteStore:
                     data=bytes(r[4]),
                     attempts=r[5] + 1,
                     ref=r[6],
+                    tenant_id=r[7],
+                    fallback_of=r[8],
                 )
                 for r in rows
             ]
@@ -992,23 +997,106 @@ class SqliteStore:
     async def mail_done(
         self, mail_id: int, state: str, reason: str | None, now: float, next_at: float = 0.0
     ) -> None:
-        """state: 'sent' (bytes dropped), 'queued' (retry at next_at) or 'dead'."""
+        """state: 'sent' (bytes dropped, but a reply's are kept: a bounce may still make a
+        fallback copy of it; the purge erases them), 'queued' (retry at next_at) or 'dead'.
+        Only a queued email changes: a bounce can come back, and be recorded, before the
+        mailer that sent the email gets to record it sent."""
 
         def fn(conn: sqlite3.Connection) -> None:
             if state == "sent":
                 conn.execute(
-                    "UPDATE mail_outbox SET state='sent', data=x'', reason=NULL, updated_at=?"
-                    " WHERE id=?",
+                    "UPDATE mail_outbox SET state='sent',"
+                    " data=CASE WHEN kind='reply' THEN data ELSE x'' END, reason=NULL,"
+                    " updated_at=? WHERE id=? AND state='queued'",
                     (now, mail_id),
                 )
             else:
                 conn.execute(
                     "UPDATE mail_outbox SET state=?, reason=?, next_attempt_at=?, updated_at=?"
-                    " WHERE id=?",
+                    " WHERE id=? AND state='queued'",
                     (state, reason, next_at, now, mail_id),
                 )
 
         await self._call(fn)
+
+    async def get_mail(self, mail_id: int) -> MailInfo | None:
+        def fn(conn: sqlite3.Connection) -> MailInfo | None:
+            row = conn.execute(
+                "SELECT id, kind, state, rcpt_to, data, tenant_id, ref, fallback_of"
+                " FROM mail_outbox WHERE id=?",
+                (mail_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            return MailInfo(
+                int(row[0]),
+                row[1],
+                row[2],
+                tuple(json.loads(row[3])),
+                bytes(row[4]),
+                row[5],
+                row[6],
+                row[7],
+            )
+
+        return await self._read(fn)
+
+    async def mail_lost(
+        self,
+        mail_id: int,
+        state: str,
+        reason: str,
+        now: float,
+        fallback: Outgoing | None = None,
+    ) -> int | None:
+        """Mark an email lost: 'dead' (the relay refused it) or 'bounced' (a DSN came back).
+
+        Only once: an email already lost stays as it is (a replayed or duplicate DSN changes
+        nothing) and returns None. Otherwise the fallback copy, if any, is queued in the same
+        transaction and its id returned (0 when there is no fallback). The lost email's bytes
+        are erased: the fallback copy carries them from now on.
+        """
+
+        def fn(conn: sqlite3.Connection) -> int | None:
+            cur = conn.execute(
+                "UPDATE mail_outbox SET state=?, reason=?, lost_at=?, updated_at=?, data=x''"
+                " WHERE id=? AND state NOT IN ('dead','bounced')",
+                (state, reason, now, now, mail_id),
+            )
+            if cur.rowcount != 1:
+                return None
+            return _insert_mail(conn, fallback, now) if fallback is not None else 0
+
+        return await self._call(fn)
+
+    async def lost_mail(
+        self, since: float, tenant_id: str | None = None, limit: int = 20
+    ) -> list[LostMail]:
+        """Emails lost since `since`, newest first (all libraries when tenant_id is None)."""
+
+        def fn(conn: sqlite3.Connection) -> list[LostMail]:
+            sql = _LOST_SELECT + " WHERE m.lost_at IS NOT NULL AND m.lost_at>=?"
+            args: list[Any] = [since]
+            if tenant_id is not None:
+                sql += " AND m.tenant_id=?"
+                args.append(tenant_id)
+            sql += " ORDER BY m.lost_at DESC, m.id DESC LIMIT ?"
+            args.append(limit)
+            return [_lost(r) for r in conn.execute(sql, args).fetchall()]
+
+        return await self._read(fn)
+
+    async def meta_setdefault(self, key: str, value: str) -> str:
+        """The stored value of `key`, storing `value` first if there is none (bridge-wide
+        settings that must survive restarts, such as the VERP secret)."""
+
+        def fn(conn: sqlite3.Connection) -> str:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?,?) ON CONFLICT DO NOTHING", (key, value)
+            )
+            return str(conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
+
+        return await self._call(fn)
 
     async def mail_counts(self) -> dict[str, int]:
         def fn(conn: sqlite3.Connection) -> dict[str, int]:
@@ -1048,7 +1136,7 @@ class SqliteStore:
                 (records_before,),
             ).rowcount
             mails = conn.execute(
-                "DELETE FROM mail_outbox WHERE state IN ('sent','dead') AND updated_at<?",
+                "DELETE FROM mail_outbox WHERE state IN ('sent','dead','bounced') AND updated_at<?",
                 (bodies_before,),
             ).rowcount
             conn.execute("DELETE FROM conversation WHERE created_at<?", (records_before,))
@@ -1113,7 +1201,17 @@ class SqliteStore:
                     (tenant_id, since, until),
                 )
             ]
-            return ReportData({str(k): int(v) for k, v in states.items()}, failed, changes, costly)
+            lost = [
+                _lost(r)
+                for r in conn.execute(
+                    _LOST_SELECT + " WHERE m.tenant_id=? AND m.lost_at>=? AND m.lost_at<?"
+                    " ORDER BY m.lost_at",
+                    (tenant_id, since, until),
+                )
+            ]
+            return ReportData(
+                {str(k): int(v) for k, v in states.items()}, failed, changes, costly, lost
+            )
 
         return await self._read(fn)
 
@@ -1214,10 +1312,25 @@ def _write_optout(conn: sqlite3.Connection, rec: OptoutRecord, mo_ref: str | Non
     )
 
 
+# A lost email and the state of its fallback copy (bridge/store/base.py LostMail).
+_LOST_SELECT = (
+    "SELECT m.id, m.kind, m.state, m.rcpt_to, m.tenant_id, m.reason, m.lost_at,"
+    " (SELECT f.state FROM mail_outbox f WHERE f.fallback_of=m.id ORDER BY f.id LIMIT 1)"
+    " FROM mail_outbox m"
+)
+
+
+def _lost(r: sqlite3.Row | tuple[Any, ...]) -> LostMail:
+    return LostMail(
+        int(r[0]), r[1], r[2], tuple(json.loads(r[3])), r[4], r[5] or "", float(r[6]), r[7]
+    )
+
+
 def _insert_mail(conn: sqlite3.Connection, mail: Outgoing, now: float) -> int:
     cur = conn.execute(
         "INSERT INTO mail_outbox (kind, mail_from, rcpt_to, data, state, attempts,"
-        " next_attempt_at, created_at, updated_at, ref) VALUES (?,?,?,?,'queued',0,?,?,?,?)",
+        " next_attempt_at, created_at, updated_at, ref, tenant_id, fallback_of)"
+        " VALUES (?,?,?,?,'queued',0,?,?,?,?,?,?)",
         (
             mail.kind,
             mail.mail_from,
@@ -1227,6 +1340,8 @@ def _insert_mail(conn: sqlite3.Connection, mail: Outgoing, now: float) -> int:
             now,
             now,
             mail.ref,
+            mail.tenant_id,
+            mail.fallback_of,
         ),
     )
     return int(cur.lastrowid or 0)

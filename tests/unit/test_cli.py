@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import yaml
 from bridge.cli import main
 from bridge.model import NewSms
 from bridge.passwords import Verifier
-from bridge.store import SqliteStore
+from bridge.store import Outgoing, SqliteStore
 from tests.conftest import BASE
 
 
@@ -137,3 +138,22 @@ def test_plain_log_lines_under_journald(
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line == "INFO bridge.test: bound"
     logging.getLogger().handlers.clear()
+
+
+def test_status_lists_lost_emails(cfg_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def go() -> None:
+        store = SqliteStore(cfg_path.parent / "bridge.db")
+        await store.open()
+        reply = Outgoing("reply", "", ("circ@riverside.example.org",), b"x", None, "riverside")
+        mid = await store.enqueue_mail(reply, now=time.time())
+        await store.mail_lost(mid, "bounced", "bounced: 5.1.1 User unknown", time.time())
+        await store.close()
+
+    asyncio.run(go())
+    code, out = run(capsys, "status", "-c", str(cfg_path))
+    assert code == 0 and "mail  bounced 1" in out
+    assert "lost emails in the last 7 days (1 shown, newest first):" in out
+    assert "mail id=1 reply tenant=riverside to=circ@riverside.example.org bounced:" in out
+    code, out = run(capsys, "status", "-c", str(cfg_path), "--json")
+    (row,) = json.loads(out)["lost_mail"]
+    assert row["kind"] == "reply" and row["reason"] == "bounced: 5.1.1 User unknown"

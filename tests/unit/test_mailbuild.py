@@ -19,6 +19,7 @@ from bridge.mailbuild import (
     build_dsn,
     build_notification,
     build_patron_reply,
+    build_reply_fallback,
     clean_header_value,
 )
 
@@ -312,8 +313,8 @@ def test_patron_reply_headers_and_body() -> None:
     assert msg["Message-ID"] == mail.message_id
     assert mail.message_id.endswith("@sms.example.org>")
     assert msg["Reply-To"] is None
-    # A person wrote it: not auto-submitted, but out-of-office replies are suppressed.
-    assert msg["Auto-Submitted"] is None
+    # Relayed by a program (RFC 3834 §5.1): responders must not answer it; staff still can.
+    assert msg["Auto-Submitted"] == "auto-generated"
     assert msg["X-Auto-Response-Suppress"] == "All"
     assert msg.get_content_type() == "text/plain"
     assert msg.get_content_charset() == "utf-8"
@@ -458,3 +459,41 @@ def test_notification_never_injects_headers(subject: str, body: str) -> None:
         "Content-Transfer-Encoding",
         "MIME-Version",
     ]
+
+
+def test_reply_fallback_is_the_reply_resent_with_the_reason() -> None:
+    original = reply(text="Can I pick it up Saturday? \u00e9t\u00e9")
+    later = NOW + timedelta(minutes=3)
+    copy = build_reply_fallback(
+        original.message,
+        from_addr="sms-bridge@sms.example.org",
+        to_addr="desk@riverside.example.org",
+        failed_rcpt="circ@riverside.example.org",
+        reason="bounced: circ@riverside.example.org: 5.1.1 550 5.1.1 User unknown",
+        now=later,
+        domain="sms.example.org",
+    )
+    assert copy.rcpt_to == ("desk@riverside.example.org",)
+    assert copy.mail_from == ""  # the mailer gives it its own bounce address
+    assert_wire_safe(copy.message)
+    msg = parse(copy)
+    first = parse(original)
+    # RFC 5322 §3.6.6: the original fields stay, so staff reply to the patron and the answer
+    # threads with the conversation (Message-ID kept); the Resent-* fields say who resent it.
+    assert msg["From"] == first["From"]
+    assert msg["Message-ID"] == first["Message-ID"]
+    assert msg["In-Reply-To"] == NOTICE_ID
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["Resent-To"] == "desk@riverside.example.org"
+    assert "sms-bridge@sms.example.org" in msg["Resent-From"]
+    assert msg["Resent-Message-ID"] == copy.message_id != first["Message-ID"]
+    assert msg["Resent-Date"] == "Mon, 23 Nov 2026 14:08:09 +0000"
+    assert msg["Subject"] == (
+        "[Not delivered to circ@riverside.example.org] SMS reply: Can I pick it up Saturday? "
+        "\u00e9t\u00e9"
+    )
+    body = msg.get_content()
+    assert body.startswith("[This patron's text reply could not be delivered to circ@riverside")
+    assert "5.1.1 User unknown" in body
+    assert "Can I pick it up Saturday? \u00e9t\u00e9" in body
+    assert "> Riverside Public Library: your hold is ready." in body

@@ -7,7 +7,7 @@ import yaml
 
 from bridge.config import load_config_text
 from bridge.reports import build_report, report_mail
-from bridge.store.base import ReportData
+from bridge.store.base import LostMail, ReportData
 from tests.conftest import BASE
 
 
@@ -35,3 +35,34 @@ def test_report_mail_is_multipart_and_auto_generated(tmp_path: object) -> None:
     assert out.mail_from == "" and out.rcpt_to == ("staff@riverside.example.org",)
     assert msg.get_content_type() == "multipart/alternative"
     assert msg["Auto-Submitted"] == "auto-generated"
+
+
+def test_report_lists_lost_replies_and_what_became_of_them() -> None:
+    lost = [
+        LostMail(
+            1,
+            "reply",
+            "bounced",
+            ("circ@riverside.example.org",),
+            "riverside",
+            "bounced: circ@riverside.example.org: 5.1.1 User unknown",
+            3600.0,
+            "sent",
+        ),
+        LostMail(
+            2,
+            "reply",
+            "dead",
+            ("circ@riverside.example.org",),
+            "riverside",
+            "dead letter: permanent 550",
+            7200.0,
+            None,
+        ),
+    ]
+    r = build_report("R", ReportData({}, [], [], [], lost), 0.0, 86400.0)
+    assert "Emails from the bridge that never arrived: 2 (patron replies: 2)" in r.text
+    assert "1970-01-01  reply to circ@riverside.example.org  - bounced: circ@" in r.text
+    assert "a copy went to the fallback address (sent)" in r.text
+    assert "no copy was sent (no fallback address: set tenants[].fallback_to)" in r.text
+    assert "<td>dead letter: permanent 550</td>" in r.html

@@ -405,7 +405,97 @@ async def test_imap_state(store: AnyStore) -> None:
     assert await store.imap_state("INBOX") == (1234, 9)
 
 
+REPLY = Outgoing(
+    "reply", "", ("circ@riverside.example.org",), b"Subject: r\r\n\r\nhi\r\n", "mo1", "riverside"
+)
+
+
+async def test_lost_mail_is_recorded_once_with_its_fallback(store: AnyStore) -> None:
+    rid = await store.enqueue_mail(REPLY, now=1.0)
+    (rec,) = await store.claim_mail(now=1.0, limit=5)
+    assert (rec.kind, rec.tenant_id, rec.fallback_of) == ("reply", "riverside", None)
+    await store.mail_done(rid, "sent", None, now=2.0)
+    info = await store.get_mail(rid)
+    # A sent reply keeps its bytes (a bounce may still need a fallback copy); other kinds don't.
+    assert (info.state, info.data, info.tenant_id) == ("sent", REPLY.data, "riverside")
+    did = await store.enqueue_mail(BOUNCE, now=2.0)
+    await store.claim_mail(now=2.0, limit=5)
+    await store.mail_done(did, "sent", None, now=2.0)
+    assert (await store.get_mail(did)).data == b""
+
+    copy = Outgoing(
+        "fallback",
+        "",
+        ("desk@riverside.example.org",),
+        b"copy",
+        "mo1",
+        "riverside",
+        fallback_of=rid,
+    )
+    fid = await store.mail_lost(rid, "bounced", "5.1.1 user unknown", 3.0, copy)
+    assert fid is not None and fid > rid
+    # A replay (the same DSN again, or a dead letter afterwards) changes nothing.
+    assert await store.mail_lost(rid, "bounced", "again", 4.0, copy) is None
+    assert await store.mail_lost(rid, "dead", "again", 4.0) is None
+    info = await store.get_mail(rid)
+    assert (info.state, info.data) == ("bounced", b"")  # the copy carries the text now
+    (queued,) = await store.claim_mail(now=5.0, limit=5)
+    assert (queued.id, queued.kind, queued.fallback_of, queued.data) == (
+        fid,
+        "fallback",
+        rid,
+        b"copy",
+    )
+    assert (await store.mail_counts()) == {"bounced": 1, "queued": 1, "sent": 1}
+
+    (lost,) = await store.lost_mail(since=0.0)
+    assert (lost.id, lost.kind, lost.state, lost.reason, lost.lost_at) == (
+        rid,
+        "reply",
+        "bounced",
+        "5.1.1 user unknown",
+        3.0,
+    )
+    assert (lost.rcpt_to, lost.tenant_id, lost.fallback_state) == (
+        ("circ@riverside.example.org",),
+        "riverside",
+        "queued",
+    )
+    assert await store.lost_mail(since=3.5) == []
+    assert await store.lost_mail(since=0.0, tenant_id="ashland") == []
+    # The fallback copy bounces too: recorded, nothing queued.
+    assert await store.mail_lost(fid, "bounced", "also gone", 6.0) == 0
+    assert [m.fallback_state for m in await store.lost_mail(since=0.0)] == [None, "bounced"]
+    report = await store.tenant_report("riverside", "12025550100", 0.0, 10.0)
+    assert [m.id for m in report.lost_mail] == [rid, fid]
+    assert await store.get_mail(999) is None
+
+
+async def test_meta_value_is_made_once(store: AnyStore) -> None:
+    assert await store.meta_setdefault("verp_secret", "first") == "first"
+    assert await store.meta_setdefault("verp_secret", "second") == "first"
+
+
 # --- several instances on PostgreSQL -------------------------------------------------------------
+
+
+async def test_instances_share_one_generated_secret(pg: Opener) -> None:
+    a, b = await pg("a"), await pg("b")
+    values = await asyncio.gather(
+        *(s.meta_setdefault("verp_secret", f"made-by-{i}") for i, s in enumerate((a, b, a, b)))
+    )
+    assert len(set(values)) == 1
+
+
+async def test_one_instance_records_a_bounce_seen_by_two(pg: Opener) -> None:
+    a, b = await pg("a"), await pg("b")
+    rid = await a.enqueue_mail(REPLY, now=1.0)
+    copy = Outgoing("fallback", "", ("d@x.example",), b"c", fallback_of=rid)
+    results = await asyncio.gather(
+        a.mail_lost(rid, "bounced", "x", 2.0, copy), b.mail_lost(rid, "bounced", "x", 2.0, copy)
+    )
+    assert sorted(r is None for r in results) == [False, True]
+    assert (await a.mail_counts()) == {"bounced": 1, "queued": 1}
 
 
 async def test_instances_never_claim_the_same_message(pg: Opener) -> None:
@@ -528,6 +618,18 @@ async def test_heartbeat_and_shares(pg: Opener) -> None:
     _, again = await a.heartbeat()
     assert again[0].joined_at == peers[0].joined_at and again[0].beat_at > peers[0].beat_at
     assert await a.ping() == 1
+
+
+async def test_bounce_recorded_before_the_mailer_records_sent_stays(store: AnyStore) -> None:
+    # A local relay can bounce faster than the mailer commits "sent" for the same email.
+    rid = await store.enqueue_mail(REPLY, now=1.0)
+    await store.claim_mail(now=1.0, limit=5)
+    assert await store.mail_lost(rid, "bounced", "5.1.1", 2.0) == 0
+    await store.mail_done(rid, "sent", None, now=2.1)
+    await store.mail_done(rid, "queued", "late retry", now=2.2, next_at=3.0)
+    info = await store.get_mail(rid)
+    assert info is not None and info.state == "bounced"
+    assert await store.claim_mail(now=10.0, limit=5) == []
 
 
 # --- status page ---------------------------------------------------------------------------------

@@ -248,6 +248,11 @@ class _Link:
         self._paused_logged = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._drain_lock = asyncio.Lock()
+        # PDUs written in one turn of the event loop go out in one write: with a window of
+        # submits and a burst of deliver_sm_resp, one send(2) per PDU was the largest single
+        # cost per text (each loopback or LAN send also does the receiver's TCP work).
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
 
     @property
     def is_open(self) -> bool:
@@ -274,11 +279,23 @@ class _Link:
         return self._seq
 
     def send(self, raw: bytes) -> bool:
-        """Write one PDU; False when the link is already closed."""
+        """Queue one PDU for this turn's write; False when the link is already closed."""
         if self.closed.is_set() or self.writer.is_closing():
             return False
-        self.writer.write(raw)
+        self._out.append(raw)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
         return True
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._out or self.writer.is_closing():
+            self._out.clear()
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        self.writer.write(data)
 
     async def request(self, raw: bytes, timeout_s: float) -> bytes:
         """Send a request (its sequence number is assigned here) and await the matching
@@ -312,6 +329,7 @@ class _Link:
             return
         self.close_reason = reason
         self.closed.set()
+        self._flush()  # what was sent before the close (an unbind_resp, say) still goes out
         self.writer.close()
         for _, future in self._pending.values():
             if not future.done():

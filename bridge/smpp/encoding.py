@@ -106,6 +106,9 @@ _GSM_COST, _GSM_BASIC, _GSM_EXT = _build_gsm_tables()
 _NOT_GSM: Final = re.compile("[^" + "".join(re.escape(ch) for ch in _GSM_COST) + "]")
 _EXT_DOUBLED: Final = str.maketrans({ch: ch * 2 for ch, cost in _GSM_COST.items() if cost == 2})
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_ESC_BYTE: Final = bytes((_ESC,))
+# Septet (as the latin-1 character of the same value) to its basic-table character.
+_GSM_DECODE: Final = str.maketrans({chr(septet): ch for septet, ch in _GSM_BASIC.items()})
 # The gsm0338 codec, character by character, as one translation table (its encoder is a Python
 # call per character): each GSM character to its septet, or ESC and a septet, one per byte.
 _GSM_ENCODE: Final = str.maketrans(
@@ -373,6 +376,9 @@ def _decode_gsm(payload: bytes) -> str:
     the basic-table character; 0x1B 0x1B (reserved) is shown as a space. A trailing lone escape
     is dropped. Bytes above 0x7F are masked to 7 bits (callers route those to latin-1 first).
     """
+    if _ESC_BYTE not in payload and payload.isascii():
+        # The usual receipt or reply: no escapes, every byte a septet. One table lookup in C.
+        return payload.decode("latin-1").translate(_GSM_DECODE)
     out: list[str] = []
     i = 0
     n = len(payload)
@@ -395,7 +401,7 @@ def _decode_gsm(payload: bytes) -> str:
 
 def _decode_gsm_or_latin1(payload: bytes) -> str:
     # Some SMSCs label Latin-1 as data_coding 0 ("SMSC default"); septets never exceed 0x7F.
-    if any(b > 0x7F for b in payload):
+    if not payload.isascii():
         return payload.decode("latin-1")
     return _decode_gsm(payload)
 

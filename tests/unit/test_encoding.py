@@ -508,3 +508,22 @@ def test_ucs2_units_and_coding_match_the_per_character_rules(text: str) -> None:
     if not in_gsm:
         with pytest.raises(ValueError, match=r"not in the GSM 03\.38 alphabet"):
             encoding.count_units(clean, "gsm7")
+
+
+@given(st.binary(max_size=300))
+def test_gsm_decode_fast_path_matches_the_septet_walk(payload: bytes) -> None:
+    # The reference: TS 23.038 read septet by septet (escapes, reserved 0x1B 0x1B, a lone
+    # trailing escape dropped, bytes above 0x7F masked).
+    out, i, septets = [], 0, [b & 0x7F for b in payload]
+    while i < len(septets):
+        s = septets[i]
+        i += 1
+        if s != 0x1B:
+            out.append(encoding._GSM_BASIC[s])
+        elif i < len(septets):
+            nxt = septets[i]
+            i += 1
+            out.append(" " if nxt == 0x1B else encoding._GSM_EXT.get(nxt, encoding._GSM_BASIC[nxt]))
+    assert encoding._decode_gsm(payload) == "".join(out)
+    latin = encoding._decode_gsm_or_latin1(payload)
+    assert latin == (payload.decode("latin-1") if max(payload, default=0) > 0x7F else "".join(out))

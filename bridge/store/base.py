@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bridge.model import SmsState
 
@@ -66,3 +66,5 @@ class ReportData:
     failed: list[tuple[str, str, str, float]]  # (msisdn, reason, subject, created_at)
     optout_changes: list[tuple[str, bool, str | None, float]]  # (msisdn, opted_out, keyword, at)
     costly: list[tuple[str, int, int, int, str]]  # (template, texts, ucs2, segments, culprits)
+    # accepted by the carrier, never confirmed by a receipt: (msisdn, subject, created_at)
+    unconfirmed: list[tuple[str, str, float]] = field(default_factory=list)

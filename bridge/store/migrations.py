@@ -166,4 +166,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX sms_created ON sms (created_at);
     CREATE INDEX optout_audit_time ON optout_audit (changed_at)
     """,
+    # 8: the receipt deadline sweep finds texts still waiting for a receipt by submit time
+    """
+    CREATE INDEX sms_awaiting_receipt ON sms (submitted_at) WHERE state = 'submitted'
+    """,
 )

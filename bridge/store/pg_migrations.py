@@ -162,4 +162,8 @@ MIGRATIONS: tuple[str, ...] = (
         beat_at DOUBLE PRECISION NOT NULL
     )
     """,
+    # 2: the receipt deadline sweep finds texts still waiting for a receipt by submit time
+    """
+    CREATE INDEX sms_awaiting_receipt ON sms (submitted_at) WHERE state = 'submitted'
+    """,
 )

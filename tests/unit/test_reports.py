@@ -35,3 +35,18 @@ def test_report_mail_is_multipart_and_auto_generated(tmp_path: object) -> None:
     assert out.mail_from == "" and out.rcpt_to == ("staff@riverside.example.org",)
     assert msg.get_content_type() == "multipart/alternative"
     assert msg["Auto-Submitted"] == "auto-generated"
+
+
+def test_report_counts_and_lists_unconfirmed_apart_from_failures() -> None:
+    data = ReportData(
+        states={"delivered": 5, "unconfirmed": 2, "submitted": 1},
+        failed=[],
+        optout_changes=[],
+        costly=[],
+        unconfirmed=[("+12025550143", "Hold ready", 0.0), ("+12025550167", "Overdue", 3600.0)],
+    )
+    r = build_report("Riverside Public Library", data, 0.0, 7 * 86400.0)
+    assert "Unconfirmed: 2" in r.text and "In progress: 1" in r.text and "Failed:      0" in r.text
+    assert "2 texts to these numbers were never confirmed by the carrier" in r.text
+    assert "+1 202-555-0143" in r.text and "Overdue" in r.text
+    assert "never confirmed by the carrier" in r.html

@@ -67,7 +67,9 @@ async def test_text_without_receipt_ends_unconfirmed_without_bounce(
     (qid,) = conv.queue_ids
     await e.wait_state(qid, SmsState.SUBMITTED)
     rec = await e.wait_state(qid, SmsState.UNCONFIRMED, timeout=10)
-    assert rec.reason == "accepted by the carrier, but no receipt within 1 s (smpp.receipt_timeout_s)"
+    assert (
+        rec.reason == "accepted by the carrier, but no receipt within 1 s (smpp.receipt_timeout_s)"
+    )
     # on the wire: receipts on success and failure, and the carrier told to give up at the
     # same time (SMPP 3.4 §7.1.1.2 relative time)
     ((_, sm),) = e.sim.submits
@@ -156,9 +158,7 @@ async def test_failure_only_receipts_silence_means_delivered(env_factory: StartE
 
 
 async def test_no_receipts_asked_final_at_submit(env_factory: StartEnv) -> None:
-    e = await env_factory(
-        {"smpp": {"registered_delivery": "none", "send_validity_period": False}}
-    )
+    e = await env_factory({"smpp": {"registered_delivery": "none", "send_validity_period": False}})
     conv = await send(e.smtp_port, FROM, [TO], notice())
     (qid,) = conv.queue_ids
     rec = await e.wait_state(qid, SmsState.UNCONFIRMED, SmsState.SUBMITTED)

@@ -570,7 +570,9 @@ async def test_submitted_and_settled_at_once_without_receipts(store: AnyStore) -
         a.queue_id, ["30"], 1, "gsm7", now=2.0, settle=(SmsState.UNCONFIRMED, "no receipt asked")
     )
     rec = await store.get_sms(a.queue_id)
-    assert rec is not None and rec.state is SmsState.UNCONFIRMED and rec.reason == "no receipt asked"
+    assert (
+        rec is not None and rec.state is SmsState.UNCONFIRMED and rec.reason == "no receipt asked"
+    )
     assert await store.counts() == {"unconfirmed": 1}
 
 

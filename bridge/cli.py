@@ -395,7 +395,7 @@ def cmd_send_test(args: argparse.Namespace) -> int:
 
             while time.monotonic() < deadline:
                 recs = await store.list_sms(SmsFilter(limit=1), time.time())
-                if recs and recs[0].state.value in ("submitted", "delivered", "failed", "expired"):
+                if recs and (recs[0].state.final or recs[0].state is SmsState.SUBMITTED):
                     return f"{recs[0].queue_id}: {recs[0].state.value} {recs[0].reason or ''}"
                 await asyncio.sleep(0.2)
             return None

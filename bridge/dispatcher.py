@@ -422,11 +422,19 @@ class Dispatcher:
             if kind in ("temporary", "throttled", "rebind"):
                 await self._retry(rec, f"{name}: {errors.describe(result.status)}")
                 return
+            reason = errors.describe(result.status)
+            if result.status == errors.ESME_RINVEXPIRY and validity is not None:
+                # Our validity_period (smpp.receipt_timeout_s): a carrier that refuses it
+                # refuses every text, so say how to stop sending it.
+                reason += (
+                    f" (validity_period {validity}); if every text fails like this, set"
+                    " smpp.send_validity_period: false"
+                )
             await self._fail(
                 rec,
                 Failure(
                     SmsState.FAILED,
-                    errors.describe(result.status),
+                    reason,
                     _dsn_status(result.status),
                     f"X-SMPP; {name} (0x{result.status:08X})",
                 ),

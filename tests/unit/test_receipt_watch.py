@@ -112,3 +112,32 @@ def test_watch_not_watching_never_trips() -> None:
         watch.submitted(float(t))
     health, changed = watch.check(10_000.0, watching=False, min_submits=1, after_s=1.0)
     assert not health.missing and not changed and "not watched" in health.describe()
+
+
+def test_status_page_says_the_carrier_sends_no_receipts() -> None:
+    from bridge.receipt_watch import ReceiptHealth
+    from bridge.web import Health, StatusData, render_status_page
+
+    def page(receipts: ReceiptHealth | None) -> str:
+        data = StatusData(
+            now=0.0,
+            health=Health("ok", "bound"),
+            smsc_state="bound",
+            tps=1.0,
+            queue={},
+            mail={},
+            failures=[],
+            optouts={},
+            receipts=receipts,
+        )
+        return render_status_page(data)
+
+    missing = ReceiptHealth(True, True, 25, None, 1800.0)
+    html = page(missing)
+    assert 'class="bad" id="receipts"' in html
+    assert "the carrier sends no receipts: none for the last 25 texts (30 min)" in html
+    assert 'class="ok" id="receipts">ok (last 4 s ago)' in page(
+        ReceiptHealth(True, False, 0, 10.0, 4.0)
+    )
+    assert 'id="receipts">not checked yet' in page(None)
+    assert "unconfirmed" in page(None)  # the queue table lists the state, 0 included

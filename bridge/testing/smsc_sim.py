@@ -23,11 +23,11 @@ Scenarios (``set_scenario`` at runtime; one-shot ones revert to "ok" after firin
 * ``fail_receipts``: receipts say UNDELIV err:001 (message_state 5) instead of DELIVRD.
 * ``no_receipts``: submits are answered OK but no receipt ever comes (a gateway release that
   loses every receipt, or texts dropped upstream after the OK).
+* ``blackhole``: read everything, answer nothing (not even enquire_link or bind): a hung SMSC.
 
 Receipts follow the submit_sm's registered_delivery (SMPP 3.4 §5.2.17): 1 every final
 outcome, 2 failures only, 0 none. ``fail_numbers`` (destination digits) makes the receipts
 of texts to those numbers say UNDELIV while the others are delivered.
-* ``blackhole``: read everything, answer nothing (not even enquire_link or bind): a hung SMSC.
 """
 
 from __future__ import annotations

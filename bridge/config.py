@@ -734,6 +734,13 @@ def summary(cfg: Config) -> Iterator[str]:
         f"SMSC         {cfg.smpp.host}:{cfg.smpp.port}{sim} as {cfg.smpp.system_id}, "
         f"{cfg.smpp.bind_mode}, window {cfg.smpp.window}, {cfg.smpp.max_tps:g} msg/s"
     )
+    rd = cfg.smpp.registered_delivery
+    yield (
+        f"receipts     {rd}; no final receipt within {cfg.smpp.receipt_timeout_s / 3600:g} h:"
+        f" {'delivered' if rd == 'failures' else 'unconfirmed'}"
+        if rd != "none"
+        else "receipts     none asked for: texts are 'unconfirmed' once the carrier accepts them"
+    )
     yield f"store        SQLite {cfg.store.path}"
     relay = f"relay {cfg.mail.relay}" if cfg.mail.relay else f"Maildir {cfg.mail.maildir}"
     yield f"mail out     {relay} from {cfg.mail.from_}"

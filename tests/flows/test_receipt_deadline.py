@@ -143,7 +143,7 @@ async def test_carrier_that_stops_sending_receipts_is_noticed(
 
 
 async def test_failure_only_receipts_silence_means_delivered(env_factory: StartEnv) -> None:
-    e = await env_factory({"smpp": {"registered_delivery": "failures", "receipt_timeout_s": 1}})
+    e = await env_factory({"smpp": {"registered_delivery": "failures", "receipt_timeout_s": 2}})
     e.sim.fail_numbers = {"12025550144"}
     ok = (await send(e.smtp_port, FROM, [TO], notice("a", Message_ID="<f1@x>"))).queue_ids[0]
     bad = (await send(e.smtp_port, FROM, [TO_BAD], notice("b", Message_ID="<f2@x>"))).queue_ids[0]
@@ -151,7 +151,7 @@ async def test_failure_only_receipts_silence_means_delivered(env_factory: StartE
     assert "could not deliver" in (failed.reason or "")
     (dsn,) = await e.sink.wait_for(1, timeout=10)  # the failure receipt still bounces
     rec = await e.wait_state(ok, SmsState.DELIVERED)
-    assert rec.reason == "no failure receipt within 1 s (smpp.registered_delivery: failures)"
+    assert rec.reason == "no failure receipt within 2 s (smpp.registered_delivery: failures)"
     assert {sm.registered_delivery for _, sm in e.sim.submits} == {2}
     assert e.bridge.inbound.counters.receipts == 1
     assert dsn.message().get_content_type() == "multipart/report"

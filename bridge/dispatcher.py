@@ -201,8 +201,10 @@ class Dispatcher:
             await self.process(rec)
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if task in self._handing_back and task in self._unsent:
-                # Nothing of it went out: another instance sends it, no attempt used up.
+            if task is not None and task in self._handing_back and task in self._unsent:
+                # Nothing of it went out: another instance sends it, no attempt used up. The
+                # cancellation was ours, not a shutdown's: it ends here.
+                task.uncancel()
                 with contextlib.suppress(Exception):
                     await asyncio.shield(
                         self.store.record_retry(

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bridge.config import Config, ConfigError, load_config, summary
+from bridge.model import SmsState
 from bridge.passwords import hash_password
 from bridge.store.base import StoreError
 
@@ -222,6 +223,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         data["lost_mail"] = [dataclasses.asdict(m) for m in lost]
         print(json.dumps(data, indent=2))
     else:
+        sms_counts = data["sms"]
+        assert isinstance(sms_counts, dict)
+        # Every SMS state, 0 included: "unconfirmed 0" is an answer too.
+        data["sms"] = {s.value: 0 for s in SmsState} | sms_counts
         for section, counts in data.items():
             assert isinstance(counts, dict)
             shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"
@@ -234,6 +239,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(
                 f"  {when} mail id={m.id} {m.kind} tenant={m.tenant_id or '-'}"
                 f" to={','.join(m.rcpt_to)} {m.state}: {m.reason}{fallback}"
+            )
+        if sms_counts.get(SmsState.UNCONFIRMED.value):
+            hours = cfg.smpp.receipt_timeout_s / 3600
+            print(
+                f"      unconfirmed: accepted by the carrier, no receipt within {hours:g} h"
+                " (smpp.receipt_timeout_s); list them with `queue ls --state unconfirmed`"
             )
     return EXIT_OK
 
@@ -402,7 +413,7 @@ def cmd_send_test(args: argparse.Namespace) -> int:
 
             while time.monotonic() < deadline:
                 recs = await store.list_sms(SmsFilter(limit=1), time.time())
-                if recs and recs[0].state.value in ("submitted", "delivered", "failed", "expired"):
+                if recs and (recs[0].state.final or recs[0].state is SmsState.SUBMITTED):
                     return f"{recs[0].queue_id}: {recs[0].state.value} {recs[0].reason or ''}"
                 await asyncio.sleep(0.2)
             return None
@@ -450,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sp)
     qsub = sp.add_subparsers(dest="queue_cmd", required=True)
     q = qsub.add_parser("ls", help="list messages")
-    q.add_argument("--state")
+    q.add_argument("--state", choices=[s.value for s in SmsState])
     q.add_argument("--tenant")
     q.add_argument("--older", type=float, metavar="SECONDS")
     q.add_argument("--limit", type=int, default=50)

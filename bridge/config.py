@@ -188,6 +188,22 @@ class SmppConfig(_Model):
     # How long segments are concatenated on the carrier: UDH with an 8- or 16-bit reference,
     # SAR TLVs, or the whole text in message_payload (ask the carrier which it supports).
     concat: Literal["udh8", "udh16", "sar", "payload"] = "udh8"
+    # Every text reaches a final state: without a final receipt by then it is `unconfirmed`.
+    # At most 30 days: the relative validity_period (SMPP 3.4 §7.1.1.2) is written in days here.
+    receipt_timeout_s: float = Field(
+        default=defaults.SMPP_RECEIPT_TIMEOUT_S, ge=1, le=30 * 24 * 3600.0
+    )
+    # Which receipts to ask for (submit_sm registered_delivery, SMPP 3.4 §5.2.17): "all" (1),
+    # "failures" (2: a text with no failure receipt by receipt_timeout_s counts as delivered),
+    # "none" (0: a text is final, `unconfirmed`, once the carrier accepts it).
+    registered_delivery: Literal["all", "failures", "none"] = defaults.SMPP_REGISTERED_DELIVERY
+    # Send receipt_timeout_s as the submit_sm validity_period; false for a carrier that refuses
+    # the field (ESME_RINVEXPIRY) or applies its own.
+    send_validity_period: bool = defaults.SMPP_SEND_VALIDITY_PERIOD
+    receipts_missing_after_submits: int = Field(
+        default=defaults.SMPP_RECEIPTS_MISSING_AFTER_SUBMITS, ge=1
+    )
+    receipts_missing_after_s: float = Field(default=defaults.SMPP_RECEIPTS_MISSING_AFTER_S, gt=0)
     # Start the bundled SMSC simulator in-process at host:port (the embedded default for trying
     # the bridge out; never with a real carrier).
     simulator: bool = False
@@ -762,6 +778,13 @@ def summary(cfg: Config) -> Iterator[str]:
     yield (
         f"SMSC         {cfg.smpp.host}:{cfg.smpp.port}{sim} as {cfg.smpp.system_id}, "
         f"{cfg.smpp.bind_mode}, window {cfg.smpp.window}, {cfg.smpp.max_tps:g} msg/s"
+    )
+    rd = cfg.smpp.registered_delivery
+    yield (
+        f"receipts     {rd}; no final receipt within {cfg.smpp.receipt_timeout_s / 3600:g} h:"
+        f" {'delivered' if rd == 'failures' else 'unconfirmed'}"
+        if rd != "none"
+        else "receipts     none asked for: texts are 'unconfirmed' once the carrier accepts them"
     )
     yield f"store        SQLite {cfg.store.path}"
     relay = f"relay {cfg.mail.relay}" if cfg.mail.relay else f"Maildir {cfg.mail.maildir}"

@@ -6,6 +6,8 @@ code; `tests/unit/test_config.py` checks the two agree.
 
 from __future__ import annotations
 
+from typing import Final
+
 # --- SMTP intake ---------------------------------------------------------------------------------
 SMTP_LISTEN = "127.0.0.1:2525"
 # RFC 5321 §4.5.3.1.7 asks servers to take at least 64 KiB; notices are a few KiB, and an HTML
@@ -49,6 +51,18 @@ SMPP_MAX_ATTEMPTS = 10
 SMPP_RETRY_MIN_S = 5.0
 SMPP_RETRY_MAX_S = 600.0
 SMPP_DRAIN_TIMEOUT_S = 10.0
+# A submitted text with no final receipt by then is `unconfirmed`; the same time goes out as the
+# submit_sm validity_period, so the carrier stops trying when we stop waiting. Carriers' default
+# validity is commonly 48-72 h; library notices (a hold on the shelf for a few days) lose their
+# use quickly, so the shorter end.
+SMPP_RECEIPT_TIMEOUT_S = 48 * 3600.0
+# "all" (registered_delivery 1), "failures" (2) or "none" (0): SMPP 3.4 §5.2.17.
+SMPP_REGISTERED_DELIVERY: Final = "all"
+SMPP_SEND_VALIDITY_PERIOD = True
+# No receipt on this bind while at least this many texts that asked for one went out, the oldest
+# of them this long ago: the carrier has probably stopped sending receipts (warning + metric).
+SMPP_RECEIPTS_MISSING_AFTER_SUBMITS = 20
+SMPP_RECEIPTS_MISSING_AFTER_S = 30 * 60.0
 
 # --- store ---------------------------------------------------------------------------------------
 STORE_PATH = "var/sms-bridge.db"

@@ -23,6 +23,7 @@ from bridge.config import Config
 from bridge.metrics import Metrics
 from bridge.model import NewSms, SmsRecord, SmsState
 from bridge.policy import optin_confirmation
+from bridge.receipt_watch import at_submit, registered_delivery, validity_period
 from bridge.shaping import Shaped, shape
 from bridge.smpp import errors
 from bridge.smpp.encoding import EncodedSms, TooManySegments, encode_sms, segment_count
@@ -92,6 +93,10 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Texts whose first submit_sm has not reached the wire yet (waiting for a window or
+        # rate slot): the ones an instance that stops sending can hand back without a duplicate.
+        self._unsent: dict[asyncio.Task[None], SmsRecord] = {}
+        self._handing_back: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         # Enough messages in flight to keep the SMPP window full; each message sends its own
         # segments in order, so a long text cannot hog every slot.
@@ -153,6 +158,7 @@ class Dispatcher:
             if not self.session.bound:
                 return
         if self.may_send is not None and not self.may_send():
+            self._hand_back()
             await self._sleep(1.0)
             return
         free = self.cfg.smpp.window * 2 - len(self._tasks)
@@ -169,10 +175,24 @@ class Dispatcher:
             await self._slots.acquire()
             task = asyncio.create_task(self._process_guarded(rec), name=f"sms-{rec.queue_id}")
             self._tasks.add(task)
+            self._unsent[task] = rec
             task.add_done_callback(self._task_done)
+
+    def _hand_back(self) -> None:
+        """This instance stopped sending (it stands by, or its heartbeat lapsed: see
+        bridge/ratebudget.py): give back at once every claimed text none of whose segments has
+        gone out, so a sending instance takes it, rather than have it wait for this one's pause
+        rate (one text per quarter hour) while its lease is renewed. A text with a segment on
+        the wire finishes here: giving it back would send that segment twice."""
+        for task in list(self._unsent):
+            if task not in self._handing_back:
+                self._handing_back.add(task)
+                task.cancel()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._unsent.pop(task, None)
+        self._handing_back.discard(task)
         self._slots.release()
         self._wake.set()
 
@@ -180,6 +200,23 @@ class Dispatcher:
         try:
             await self.process(rec)
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task in self._handing_back and task in self._unsent:
+                # Nothing of it went out: another instance sends it, no attempt used up. The
+                # cancellation was ours, not a shutdown's: it ends here.
+                task.uncancel()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(
+                        self.store.record_retry(
+                            rec.queue_id,
+                            "handed back: this instance stopped sending",
+                            self.clock(),
+                            self.clock(),
+                            count=False,
+                        )
+                    )
+                log.info("queue_id=%s handed back to the sending instances", rec.queue_id)
+                return
             # Stopping mid-submit: the outcome is unknown; give it back so the next start
             # sends it (a possible duplicate beats a lost notice).
             with contextlib.suppress(Exception):
@@ -325,6 +362,11 @@ class Dispatcher:
     async def _submit(self, rec: SmsRecord, encoded: EncodedSms, shaped: Shaped | None) -> None:
         ton, npi = source_ton_npi(rec.source_addr)
         dest = rec.msisdn.lstrip("+")
+        smpp = self.cfg.smpp
+        # SMPP 3.4 §5.2.17 which receipts to ask for; §5.2.15 / §7.1.1 validity_period: the
+        # carrier stops trying when the receipt deadline makes the text `unconfirmed` here.
+        rd = registered_delivery(smpp.registered_delivery)
+        validity = validity_period(smpp.receipt_timeout_s) if smpp.send_validity_period else None
         # message_payload mode: one submit_sm carrying the whole text in the TLV (SMPP 3.4
         # §5.3.2.32), short_message empty; otherwise one submit_sm per part.
         parts: list[tuple[bytes, tuple[int, int, int] | None]] = (
@@ -343,13 +385,25 @@ class Dispatcher:
                 esm_class=encoded.esm_class,
                 sar=sar,
                 message_payload=encoded.message_payload,
+                registered_delivery=rd,
+                validity_period=validity,
             )
             for short_message, sar in parts
         ]
+        task = asyncio.current_task()
+
+        def sent() -> None:
+            if task is not None:
+                self._unsent.pop(task, None)
+
         ids: list[str] = []
         for pdu in pdus:
             try:
-                result = await self.session.submit(pdu, timeout=self.cfg.smpp.response_timeout_s)
+                result = await self.session.submit(
+                    pdu,
+                    timeout=self.cfg.smpp.response_timeout_s,
+                    on_sent=sent,
+                )
             except NotBound:
                 if self.metrics is not None:
                     self.metrics.submit_unanswered("not_bound")
@@ -370,17 +424,26 @@ class Dispatcher:
             if kind in ("temporary", "throttled", "rebind"):
                 await self._retry(rec, f"{name}: {errors.describe(result.status)}")
                 return
+            reason = errors.describe(result.status)
+            if result.status == errors.ESME_RINVEXPIRY and validity is not None:
+                # Our validity_period (smpp.receipt_timeout_s): a carrier that refuses it
+                # refuses every text, so say how to stop sending it.
+                reason += (
+                    f" (validity_period {validity}); if every text fails like this, set"
+                    " smpp.send_validity_period: false"
+                )
             await self._fail(
                 rec,
                 Failure(
                     SmsState.FAILED,
-                    errors.describe(result.status),
+                    reason,
                     _dsn_status(result.status),
                     f"X-SMPP; {name} (0x{result.status:08X})",
                 ),
             )
             return
         now = self.clock()
+        settled = at_submit(smpp.registered_delivery)
         note = None
         if shaped is not None and (shaped.prefix_added or shaped.footer_added or shaped.shortened):
             note = ",".join(
@@ -401,6 +464,7 @@ class Dispatcher:
             now,
             first_contact=(rec.msisdn, rec.source_addr) if rec.kind == "notice" else None,
             shaped=note,
+            settle=None if settled is None else (settled.state, settled.reason),
         )
         log.info(
             "submitted queue_id=%s to=%s segments=%d coding=%s smsc_ids=%s",

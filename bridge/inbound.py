@@ -25,6 +25,13 @@ from bridge.dispatcher import Failure
 from bridge.mailbuild import build_notification, build_patron_reply
 from bridge.metrics import Metrics
 from bridge.model import NewSms, OptoutRecord, SmsRecord, SmsState
+from bridge.receipt_watch import (
+    LIKELY_CAUSES,
+    ReceiptHealth,
+    ReceiptWatch,
+    deadline_cutoff,
+    deadline_outcome,
+)
 from bridge.smpp import errors
 from bridge.smpp.encoding import concat_from_sar, decode_payload, split_udh
 from bridge.smpp.pdu import DeliverSm
@@ -159,12 +166,16 @@ class Inbound:
         # (bridge/compliance.py); a no-op lock until the composition root sets it.
         self.hold: Callable[[str], AbstractAsyncContextManager[None]] = _no_lock
         self.counters = InboundCounters()
+        # Receipts on this bind against the texts that asked for one (bridge/receipt_watch.py).
+        self.watch = ReceiptWatch(clock())
+        self.receipt_health: ReceiptHealth | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
 
     async def start(self) -> None:
+        self.receipt_health, _ = self._check_receipts(self.clock())
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="mo-reassembly-sweeper")
 
     async def stop(self) -> None:
@@ -205,6 +216,7 @@ class Inbound:
             text, pdu.receipted_message_id, pdu.message_state, pdu.network_error_code
         )
         self.counters.receipts += 1
+        self.watch.receipt(self.clock())
         if receipt is None:
             self.counters.receipts_unknown += 1
             log.warning("receipt without a message id ignored seq=%d", pdu.sequence)
@@ -269,6 +281,8 @@ class Inbound:
 
     async def submitted(self, rec: SmsRecord, smsc_ids: Sequence[str]) -> None:
         """The dispatcher recorded these ids: apply receipts that overtook them."""
+        if self.cfg.smpp.registered_delivery == "all":
+            self.watch.submitted(self.clock())
         for smsc_id in smsc_ids:
             for row_id, held_id, patron, state, error, raw, _ in await self.store.held_for(smsc_id):
                 seg = await self._match(held_id, patron, variants=False)
@@ -294,6 +308,53 @@ class Inbound:
                 log.warning("receipt for unknown smsc_id=%s stat=%s dropped", smsc_id, raw)
                 await self.store.drop_held_receipt(row_id)
         return applied
+
+    async def sweep_deadlines(self, now: float) -> int:
+        """Receipt deadline (bridge/receipt_watch.py): texts still `submitted` receipt_timeout_s
+        after their submit end `unconfirmed` (no bounce: a carrier that sends no receipts must
+        not flood a library with one email per text; the library report lists them). Then the
+        bind's receipt health: a WARNING when receipts stop coming, an INFO when they resume."""
+        smpp = self.cfg.smpp
+        outcome = deadline_outcome(smpp.registered_delivery, smpp.receipt_timeout_s)
+        settled = await self.store.settle_overdue(
+            deadline_cutoff(now, smpp.receipt_timeout_s), outcome.state, outcome.reason, now
+        )
+        for queue_id, tenant_id, msisdn in settled:
+            log.info(
+                "%s queue_id=%s tenant=%s to=%s reason=%s",
+                outcome.state.value,
+                queue_id,
+                tenant_id,
+                addressing.mask_msisdn(msisdn),
+                outcome.reason,
+            )
+        if self.metrics is not None:
+            self.metrics.receipt_deadline(outcome.state, len(settled))
+        health, changed = self._check_receipts(now)
+        self.receipt_health = health
+        if self.metrics is not None:
+            self.metrics.receipt_health(health.missing, health.seconds_since_receipt)
+        if changed and health.missing:
+            log.warning(
+                "receipts missing: no delivery receipt on this bind for %d text(s) sent in the"
+                " last %.0f min; likely causes: %s. Texts without one become 'unconfirmed' after"
+                " smpp.receipt_timeout_s",
+                health.submits_since_receipt,
+                (now - (self.watch.oldest_unanswered_at or now)) / 60,
+                LIKELY_CAUSES,
+            )
+        elif changed:
+            log.info("receipts arriving again on this bind")
+        return len(settled)
+
+    def _check_receipts(self, now: float) -> tuple[ReceiptHealth, bool]:
+        smpp = self.cfg.smpp
+        return self.watch.check(
+            now,
+            watching=smpp.registered_delivery == "all",
+            min_submits=smpp.receipts_missing_after_submits,
+            after_s=smpp.receipts_missing_after_s,
+        )
 
     # --- patron messages -----------------------------------------------------------------------
 
@@ -482,11 +543,20 @@ class Inbound:
         while True:
             cfg = self.cfg.inbound
             await asyncio.sleep(
-                max(0.05, min(30.0, cfg.reassembly_timeout_s / 2, cfg.receipt_match_delay_s / 2))
+                max(
+                    0.05,
+                    min(
+                        30.0,
+                        cfg.reassembly_timeout_s / 2,
+                        cfg.receipt_match_delay_s / 2,
+                        self.cfg.smpp.receipt_timeout_s / 4,
+                    ),
+                )
             )
             try:
                 await self.sweep(self.clock())
                 await self.sweep_receipts(self.clock())
+                await self.sweep_deadlines(self.clock())
             except asyncio.CancelledError:
                 raise
             except Exception:

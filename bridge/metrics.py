@@ -322,6 +322,26 @@ class Metrics:
             ["kind", "state"],
             registry=r,
         )
+        self.receipt_deadlines = Counter(
+            "sms_bridge_receipt_deadlines",
+            "Texts settled at smpp.receipt_timeout_s without a final receipt, by the state"
+            " given (unconfirmed; delivered when only failure receipts are asked for)",
+            ["state"],
+            registry=r,
+        )
+        self.receipts_missing = Gauge(
+            "sms_bridge_receipts_missing",
+            "1 while this bind sends texts that ask for receipts and none comes back"
+            " (smpp.receipts_missing_after_submits / _after_s), else 0",
+            ["smsc"],
+            registry=r,
+        )
+        self.receipt_silence = Gauge(
+            "sms_bridge_seconds_since_last_receipt",
+            "Seconds since this bind last received a delivery receipt (since start if none)",
+            ["smsc"],
+            registry=r,
+        )
         self.scrape_errors = Counter(
             "sms_bridge_metrics_refresh_errors",
             "Scrapes where the store could not be read (the store gauges kept old values)",
@@ -329,6 +349,9 @@ class Metrics:
         )
         for state in QUEUE_STATES:
             self.queue.labels(state).set(0)
+        for state in (SmsState.UNCONFIRMED, SmsState.DELIVERED):
+            self.receipt_deadlines.labels(state.value)
+        self.receipt_health(False, 0.0)
         for state in MAIL_STATES:
             self.mail_outbox.labels(state).set(0)
         for outcome in BOUNCE_OUTCOMES:
@@ -371,6 +394,16 @@ class Metrics:
 
     def receipt(self, state: SmsState | str) -> None:
         self.receipts.labels(str(state)).inc()
+
+    def receipt_deadline(self, state: SmsState, count: int = 1) -> None:
+        if count > 0:
+            self.receipt_deadlines.labels(state.value).inc(count)
+
+    def receipt_health(
+        self, missing: bool, seconds_since_receipt: float, smsc: str = "smsc"
+    ) -> None:
+        self.receipts_missing.labels(smsc).set(1 if missing else 0)
+        self.receipt_silence.labels(smsc).set(seconds_since_receipt)
 
     def on_submitted(self, rec: SmsRecord, now: float) -> None:
         """Dispatcher hook (``on_submitted``): latency from the commit to the last resp.

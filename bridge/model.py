@@ -17,10 +17,19 @@ class SmsState(enum.StrEnum):
     DELIVERED = "delivered"  # receipts say every segment reached the handset
     FAILED = "failed"  # permanent error; the library gets a bounce email
     EXPIRED = "expired"  # older than smpp.max_age before it could be sent, or the SMSC gave up
+    # Accepted by the carrier, but no final receipt came by smpp.receipt_timeout_s (or none was
+    # asked for: smpp.registered_delivery none). Not a failure: no bounce. A receipt that still
+    # arrives later settles it as delivered/failed/expired (the only final state that may change).
+    UNCONFIRMED = "unconfirmed"
 
     @property
     def final(self) -> bool:
-        return self in (SmsState.DELIVERED, SmsState.FAILED, SmsState.EXPIRED)
+        return self in (
+            SmsState.DELIVERED,
+            SmsState.FAILED,
+            SmsState.EXPIRED,
+            SmsState.UNCONFIRMED,
+        )
 
 
 def new_queue_id() -> str:

@@ -47,7 +47,8 @@ def build_report(name: str, data: ReportData, since: float, until: float) -> Rep
     sent = sum(data.states.values())
     delivered = data.states.get("delivered", 0)
     failed = data.states.get("failed", 0) + data.states.get("expired", 0)
-    waiting = sent - delivered - failed
+    unconfirmed = data.states.get("unconfirmed", 0)
+    waiting = sent - delivered - failed - unconfirmed
     period = f"{_day(since)} to {_day(until)}"
     subject = f"Text notices for {name}: {period}"
     lines = [
@@ -56,6 +57,7 @@ def build_report(name: str, data: ReportData, since: float, until: float) -> Rep
         f"  Notices:     {sent}",
         f"  Delivered:   {delivered}",
         f"  Failed:      {failed}",
+        f"  Unconfirmed: {unconfirmed}",
         f"  In progress: {waiting}",
         "",
     ]
@@ -63,6 +65,15 @@ def build_report(name: str, data: ReportData, since: float, until: float) -> Rep
         lines += ["Numbers to check in the ILS (the text could not be delivered):", ""]
         for msisdn, reason, subj, at in data.failed:
             lines.append(f"  {format_msisdn(msisdn)}  {_day(at)}  {subj[:40]}  - {reason}")
+        lines.append("")
+    if data.unconfirmed:
+        lines += [
+            f"{len(data.unconfirmed)} texts to these numbers were never confirmed by the carrier"
+            " (accepted, but no delivery receipt came; they may or may not have arrived):",
+            "",
+        ]
+        for msisdn, subj, at in data.unconfirmed:
+            lines.append(f"  {format_msisdn(msisdn)}  {_day(at)}  {subj[:40]}")
         lines.append("")
     replies = [m for m in data.lost_mail if m.kind == "reply"]
     if data.lost_mail:
@@ -103,6 +114,7 @@ def build_report(name: str, data: ReportData, since: float, until: float) -> Rep
         row("Notices", sent),
         row("Delivered", delivered),
         row("Failed", failed),
+        row("Unconfirmed", unconfirmed),
         row("In progress", waiting),
         "</table>",
     ]
@@ -110,6 +122,15 @@ def build_report(name: str, data: ReportData, since: float, until: float) -> Rep
         parts += ["<h3>Numbers to check in the ILS</h3>", "<table border='1' cellpadding='4'>"]
         parts += [row("Number", "Date", "Notice", "Why")]
         parts += [row(format_msisdn(m), _day(a), s[:40], r) for m, r, s, a in data.failed]
+        parts.append("</table>")
+    if data.unconfirmed:
+        parts += [
+            f"<h3>{len(data.unconfirmed)} texts to these numbers were never confirmed by the"
+            " carrier</h3>",
+            "<table border='1' cellpadding='4'>",
+            row("Number", "Date", "Notice"),
+        ]
+        parts += [row(format_msisdn(m), _day(a), s[:40]) for m, s, a in data.unconfirmed]
         parts.append("</table>")
     if data.lost_mail:
         parts += [

@@ -28,6 +28,7 @@ from bridge import statuspage
 from bridge.addressing import mask_msisdn
 from bridge.metrics import CONTENT_TYPE, MAIL_STATES, QUEUE_STATES, Metrics
 from bridge.model import OptoutRecord, SmsRecord
+from bridge.receipt_watch import ReceiptHealth
 from bridge.statuspage import LibraryInput, LibraryStats
 from bridge.store import SmsFilter
 from bridge.store.base import Activity, LostMail
@@ -136,6 +137,9 @@ class BridgeView(Protocol):
 class Health:
     store: str  # "ok" or why not
     smsc: str  # "bound" or the session state / last error
+    # Detail only, not part of `ok`: a carrier that sends no receipts still takes texts, so the
+    # instance stays in service; alert on sms_bridge_receipts_missing instead.
+    receipts: str = "not checked yet"
 
     @property
     def ok(self) -> bool:
@@ -163,7 +167,18 @@ async def check_health(bridge: BridgeView, timeout_s: float = HEALTH_TIMEOUT_S) 
         smsc = "bound"
     else:
         smsc = session.state + (f" ({session.last_error})" if session.last_error else "")
-    return Health(store=store, smsc=smsc)
+    receipts = receipt_health(bridge)
+    return Health(
+        store=store,
+        smsc=smsc,
+        receipts=receipts.describe() if receipts is not None else "not checked yet",
+    )
+
+
+def receipt_health(bridge: BridgeView) -> ReceiptHealth | None:
+    """The inbound router's last receipt check (bridge/receipt_watch.py), when there is one."""
+    health = getattr(getattr(bridge, "inbound", None), "receipt_health", None)
+    return health if isinstance(health, ReceiptHealth) else None
 
 
 # ----------------------------------------------------------------------------- status page
@@ -214,6 +229,27 @@ class StatusData:
     last_24h: list[dict[str, int]] = field(default_factory=list)  # per hour, by outcome
     chart_zone: str = "UTC"
     lost: list[LostMail] = field(default_factory=list)  # emails that never arrived, newest first
+    receipts: ReceiptHealth | None = None
+
+
+def _receipts_row(health: ReceiptHealth | None) -> str:
+    """Whether the carrier sends delivery receipts on this bind; when it stopped, in words
+    staff can act on (README: "The carrier sends no receipts")."""
+    if health is None:
+        text, cls = "not checked yet", "muted"
+    elif not health.watching:
+        text, cls = health.describe(), "muted"
+    elif health.missing:
+        text = (
+            f"the carrier sends no receipts: none for the last {health.submits_since_receipt}"
+            f" texts ({health.seconds_since_receipt / 60:.0f} min). Texts will end"
+            " 'unconfirmed' rather than 'delivered'; ask the carrier or gateway to check"
+            " delivery receipts for this account"
+        )
+        cls = "bad"
+    else:
+        text, cls = health.describe(), "ok"
+    return f'<tr><th scope="row">receipts</th><td class="{cls}" id="receipts">{_e(text)}</td></tr>'
 
 
 def render_status_page(data: StatusData) -> str:
@@ -232,6 +268,7 @@ def render_status_page(data: StatusData) -> str:
         "<h2>Carrier link (SMPP)</h2><table>",
         f'<tr><th scope="row">state</th><td class="{smsc_cls}" id="smsc">{_e(h.smsc)}</td></tr>',
         f'<tr><th scope="row">send rate</th><td>{_e(tps)}</td></tr>',
+        _receipts_row(data.receipts),
         f'<tr><th scope="row">store</th><td class="{store_cls}" id="store">{_e(h.store)}</td></tr>',
         "</table>",
         "<h2>Last 24 hours</h2>",
@@ -348,6 +385,7 @@ async def gather_status(bridge: BridgeView) -> StatusData:
         last_24h=last_24h,
         chart_zone=inputs[0].timezone if inputs else "UTC",
         lost=lost,
+        receipts=receipt_health(bridge),
     )
 
 

@@ -561,13 +561,15 @@ class SmppSession:
         sm: SubmitSm,
         *,
         timeout: float | None = None,  # noqa: ASYNC109
+        on_sent: Callable[[], None] | None = None,
     ) -> SubmitResult:
         """Send one submit_sm and return its result, whatever the status.
 
         ``timeout`` bounds the wait for a bound session (default response_timeout_s); the wait
         for the response itself is response_timeout_s. Raises NotBound (nothing sent),
         ResponseTimeout or ConnectionLost (outcome unknown) and ValueError for a PDU that
-        cannot be encoded.
+        cannot be encoded. ``on_sent`` is called when the PDU goes on the wire (until then a
+        cancelled submit sent nothing).
         """
         raw = p.build_submit_sm(sm, 0)  # ValueError here, before any waiting
         loop = asyncio.get_running_loop()
@@ -587,6 +589,8 @@ class SmppSession:
                     if not link.is_open:
                         continue  # dropped while we waited for the slot: nothing sent yet
                     self._limiter.mark_sent(loop.time())
+                    if on_sent is not None:
+                        on_sent()
                 self._inflight += 1
                 self._idle.clear()
                 try:

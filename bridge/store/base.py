@@ -99,6 +99,8 @@ class ReportData:
     failed: list[tuple[str, str, str, float]]  # (msisdn, reason, subject, created_at)
     optout_changes: list[tuple[str, bool, str | None, float]]  # (msisdn, opted_out, keyword, at)
     costly: list[tuple[str, int, int, int, str]]  # (template, texts, ucs2, segments, culprits)
+    # accepted by the carrier, never confirmed by a receipt: (msisdn, subject, created_at)
+    unconfirmed: list[tuple[str, str, float]] = field(default_factory=list)
     lost_mail: list[LostMail] = field(default_factory=list)  # replies and notices that bounced
 
 

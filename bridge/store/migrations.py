@@ -180,4 +180,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX mail_outbox_lost ON mail_outbox (lost_at) WHERE lost_at IS NOT NULL;
     CREATE INDEX mail_outbox_fallback ON mail_outbox (fallback_of) WHERE fallback_of IS NOT NULL
     """,
+    # 9: the receipt deadline sweep finds texts still waiting for a receipt by submit time
+    """
+    CREATE INDEX sms_awaiting_receipt ON sms (submitted_at) WHERE state = 'submitted'
+    """,
 )

@@ -430,6 +430,7 @@ class PostgresStore:
         *,
         first_contact: tuple[str, str] | None = None,
         shaped: str | None = None,
+        settle: tuple[SmsState, str] | None = None,
     ) -> None:
         async with self._tx() as conn:
             if first_contact is not None:
@@ -457,6 +458,14 @@ class PostgresStore:
                 " VALUES ($1,$2,$3,'submitted',$4)",
                 [(queue_id, i, sid, now) for i, sid in enumerate(smsc_ids)],
             )
+            if settle is not None:
+                await conn.execute(
+                    "UPDATE sms SET state=$1, reason=$2, final_at=$3 WHERE queue_id=$4",
+                    settle[0].value,
+                    settle[1],
+                    now,
+                    queue_id,
+                )
 
     async def record_retry(
         self, queue_id: str, reason: str, next_at: float, now: float, *, count: bool = True
@@ -528,7 +537,7 @@ class PostgresStore:
             status = await conn.execute(
                 "UPDATE sms SET state='queued', attempts=0, next_attempt_at=$1, updated_at=$1,"
                 " created_at=$1, reason='retried by admin', lease_until=NULL WHERE queue_id=$2"
-                " AND body IS NOT NULL AND state IN ('queued','failed','expired')",
+                " AND body IS NOT NULL AND state IN ('queued','failed','expired','unconfirmed')",
                 now,
                 queue_id,
             )
@@ -634,7 +643,7 @@ class PostgresStore:
                 )
             ]
             decided = rollup(rec, states)
-            if decided is None or decided[0] == rec.state or rec.state.final:
+            if decided is None or decided[0] == rec.state or _settled(rec.state):
                 return None
             state, reason = decided
             await conn.execute(
@@ -649,6 +658,25 @@ class PostgresStore:
                 for mail in bounces(rec, state, reason):
                     await _insert_mail(conn, mail, now)
             return state
+
+    async def settle_overdue(
+        self, submitted_before: float, state: SmsState, reason: str, now: float, limit: int = 500
+    ) -> list[tuple[str, str, str]]:
+        """SqliteStore.settle_overdue. Every instance sweeps; SKIP LOCKED and the state check
+        let each text be settled (and logged) by exactly one of them."""
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "UPDATE sms SET state=$1, reason=$2, final_at=$3, updated_at=$3"
+                " WHERE queue_id IN (SELECT queue_id FROM sms WHERE state='submitted'"
+                " AND submitted_at<$4 ORDER BY submitted_at LIMIT $5 FOR UPDATE SKIP LOCKED)"
+                " AND state='submitted' RETURNING queue_id, tenant_id, msisdn",
+                state.value,
+                reason,
+                now,
+                submitted_before,
+                limit,
+            )
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     async def hold_receipt(
         self, smsc_id: str, patron: str, state: str, error: str | None, raw: str | None, now: float
@@ -1048,7 +1076,7 @@ class PostgresStore:
     async def purge(self, bodies_before: float, records_before: float, now: float) -> PurgeCounts:
         """Patron privacy (SqliteStore.purge). Segments go with their message (ON DELETE
         CASCADE); opt-out records and their audit trail are kept."""
-        done = "('delivered','failed','expired','submitted')"
+        done = "('delivered','failed','expired','unconfirmed','submitted')"
         async with self._tx() as conn:
             bodies = _rowcount(
                 await conn.execute(
@@ -1124,6 +1152,14 @@ class PostgresStore:
                 since,
                 until,
             )
+            unconfirmed = await conn.fetch(
+                "SELECT msisdn, subject, created_at FROM sms WHERE tenant_id=$1"
+                " AND kind='notice' AND state='unconfirmed'"
+                " AND created_at>=$2 AND created_at<$3 ORDER BY created_at",
+                tenant_id,
+                since,
+                until,
+            )
             changes = await conn.fetch(
                 "SELECT msisdn, opted_out, keyword, changed_at FROM optout_audit"
                 " WHERE scope=$1 AND changed_at>=$2 AND changed_at<$3 ORDER BY changed_at, id",
@@ -1152,7 +1188,8 @@ class PostgresStore:
             [(r[0], r[1] or "", r[2] or "", float(r[3])) for r in failed],
             [(r[0], bool(r[1]), r[2], float(r[3])) for r in changes],
             [(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] or "") for r in costly],
-            [_lost(r) for r in lost],
+            lost_mail=[_lost(r) for r in lost],
+            unconfirmed=[(r[0], r[1] or "", float(r[2])) for r in unconfirmed],
         )
 
 
@@ -1241,3 +1278,8 @@ async def _insert_mail(conn: Any, mail: Outgoing, now: float) -> int:
         mail.fallback_of,
     )
     return int(value)
+
+
+def _settled(state: SmsState) -> bool:
+    """Final for a receipt (see bridge/store/sqlite.py): a late receipt settles `unconfirmed`."""
+    return state.final and state is not SmsState.UNCONFIRMED

@@ -484,9 +484,11 @@ class SqliteStore:
         *,
         first_contact: tuple[str, str] | None = None,
         shaped: str | None = None,
+        settle: tuple[SmsState, str] | None = None,
     ) -> None:
         """Segments' SMSC ids (receipts may come days later), the first-contact mark
-        (msisdn, scope) when this text carried the footer, and what shaping did."""
+        (msisdn, scope) when this text carried the footer, and what shaping did. `settle`:
+        the final state and reason when no receipt will come (smpp.registered_delivery none)."""
 
         def fn(conn: sqlite3.Connection) -> None:
             if first_contact is not None:
@@ -508,6 +510,11 @@ class SqliteStore:
                 " VALUES (?,?,?,'submitted',?)",
                 [(queue_id, i, sid, now) for i, sid in enumerate(smsc_ids)],
             )
+            if settle is not None:
+                conn.execute(
+                    "UPDATE sms SET state=?, reason=?, final_at=? WHERE queue_id=?",
+                    (settle[0].value, settle[1], now, queue_id),
+                )
 
         await self._call(fn)
 
@@ -585,7 +592,7 @@ class SqliteStore:
             cur = conn.execute(
                 "UPDATE sms SET state='queued', attempts=0, next_attempt_at=?, updated_at=?,"
                 " created_at=?, reason='retried by admin' WHERE queue_id=? AND body IS NOT NULL"
-                " AND state IN ('queued','failed','expired')",
+                " AND state IN ('queued','failed','expired','unconfirmed')",
                 (now, now, now, queue_id),
             )
             return cur.rowcount == 1
@@ -663,7 +670,7 @@ class SqliteStore:
                 )
             ]
             decided = rollup(rec, states)
-            if decided is None or decided[0] == rec.state or rec.state.final:
+            if decided is None or decided[0] == rec.state or _settled(rec.state):
                 return None
             state, reason = decided
             conn.execute(
@@ -674,6 +681,27 @@ class SqliteStore:
                 for mail in bounces(rec, state, reason):
                     _insert_mail(conn, mail, now)
             return state
+
+        return await self._call(fn)
+
+    async def settle_overdue(
+        self, submitted_before: float, state: SmsState, reason: str, now: float, limit: int = 500
+    ) -> list[tuple[str, str, str]]:
+        """Receipt deadline: texts still `submitted` since before `submitted_before` become
+        `state` (no bounce: bridge/receipt_watch.py). Returns their (queue_id, tenant, msisdn)."""
+
+        def fn(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+            rows = conn.execute(
+                "SELECT queue_id, tenant_id, msisdn FROM sms WHERE state='submitted'"
+                " AND submitted_at<? ORDER BY submitted_at LIMIT ?",
+                (submitted_before, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE sms SET state=?, reason=?, final_at=?, updated_at=?"
+                " WHERE queue_id=? AND state='submitted'",
+                [(state.value, reason, now, now, r[0]) for r in rows],
+            )
+            return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
         return await self._call(fn)
 
@@ -1127,12 +1155,12 @@ class SqliteStore:
                 (bodies_before,),
             ).rowcount
             old = "SELECT queue_id FROM sms WHERE created_at<? AND state IN"
-            old += " ('delivered','failed','expired','submitted')"
+            old += " ('delivered','failed','expired','unconfirmed','submitted')"
             conn.execute(f"DELETE FROM sms_segment WHERE queue_id IN ({old})", (records_before,))
             conn.execute(f"DELETE FROM cost_lint WHERE queue_id IN ({old})", (records_before,))
             records = conn.execute(
                 "DELETE FROM sms WHERE created_at<? AND state IN"
-                " ('delivered','failed','expired','submitted')",
+                " ('delivered','failed','expired','unconfirmed','submitted')",
                 (records_before,),
             ).rowcount
             mails = conn.execute(
@@ -1183,6 +1211,15 @@ class SqliteStore:
                     (tenant_id, since, until),
                 )
             ]
+            unconfirmed = [
+                (r[0], r[1] or "", float(r[2]))
+                for r in conn.execute(
+                    "SELECT msisdn, subject, created_at FROM sms WHERE tenant_id=?"
+                    " AND kind='notice' AND state='unconfirmed'"
+                    " AND created_at>=? AND created_at<? ORDER BY created_at",
+                    (tenant_id, since, until),
+                )
+            ]
             changes = [
                 (r[0], bool(r[1]), r[2], float(r[3]))
                 for r in conn.execute(
@@ -1210,7 +1247,12 @@ class SqliteStore:
                 )
             ]
             return ReportData(
-                {str(k): int(v) for k, v in states.items()}, failed, changes, costly, lost
+                {str(k): int(v) for k, v in states.items()},
+                failed,
+                changes,
+                costly,
+                lost_mail=lost,
+                unconfirmed=unconfirmed,
             )
 
         return await self._read(fn)
@@ -1345,3 +1387,9 @@ def _insert_mail(conn: sqlite3.Connection, mail: Outgoing, now: float) -> int:
         ),
     )
     return int(cur.lastrowid or 0)
+
+
+def _settled(state: SmsState) -> bool:
+    """Final for a receipt: `unconfirmed` is the one final state a late receipt may still
+    settle (the carrier did answer after all)."""
+    return state.final and state is not SmsState.UNCONFIRMED

@@ -21,7 +21,13 @@ Scenarios (``set_scenario`` at runtime; one-shot ones revert to "ok" after firin
   next one that binds). One-shot.
 * ``refuse_bind[:<status>]``: answer binds with that status (default ESME_RBINDFAIL).
 * ``fail_receipts``: receipts say UNDELIV err:001 (message_state 5) instead of DELIVRD.
+* ``no_receipts``: submits are answered OK but no receipt ever comes (a gateway release that
+  loses every receipt, or texts dropped upstream after the OK).
 * ``blackhole``: read everything, answer nothing (not even enquire_link or bind): a hung SMSC.
+
+Receipts follow the submit_sm's registered_delivery (SMPP 3.4 §5.2.17): 1 every final
+outcome, 2 failures only, 0 none. ``fail_numbers`` (destination digits) makes the receipts
+of texts to those numbers say UNDELIV while the others are delivered.
 """
 
 from __future__ import annotations
@@ -68,7 +74,14 @@ _SCENARIOS_WITH_ARG: Final = {
     "unbind_after",
 }
 _SCENARIOS_OPTIONAL_ARG: Final = {"generic_nack", "refuse_bind"}
-_SCENARIOS_PLAIN: Final = {"ok", "no_response", "malformed", "fail_receipts", "blackhole"}
+_SCENARIOS_PLAIN: Final = {
+    "ok",
+    "no_response",
+    "malformed",
+    "fail_receipts",
+    "no_receipts",
+    "blackhole",
+}
 _REQUEST_TIMEOUT_S: Final = 5.0
 
 
@@ -232,6 +245,7 @@ class SmscSimulator:
         self.hex_ids_in_resp = hex_ids_in_resp
         self.response_delay_s = response_delay_s
         self.messages: list[HandsetMessage] = []
+        self.fail_numbers: set[str] = set()  # receipts for texts to these say UNDELIV
         self.submits: list[tuple[float, SubmitSm]] = []
         self.received: list[ReceivedPdu] = []
         self.binds = 0  # successful binds
@@ -575,7 +589,7 @@ class SmscSimulator:
             resp = p.build_submit_sm_resp(header.sequence, status, resp_id)
             text = self._record_segment(sm, message_id)
             self._submitted[message_id] = _Submitted(conn, sm, text, time.time())
-            if self.receipts and sm.registered_delivery & 0x03:
+            if self._wants_receipt(sm):
                 task = asyncio.ensure_future(self._auto_receipt(conn, message_id))
                 self._receipt_tasks.add(task)
                 task.add_done_callback(self._receipt_tasks.discard)
@@ -590,6 +604,17 @@ class SmscSimulator:
             conn.timers[key] = loop.call_at(when, self._answer_due, conn, key, resp, unbind_now)
         else:
             self._answer(conn, resp, unbind_now)
+
+    def _fails(self, sm: SubmitSm) -> bool:
+        return self._scenario.name == "fail_receipts" or sm.destination_addr in self.fail_numbers
+
+    def _wants_receipt(self, sm: SubmitSm) -> bool:
+        """SMPP 3.4 §5.2.17: bits 1-0 of registered_delivery, 1 = on success or failure,
+        2 = on failure only."""
+        if not self.receipts or self._scenario.name == "no_receipts":
+            return False
+        asked = sm.registered_delivery & 0x03
+        return asked == 1 or (asked == 2 and self._fails(sm))
 
     def _answer(self, conn: _SimConn, resp: bytes, unbind: bool) -> None:
         self.outstanding -= 1
@@ -731,9 +756,11 @@ class SmscSimulator:
         any bound receiver; when none is bound or the ESME answers an error (e.g. 0x64), try
         again later (bounded: about 20 s)."""
         await asyncio.sleep(self.receipt_delay_s)
-        fail = self._scenario.name == "fail_receipts"
-        stat, err = ("UNDELIV", "001") if fail else ("DELIVRD", "000")
         record = self._submitted.get(message_id)
+        fail = self._scenario.name == "fail_receipts" or (
+            record is not None and self._fails(record.sm)
+        )
+        stat, err = ("UNDELIV", "001") if fail else ("DELIVRD", "000")
         for attempt in range(50):
             try:
                 target = self._receiver(conn)

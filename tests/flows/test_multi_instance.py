@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bridge.testing.smsc_sim import SmscSimulator
 from bridge.testing.smtp_sink import SmtpSink
@@ -255,5 +257,58 @@ async def test_two_instances_on_a_one_text_per_second_account(tmp_path: Path, pg
         assert len(sim.submits) == len(sim.messages)  # no ESME_RTHROTTLED
         by_b = await query(pg_url, "SELECT count(*) FROM sms WHERE claimed_by='b'")
         assert by_b[0][0] == 3
+    finally:
+        await _stop(procs, sim, sink)
+
+
+async def test_instance_that_stops_sending_hands_its_claims_back(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """max_tps lowered from 2 to 1 by a reload while both instances have texts claimed: the
+    younger one stands by and hands back at once what it claimed and has not sent, so the older
+    one sends it, rather than the texts waiting for the standby's pause rate (one text per
+    quarter hour) while their leases are renewed."""
+    sim = SmscSimulator(scenario="throttle:2", receipts=False)
+    sink = SmtpSink()
+    await sim.start()
+    await sink.start()
+    procs = _instances(tmp_path, "ab", sim, sink, pg_url, {"max_tps": 2, "window": 2})
+    try:
+        await procs["a"].start(timeout=40)
+        await procs["b"].start(timeout=40)
+        bodies = []
+        for i in range(16):
+            body = f"Notice {i}: your hold is ready."
+            to = f"202555{301 + i:04d}@sms.example.org"
+            proc = procs["ab"[i % 2]]
+            conv = await send(
+                proc.smtp_port, FROM, [to], notice(body, To=to, Message_ID=f"<h{i}@r>")
+            )
+            assert conv.data is not None and conv.data[0] == 250, conv
+            bodies.append(body)
+
+        async def b_holds_claims() -> bool:
+            rows = await query(
+                pg_url, "SELECT count(*) FROM sms WHERE claimed_by='b' AND state='sending'"
+            )
+            return int(rows[0][0]) >= 2
+
+        await _wait(b_holds_claims, 20, "b to hold claimed texts")
+        for proc in procs.values():
+            data = yaml.safe_load(proc.cfg_path.read_text())
+            data["smpp"]["max_tps"] = 1
+            proc.cfg_path.write_text(yaml.safe_dump(data))
+            proc.signal(signal.SIGHUP)
+
+        async def all_sent() -> bool:
+            return len(sim.messages) >= len(bodies)
+
+        # 16 texts at 1-2 per second: well inside a minute, unless some wait for b's pause
+        # rate (a quarter of an hour per text)
+        await _wait(all_sent, 60, "every text sent, b's claims by a")
+        assert sorted(m.text for m in sim.messages) == sorted(bodies)  # none twice
+        assert "handed back" in procs["b"].log_path.read_text(encoding="utf-8")
+        stuck = await query(pg_url, "SELECT count(*) FROM sms WHERE state IN ('sending','queued')")
+        assert stuck[0][0] == 0
     finally:
         await _stop(procs, sim, sink)

@@ -100,7 +100,12 @@ async def test_healthz_ok_when_store_answers_and_smsc_bound(admin: AdminServer) 
     assert r.status == 200
     assert r.headers["content-type"] == "application/json"
     assert r.headers["connection"] == "close"
-    assert json.loads(r.body) == {"status": "ok", "store": "ok", "smsc": "bound"}
+    assert json.loads(r.body) == {
+        "status": "ok",
+        "store": "ok",
+        "smsc": "bound",
+        "receipts": "ok (none yet)",
+    }
 
 
 async def test_healthz_503_with_reason_when_smsc_down(env: Env, admin: AdminServer) -> None:

@@ -60,9 +60,24 @@ def test_report_lists_lost_replies_and_what_became_of_them() -> None:
             None,
         ),
     ]
-    r = build_report("R", ReportData({}, [], [], [], lost), 0.0, 86400.0)
+    r = build_report("R", ReportData({}, [], [], [], lost_mail=lost), 0.0, 86400.0)
     assert "Emails from the bridge that never arrived: 2 (patron replies: 2)" in r.text
     assert "1970-01-01  reply to circ@riverside.example.org  - bounced: circ@" in r.text
     assert "a copy went to the fallback address (sent)" in r.text
     assert "no copy was sent (no fallback address: set tenants[].fallback_to)" in r.text
     assert "<td>dead letter: permanent 550</td>" in r.html
+
+
+def test_report_counts_and_lists_unconfirmed_apart_from_failures() -> None:
+    data = ReportData(
+        states={"delivered": 5, "unconfirmed": 2, "submitted": 1},
+        failed=[],
+        optout_changes=[],
+        costly=[],
+        unconfirmed=[("+12025550143", "Hold ready", 0.0), ("+12025550167", "Overdue", 3600.0)],
+    )
+    r = build_report("Riverside Public Library", data, 0.0, 7 * 86400.0)
+    assert "Unconfirmed: 2" in r.text and "In progress: 1" in r.text and "Failed:      0" in r.text
+    assert "2 texts to these numbers were never confirmed by the carrier" in r.text
+    assert "+1 202-555-0143" in r.text and "Overdue" in r.text
+    assert "never confirmed by the carrier" in r.html

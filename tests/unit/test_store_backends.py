@@ -655,3 +655,59 @@ async def test_activity_counts_notices_replies_and_optouts_by_bucket(store: AnyS
     assert act.replies == [("riverside", 11, 1)]
     assert act.optouts == [("12025550100", 12, True, 1)]
     assert act.to_fix == [("riverside", "+12025550143", "rejected", 1)]
+
+
+# --- receipt deadline ----------------------------------------------------------------------------
+
+
+async def test_receipt_deadline_settles_only_overdue_submitted(store: AnyStore) -> None:
+    await store.enqueue_sms([sms(i, None) for i in range(4)], now=1.0, dedup_window_s=0)
+    a, b, c, d = await store.claim_sms(now=1.0, limit=4)
+    await store.record_submitted(a.queue_id, ["20"], 1, "gsm7", now=10.0)
+    await store.record_submitted(b.queue_id, ["21"], 1, "gsm7", now=50.0)  # not overdue yet
+    await store.record_submitted(c.queue_id, ["22"], 1, "gsm7", now=10.0)
+    args = (11.0, _rollup, _bounces)
+    assert await store.apply_receipt(c.queue_id, 0, "delivered", None, *args) is SmsState.DELIVERED
+    # d stays `sending`: not submitted, never settled by the deadline
+    got = await store.settle_overdue(40.0, SmsState.UNCONFIRMED, "no receipt", now=60.0)
+    assert got == [(a.queue_id, "riverside", "+12025550143")]
+    rec = await store.get_sms(a.queue_id)
+    assert rec is not None and rec.state is SmsState.UNCONFIRMED and rec.reason == "no receipt"
+    assert await store.settle_overdue(40.0, SmsState.UNCONFIRMED, "again", now=61.0) == []
+    states = {r.queue_id: r.state for r in await store.list_sms(SmsFilter(limit=10), 70.0)}
+    assert states == {
+        a.queue_id: SmsState.UNCONFIRMED,
+        b.queue_id: SmsState.SUBMITTED,
+        c.queue_id: SmsState.DELIVERED,
+        d.queue_id: SmsState.SENDING,
+    }
+    assert await store.claim_mail(now=70.0, limit=5) == []  # no bounce for unconfirmed
+    # a receipt that still comes settles it after all (and a failure bounces then)
+    args = (70.0, _rollup, _bounces)
+    assert await store.apply_receipt(a.queue_id, 0, "undelivered", "1", *args) is SmsState.FAILED
+    assert len(await store.claim_mail(now=70.0, limit=5)) == 1
+    listed = await store.list_sms(SmsFilter(state="unconfirmed"), 70.0)
+    assert listed == []
+
+
+async def test_submitted_and_settled_at_once_without_receipts(store: AnyStore) -> None:
+    await store.enqueue_sms([sms(1, None)], now=1.0, dedup_window_s=0)
+    (a,) = await store.claim_sms(now=1.0, limit=1)
+    await store.record_submitted(
+        a.queue_id, ["30"], 1, "gsm7", now=2.0, settle=(SmsState.UNCONFIRMED, "no receipt asked")
+    )
+    rec = await store.get_sms(a.queue_id)
+    assert (
+        rec is not None and rec.state is SmsState.UNCONFIRMED and rec.reason == "no receipt asked"
+    )
+    assert await store.counts() == {"unconfirmed": 1}
+
+
+async def test_tenant_report_lists_unconfirmed(store: AnyStore) -> None:
+    await store.enqueue_sms([sms(1, None)], now=10.0, dedup_window_s=0)
+    (a,) = await store.claim_sms(now=10.0, limit=1)
+    await store.record_submitted(a.queue_id, ["40"], 1, "gsm7", now=11.0)
+    await store.settle_overdue(20.0, SmsState.UNCONFIRMED, "no receipt", now=30.0)
+    data = await store.tenant_report("riverside", "12025550100", since=0.0, until=100.0)
+    assert data.states == {"unconfirmed": 1}
+    assert data.unconfirmed == [("+12025550143", "Hold", 10.0)] and data.failed == []

@@ -132,7 +132,7 @@ class ConnectionSlots:
         """STRESS_README: the server is under stress when its connection slots run out."""
         return (
             self.total >= limits.max_connections * limits.stress_fraction
-            or self.outside >= limits.outside_networks
+            or 0 < limits.outside_networks <= self.outside
         )
 
 

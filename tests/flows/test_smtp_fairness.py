@@ -134,6 +134,18 @@ async def ils_send(port: int, n: int) -> tuple[int, float]:
     return await asyncio.wait_for(asyncio.to_thread(_ils_send, port, n), 30)
 
 
+async def drained(srv: Server) -> None:
+    """Wait until the strangers' connections are gone (the ILS may hold one)."""
+    await drained_to(srv, 0)
+
+
+async def drained_to(srv: Server, outside: int, timeout: float = 10) -> None:  # noqa: ASYNC109
+    deadline = time.monotonic() + timeout
+    while srv.smtp.slots.outside > outside:
+        assert time.monotonic() < deadline, "connections were not released"
+        await asyncio.sleep(0.02)
+
+
 # --- (a) idle strangers cannot lock the ILS out ---------------------------------------------------
 
 
@@ -194,6 +206,33 @@ async def test_idle_client_is_closed_before_mail(start: Start) -> None:
     idle.close()
 
 
+async def test_timeout_before_mail_is_cut_under_stress(start: Start) -> None:
+    srv = await start(
+        {
+            "smtp": {
+                "max_connections_outside_networks": 2,
+                "idle_timeout_before_mail_s": 30,
+                "stress_timeout_s": 0.3,
+            },
+            "tenants": [tenant(networks=ILS_ONLY)],
+        }
+    )
+    calm = await Client.connect(srv.port, "127.0.0.2")
+    # the second stranger fills the strangers' share: from now on the server is under stress
+    pressed = await Client.connect(srv.port, "127.0.0.3")
+    t0 = time.monotonic()
+    assert (await pressed.reply(timeout=10)).startswith(b"421 4.4.2")
+    assert time.monotonic() - t0 < 5
+    # a client that speaks (the ILS) is served as usual
+    assert (await ils_send(srv.port, 0))[0] == 250
+    # the strangers' share is free again after the close
+    await drained_to(srv, 1)
+    third = await Client.connect(srv.port, "127.0.0.4")
+    assert third.greeting.startswith(b"220")
+    for c in (calm, pressed, third):
+        c.close()
+
+
 # --- (b) password guessing does not slow the ILS and cannot be sped up ---------------------------
 
 
@@ -236,6 +275,7 @@ async def test_guessing_from_many_addresses_does_not_stall_the_ils(start: Start)
     try:
         for first in (1, 21, 41):
             codes += await asyncio.wait_for(wave(first, 20), 60)
+            await drained(srv)  # the next wave gets the whole strangers' share again
     finally:
         done.set()
         await asyncio.wait_for(ils_task, 30)

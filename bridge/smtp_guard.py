@@ -70,16 +70,16 @@ class SlotLimits:
 
 @dataclass(frozen=True)
 class Refusal:
-    reason: str  # for the log line: stable, no patron data
+    reason: str  # for the log line and the metric label: stable, no patron data
     reply: str  # the 421 the client gets
 
 
-REFUSE_TOTAL = Refusal("connection limit", "421 4.3.2 Too many connections; try again later")
+REFUSE_TOTAL = Refusal("connection_limit", "421 4.3.2 Too many connections; try again later")
 REFUSE_ADDRESS = Refusal(
-    "per-address limit", "421 4.7.0 Too many connections from your address; try again later"
+    "per_address_limit", "421 4.7.0 Too many connections from your address; try again later"
 )
 REFUSE_OUTSIDE = Refusal(
-    "outside-networks share full",
+    "outside_networks_share_full",
     "421 4.7.0 Too many connections from outside the libraries' networks; try again later",
 )
 

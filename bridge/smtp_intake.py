@@ -122,6 +122,7 @@ class BridgeSMTP(SMTP):
         if refusal is not None:
             # RFC 5321 §3.1: a server that cannot serve may answer 421 at greeting and close.
             log.info("smtp connection refused peer=%s reason=%s", ip, refusal.reason)
+            self._bridge.refused(refusal.reason)
             with contextlib.suppress(Exception):
                 transport.write((refusal.reply + "\r\n").encode())  # type: ignore[attr-defined]
             transport.close()
@@ -158,13 +159,14 @@ class BridgeSMTP(SMTP):
     def _timeout_cb(self) -> None:
         if self.transport is None:
             return
-        stage = "mail" if self.envelope is not None and self.envelope.mail_from else "greeting"
+        in_transaction = self.envelope is not None and self.envelope.mail_from is not None
         log.info(
-            "smtp connection closed peer=%s reason=idle timeout after=%gs stage=%s",
+            "smtp connection closed peer=%s reason=idle_timeout after=%gs stage=%s",
             self._peer_ip(),
             self._timeout_s,
-            stage,
+            "transaction" if in_transaction else "before_mail",
         )
+        self._bridge.refused("idle_timeout")
         with contextlib.suppress(Exception):
             reply = ERR_421_TIMEOUT.format(host=self.hostname) + "\r\n"
             self.transport.write(reply.encode())  # type: ignore[attr-defined]
@@ -241,10 +243,11 @@ class SmtpHandler:
         turn = server.throttle.reserve(peer, login[:256], now)
         if turn.refused:
             log.warning(
-                "smtp auth deferred peer=%s login=%s reason=too many attempts waiting",
+                "smtp auth deferred peer=%s login=%s reason=attempts_waiting",
                 peer,
                 _shown(login),
             )
+            server.refused("auth_deferred")
             return AuthResult(success=False, handled=False, message=ERR_454_AUTH)
         if turn.start > now:
             await asyncio.sleep(turn.start - now)
@@ -252,16 +255,16 @@ class SmtpHandler:
             ok = await server.verifier.check(creds.password, hashed)
         except VerifierBusy:
             log.warning(
-                "smtp auth deferred peer=%s login=%s reason=password checks busy",
-                peer,
-                _shown(login),
+                "smtp auth deferred peer=%s login=%s reason=checks_busy", peer, _shown(login)
             )
+            server.refused("auth_deferred")
             return AuthResult(success=False, handled=False, message=ERR_454_AUTH)
         if ok and tenant is not None:
             server.throttle.succeeded(turn, time.monotonic())
             log.info("smtp auth ok peer=%s login=%s tenant=%s", peer, _shown(login), tenant.id)
             return AuthResult(success=True, auth_data=creds)
         log.warning("smtp auth failed peer=%s login=%s", peer, _shown(login))
+        server.refused("auth_failed")
         # handled=False makes aiosmtpd answer 535 5.7.8 itself; handled=True without a reply
         # would leave the client waiting forever (see ARCHITECTURE.md).
         return AuthResult(success=False, handled=False)
@@ -386,6 +389,10 @@ class SmtpIntake:
             smtp.idle_timeout_s, smtp.idle_timeout_before_mail_s, smtp.stress_timeout_s
         )
         return idle_timeout(in_transaction, self.slots.under_stress(self.slot_limits()), timeouts)
+
+    def refused(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.smtp_refused(reason)
 
     def rejected(self, tenant_id: str | None, reply: str) -> None:
         if self.metrics is not None:

@@ -21,6 +21,7 @@ import pytest
 
 from bridge.config import Config
 from bridge.intake import Intake
+from bridge.metrics import Metrics
 from bridge.passwords import hash_password
 from bridge.smtp_intake import SmtpIntake
 from bridge.store import SqliteStore, Store
@@ -54,7 +55,7 @@ async def start(make_config: MakeConfig, tmp_path: Path) -> AsyncIterator[Start]
         cfg = make_config(over)
         store = SqliteStore(tmp_path / f"s{len(running)}.db")
         await store.open()
-        smtp = SmtpIntake(cfg, Intake(cfg, store))
+        smtp = SmtpIntake(cfg, Intake(cfg, store), metrics=Metrics())
         await smtp.start()
         server = Server(cfg, store, smtp)
         running.append(server)
@@ -186,6 +187,11 @@ async def test_one_address_cannot_take_every_slot(start: Start) -> None:
     try:
         assert [c.greeting[:3] for c in held[:3]] == [b"220"] * 3
         assert [c.greeting[:9] for c in held[3:]] == [b"421 4.7.0"] * 2
+        assert srv.smtp.metrics is not None
+        refusals = srv.smtp.metrics.registry.get_sample_value(
+            "sms_bridge_smtp_refusals_total", {"reason": "per_address_limit"}
+        )
+        assert refusals == 2
         assert (await ils_send(srv.port, 0))[0] == 250
     finally:
         for c in held:

@@ -15,10 +15,10 @@ SMTP_MAX_MESSAGE_BYTES = 1_048_576
 # are far smaller, so we accept exactly the RFC minimum.
 SMTP_MAX_RECIPIENTS = 100
 SMTP_MAX_CONNECTIONS = 100
-# Postfix's smtpd_client_connection_count_limit (anvil(8)) is half its process limit; an ILS
-# sends with one or a few connections, so 10 per address leaves room for several libraries
-# behind one NAT while one runaway client cannot take every slot.
-SMTP_MAX_CONNECTIONS_PER_ADDRESS = 10
+# Postfix's smtpd_client_connection_count_limit (anvil(8)) is half its process limit. An ILS
+# sends over one or a few connections (a busy one over a dozen or so); 20 per address leaves
+# it that room while one runaway or hostile client cannot take more than a fifth of the slots.
+SMTP_MAX_CONNECTIONS_PER_ADDRESS = 20
 # Clients from no tenant's networks that have not authenticated share at most this many of
 # max_connections; the rest are kept for the libraries' own networks (and logged-in clients).
 SMTP_MAX_CONNECTIONS_OUTSIDE_NETWORKS = 20

@@ -17,6 +17,7 @@ budget doing its job.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import math
 from dataclasses import dataclass
@@ -186,7 +187,9 @@ class _Table:
     """Decaying failure scores per key, at most `capacity` keys (Space-Saving eviction).
 
     A score s at time t is kept as its level L = log2(s) + t / half_life, so that every
-    score decays without being touched and comparing levels compares current scores.
+    score decays without being touched and comparing levels compares current scores. A heap
+    of (level, key) with stale entries skipped finds the smallest in O(log n), so a flood of
+    new addresses costs little per attempt even with thousands of entries.
     """
 
     def __init__(self, capacity: int, half_life_s: float) -> None:
@@ -194,6 +197,7 @@ class _Table:
         self._h = half_life_s
         self._level: dict[str, float] = {}
         self._next: dict[str, float] = {}  # earliest start of the key's next attempt
+        self._heap: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
         return len(self._level)
@@ -201,7 +205,7 @@ class _Table:
     def score(self, key: str, now: float) -> float:
         level = self._level.get(key)
         if level is None:
-            level = self._floor() if len(self._level) >= self.capacity else _ZERO
+            level = self._level[self._smallest()] if len(self._level) >= self.capacity else _ZERO
         return self._value(level, now)
 
     def next_at(self, key: str) -> float:
@@ -213,24 +217,35 @@ class _Table:
     def _level_of(self, value: float, now: float) -> float:
         return _ZERO if value <= 1e-9 else math.log2(value) + now / self._h
 
-    def _floor(self) -> float:
-        return min(self._level.values())
+    def _set(self, key: str, level: float) -> None:
+        self._level[key] = level
+        heapq.heappush(self._heap, (level, key))
+        if len(self._heap) > 4 * self.capacity + 64:
+            self._heap = [(lv, k) for k, lv in self._level.items()]
+            heapq.heapify(self._heap)
+
+    def _smallest(self) -> str:
+        while True:
+            level, key = self._heap[0]
+            if self._level.get(key) == level:
+                return key
+            heapq.heappop(self._heap)  # stale: the key was updated or evicted since
 
     def _ensure(self, key: str) -> None:
         if key in self._level:
             return
         if len(self._level) >= self.capacity:
             # Space-Saving: the newcomer inherits the smallest score and its place in line.
-            victim = min(self._level, key=self._level.__getitem__)
-            self._level[key] = self._level.pop(victim)
+            victim = self._smallest()
+            self._set(key, self._level.pop(victim))
             self._next[key] = self._next.pop(victim, -math.inf)
         else:
-            self._level[key] = _ZERO
+            self._set(key, _ZERO)
 
     def add(self, key: str, amount: float, now: float, cap: float) -> float:
         self._ensure(key)
         value = min(cap, max(0.0, self._value(self._level[key], now) + amount))
-        self._level[key] = self._level_of(value, now)
+        self._set(key, self._level_of(value, now))
         return value
 
     def set_next(self, key: str, at: float) -> None:

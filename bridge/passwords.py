@@ -14,6 +14,8 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from bridge import defaults
+
 # RFC 7914 §2 recommends N=2^14, r=8, p=1 for interactive logins (~16 MiB, tens of ms).
 _N, _R, _P = 2**14, 8, 1
 _MAXMEM = 64 * 1024 * 1024
@@ -79,7 +81,11 @@ class Verifier:
     delay) each time. Failures are never cached.
     """
 
-    def __init__(self, concurrency: int = 2, queue: int = 16) -> None:
+    def __init__(
+        self,
+        concurrency: int = defaults.AUTH_PARALLEL_CHECKS,
+        queue: int = defaults.AUTH_VERIFY_QUEUE,
+    ) -> None:
         self._ok: set[bytes] = set()
         self._lock = threading.Lock()
         self._concurrency = max(1, concurrency)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import smtplib
 import statistics
 import time
@@ -170,10 +171,32 @@ async def test_idle_strangers_cannot_take_the_libraries_slots(start: Start) -> N
         # strangers get a small share, and the refusals say why (RFC 3463 4.7.0: policy)
         assert len(strangers) <= srv.cfg.smtp.max_connections // 2
         assert refusals and all(r.startswith(b"421 4.7.0") for r in refusals)
-        # while they sit idle, every notice from the ILS is accepted, promptly
-        results = [await ils_send(srv.port, n) for n in range(10)]
+        # while they sit idle and more keep knocking, every notice from the ILS is accepted,
+        # promptly
+        stop = asyncio.Event()
+
+        async def knock() -> None:
+            n = 0
+            while not stop.is_set():
+                with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                    c = await Client.connect(srv.port, f"127.0.1.{2 + n % 50}")
+                    if c.greeting.startswith(b"220"):
+                        strangers.append(c)
+                    else:
+                        refusals.append(c.greeting)
+                        c.close()
+                n += 1
+                await asyncio.sleep(0.005)
+
+        knocker = asyncio.create_task(knock())
+        try:
+            results = [await ils_send(srv.port, n) for n in range(10)]
+        finally:
+            stop.set()
+            await asyncio.wait_for(knocker, 10)
         assert [code for code, _ in results] == [250] * 10
         assert max(t for _, t in results) < 5
+        assert srv.smtp.slots.outside <= srv.cfg.smtp.max_connections_outside_networks
     finally:
         for c in strangers:
             c.close()

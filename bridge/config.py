@@ -123,11 +123,22 @@ class SmtpConfig(_Model):
     max_message_bytes: int = Field(default=defaults.SMTP_MAX_MESSAGE_BYTES, ge=1024)
     max_recipients: int = Field(default=defaults.SMTP_MAX_RECIPIENTS, ge=1)
     max_connections: int = Field(default=defaults.SMTP_MAX_CONNECTIONS, ge=1)
+    max_connections_per_address: int = Field(
+        default=defaults.SMTP_MAX_CONNECTIONS_PER_ADDRESS, ge=1
+    )
+    max_connections_outside_networks: int = Field(
+        default=defaults.SMTP_MAX_CONNECTIONS_OUTSIDE_NETWORKS, ge=0
+    )
     idle_timeout_s: float = Field(default=defaults.SMTP_IDLE_TIMEOUT_S, gt=0)
+    idle_timeout_before_mail_s: float = Field(
+        default=defaults.SMTP_IDLE_TIMEOUT_BEFORE_MAIL_S, gt=0
+    )
+    stress_timeout_s: float = Field(default=defaults.SMTP_STRESS_TIMEOUT_S, gt=0)
     max_backlog: int = Field(default=defaults.SMTP_MAX_BACKLOG, ge=1)
     dedup_window_s: float = Field(default=defaults.DEDUP_WINDOW_S, ge=0)
     auth_failure_delay_step_s: float = Field(default=defaults.AUTH_FAILURE_DELAY_STEP_S, ge=0)
     auth_failure_delay_max_s: float = Field(default=defaults.AUTH_FAILURE_DELAY_MAX_S, ge=0)
+    auth_parallel_checks: int = Field(default=defaults.AUTH_PARALLEL_CHECKS, ge=1, le=64)
 
     @field_validator("listen", mode="before")
     @classmethod

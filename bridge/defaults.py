@@ -17,15 +17,47 @@ SMTP_MAX_MESSAGE_BYTES = 1_048_576
 # are far smaller, so we accept exactly the RFC minimum.
 SMTP_MAX_RECIPIENTS = 100
 SMTP_MAX_CONNECTIONS = 100
-# RFC 5321 §4.5.3.2.7 suggests a 5-minute server timeout between commands.
+# Postfix's smtpd_client_connection_count_limit (anvil(8)) is half its process limit. An ILS
+# sends over one or a few connections (a busy one over a dozen or so); 20 per address leaves
+# it that room while one runaway or hostile client cannot take more than a fifth of the slots.
+SMTP_MAX_CONNECTIONS_PER_ADDRESS = 20
+# Clients from no tenant's networks that have not authenticated share at most this many of
+# max_connections; the rest are kept for the libraries' own networks (and logged-in clients).
+SMTP_MAX_CONNECTIONS_OUTSIDE_NETWORKS = 20
+# RFC 5321 §4.5.3.2.7 suggests a 5-minute server timeout between commands; it applies inside a
+# transaction (after MAIL), where a slow ILS may be streaming a large batch.
 SMTP_IDLE_TIMEOUT_S = 300.0
+# Before MAIL nothing is at stake yet: an ILS sends EHLO and MAIL at once, and a client that
+# sits silent only holds a slot (Postfix's postscreen and stress mode cut this short too).
+SMTP_IDLE_TIMEOUT_BEFORE_MAIL_S = 30.0
+# Under stress (STRESS_README: smtpd_timeout = ${stress?{10}:{300}}s) the wait before MAIL
+# drops to this. "Stress" is three quarters of max_connections in use, or the strangers'
+# share full.
+SMTP_STRESS_TIMEOUT_S = 10.0
+SMTP_STRESS_FRACTION = 0.75
 # Above this many queued SMS, new mail is deferred with 452 4.3.1 (RFC 3463 "mail system full")
 # so the ILS retries later instead of the store growing without bound.
 SMTP_MAX_BACKLOG = 100_000
-# Failed AUTH attempts from one address are slowed down: the n-th consecutive failure waits
-# min(n * STEP, MAX) seconds before the 535 goes out.
+# AUTH attempts are slowed down by the failures on the books for the client's network (/24 or
+# /64) and for the login: with n failures an attempt waits min(n * STEP, MAX) seconds, and
+# attempts on one network or login take turns. An attempt that would wait longer than MAX is
+# answered 454 4.7.0 at once.
 AUTH_FAILURE_DELAY_STEP_S = 1.0
 AUTH_FAILURE_DELAY_MAX_S = 30.0
+# Failures are forgotten gradually: a network's or login's count halves every 15 minutes.
+AUTH_FAILURE_HALF_LIFE_S = 900.0
+AUTH_PREFIX_BITS_V4 = 24
+AUTH_PREFIX_BITS_V6 = 64
+# Networks and logins remembered (each table); past this the least-failing entry is replaced
+# and its count inherited, so churning through addresses never resets a delay.
+AUTH_THROTTLE_ENTRIES = 4096
+# Failures across all clients (decaying like the rest) before every new attempt is delayed
+# too: the budget against guessing spread over more networks and logins than we remember.
+AUTH_GLOBAL_FREE_FAILURES = 100.0
+# scrypt checks run in this many worker threads (one per core is enough: they are CPU-bound);
+# at most AUTH_VERIFY_QUEUE more may wait, the rest get 454 4.7.0.
+AUTH_PARALLEL_CHECKS = 2
+AUTH_VERIFY_QUEUE = 16
 # Same Message-ID to the same number inside this window is a client retry after a lost 250.
 DEDUP_WINDOW_S = 24 * 3600.0
 

@@ -227,6 +227,13 @@ class Metrics:
             ["tenant", "reason"],
             registry=r,
         )
+        self.smtp_refusals = Counter(
+            "sms_bridge_smtp_refusals",
+            "SMTP clients turned away or slowed before any notice: connection limits, idle"
+            " timeouts, failed or deferred AUTH",
+            ["reason"],
+            registry=r,
+        )
         self.submits = Counter(
             "sms_bridge_submits",
             "submit_sm results by command_status name (timeout and not_bound: no response)",
@@ -383,6 +390,9 @@ class Metrics:
 
     def mail_lost(self, kind: str, state: str) -> None:
         self.mail_lost_total.labels(kind, state).inc()
+
+    def smtp_refused(self, reason: str) -> None:
+        self.smtp_refusals.labels(reason).inc()
 
     def submit_result(self, status: int) -> None:
         """One submit_sm_resp (or generic_nack): labelled by SMPP 3.4 §5.1.3 status name."""

@@ -4,6 +4,10 @@ aiosmtpd's threaded `Controller` is not used: the server runs on the bridge's lo
 `loop.create_server`, so the handler awaits the store directly and shutdown is ordered.
 aiosmtpd answers `500` (a permanent error!) when a handler raises; `handle_exception` below
 turns anything unexpected into `451 4.3.0` so the ILS retries instead of dropping the notice.
+
+Abuse is bounded at this edge (bridge/smtp_guard.py keeps the books): connection slots per
+address and for strangers, short timeouts before MAIL, and AUTH checks that run off the loop
+in turn, slowed per network and per login.
 """
 
 from __future__ import annotations
@@ -14,14 +18,24 @@ import ipaddress
 import logging
 import ssl
 import time
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from bridge import defaults
 from bridge.config import Config
 from bridge.intake import Intake, Recipient, Rejected
 from bridge.metrics import Metrics
-from bridge.passwords import Verifier
+from bridge.passwords import Verifier, VerifierBusy, dummy_hash_like
+from bridge.smtp_guard import (
+    AuthThrottle,
+    ConnectionSlots,
+    Refusal,
+    SlotLimits,
+    ThrottleSettings,
+    Timeouts,
+    idle_timeout,
+)
 from bridge.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -32,8 +46,10 @@ ERR_451_INTERNAL = (
     "451 4.3.0 Temporary internal error; the notice was not accepted, try again later"
 )
 ERR_452_RCPTS = "452 4.5.3 Too many recipients; send the rest in another message"
-ERR_421_CONNS = "421 4.3.2 Too many connections; try again later"
 ERR_421_STOPPING = "421 4.3.2 Service shutting down; try again later"
+ERR_421_TIMEOUT = "421 4.4.2 {host} Error: timeout exceeded"  # Postfix's wording
+# RFC 4954 §6: a temporary failure; the client keeps its password and retries later.
+ERR_454_AUTH = "454 4.7.0 Temporary authentication failure; try again later"
 ERR_538_TLS = "538 5.7.11 Encryption required: use STARTTLS before AUTH"
 ERR_503_MAIL_FIRST = "503 5.5.1 Error: send MAIL first"
 OK_250 = "250 2.1.0 OK"
@@ -47,25 +63,27 @@ _BOUNCE_IDS = "sms_bridge_bounce_ids"
 _NULL_REFUSAL = "sms_bridge_null_refusal"
 
 
-class _AuthThrottle:
-    """Slows down password guessing: each consecutive failure from an address adds a delay
-    before the next AUTH from it is even looked at. Success clears the address."""
+class _Deferred:
+    """Credentials handed back by the (synchronous) aiosmtpd authenticator, to be checked by
+    BridgeSMTP asynchronously: scrypt must not run on the event loop."""
 
-    def __init__(self) -> None:
-        self._failures: dict[str, tuple[int, float]] = {}
+    __slots__ = ("credentials",)
 
-    def delay(self, ip: str, step: float, cap: float) -> float:
-        n, _ = self._failures.get(ip, (0, 0.0))
-        return min(n * step, cap)
+    def __init__(self, credentials: object) -> None:
+        self.credentials = credentials
 
-    def failed(self, ip: str) -> None:
-        n, _ = self._failures.get(ip, (0, 0.0))
-        if len(self._failures) > 10_000:  # bounded memory under a distributed attack
-            self._failures.clear()
-        self._failures[ip] = (n + 1, time.monotonic())
 
-    def succeeded(self, ip: str) -> None:
-        self._failures.pop(ip, None)
+def _defer(
+    server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+) -> AuthResult:
+    # success=False, handled=False: should the result ever go unchecked, aiosmtpd answers
+    # 535 itself; handled=True without a reply would leave the client waiting forever.
+    return AuthResult(success=False, handled=False, auth_data=_Deferred(auth_data))
+
+
+def _shown(login: str) -> str:
+    """A login as it may appear in a log line: it is whatever the client sent."""
+    return repr(login[:64])
 
 
 def _reverse_path(address: str | None) -> str:
@@ -82,32 +100,83 @@ def _is_loopback(ip: str) -> bool:
 
 
 class BridgeSMTP(SMTP):
-    """aiosmtpd's protocol with three additions: a connection cap, AUTH over TLS except from
-    loopback, and a growing delay before AUTH from an address that keeps failing."""
+    """aiosmtpd's protocol with the bridge's guards: connection slots (per address, and a
+    share for strangers), idle timeouts that depend on the stage and on stress, AUTH over TLS
+    except from loopback, and AUTH checks done off the loop (see SmtpHandler.check_login)."""
 
     def __init__(self, server: SmtpIntake, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
         self._bridge = server
+        self._slot_ip: str | None = None  # set while this connection holds a slot
+        self._outside = False  # ...counted in the strangers' share
+        self._timeout_s = 0.0
+        super().__init__(*args, **kwargs)
+
+    def _peer_ip(self) -> str:
+        return str(self.session.peer[0]) if self.session and self.session.peer else ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._bridge.connections >= self._bridge.cfg.smtp.max_connections:
-            # RFC 5321 §3.1: a server that cannot serve may answer 421 at greeting and close.
-            with contextlib.suppress(Exception):
-                transport.write((ERR_421_CONNS + "\r\n").encode())  # type: ignore[attr-defined]
-            transport.close()
-            self._bridge_counted = False
+        if self._slot_ip is not None:
+            # STARTTLS: aiosmtpd calls this again with the TLS transport; same connection.
+            super().connection_made(transport)
             return
-        self._bridge.connections += 1
-        self._bridge_counted = True
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if peer else ""
+        listed = bool(self._bridge.intake.network_tenants(ip))
+        refusal = self._bridge.admit(ip, listed)
+        if refusal is not None:
+            # RFC 5321 §3.1: a server that cannot serve may answer 421 at greeting and close.
+            log.info("smtp connection refused peer=%s reason=%s", ip, refusal.reason)
+            self._bridge.refused(refusal.reason)
+            with contextlib.suppress(Exception):
+                transport.write((refusal.reply + "\r\n").encode())  # type: ignore[attr-defined]
+            transport.close()
+            return
+        self._slot_ip, self._outside = ip, not listed
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if getattr(self, "_bridge_counted", False):
-            self._bridge.connections -= 1
-            self._bridge_counted = False
+        if self._slot_ip is not None:
+            self._bridge.slots.release(self._slot_ip, self._outside)
+            self._slot_ip = None
         if self.transport is None and self.session is None:
             return
         super().connection_lost(exc)
+
+    # --- timeouts: the client's silence after our last reply (RFC 5321 §4.5.3.2) -----------
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        in_transaction = self.envelope is not None and self.envelope.mail_from is not None
+        self._timeout_s = duration or self._bridge.idle_timeout(in_transaction)
+        super()._reset_timeout(self._timeout_s)
+
+    def _pause_timeout(self) -> None:
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+
+    async def push(self, status: AnyStr) -> None:
+        await super().push(status)
+        # Re-arm after every reply, so the stage the reply leaves the session in (before MAIL,
+        # in a transaction) and the current stress level decide how long the client may wait.
+        if self.transport is not None and self.session is not None:
+            self._reset_timeout()
+
+    def _timeout_cb(self) -> None:
+        if self.transport is None:
+            return
+        in_transaction = self.envelope is not None and self.envelope.mail_from is not None
+        log.info(
+            "smtp connection closed peer=%s reason=idle_timeout after=%gs stage=%s",
+            self._peer_ip(),
+            self._timeout_s,
+            "transaction" if in_transaction else "before_mail",
+        )
+        self._bridge.refused("idle_timeout")
+        with contextlib.suppress(Exception):
+            reply = ERR_421_TIMEOUT.format(host=self.hostname) + "\r\n"
+            self.transport.write(reply.encode())  # type: ignore[attr-defined]
+        self.transport.close()
+
+    # --- commands ----------------------------------------------------------------------------
 
     async def smtp_MAIL(self, arg: str) -> None:
         if self._bridge.stopping:
@@ -120,17 +189,33 @@ class BridgeSMTP(SMTP):
         await super().smtp_MAIL(arg)
 
     async def smtp_AUTH(self, arg: str) -> None:
-        peer = self.session.peer[0] if self.session and self.session.peer else ""
-        if not self._tls_protocol and not _is_loopback(peer):
+        if not self._tls_protocol and not _is_loopback(self._peer_ip()):
             await self.push(ERR_538_TLS)
             return
-        smtp_cfg = self._bridge.cfg.smtp
-        wait = self._bridge.throttle.delay(
-            peer, smtp_cfg.auth_failure_delay_step_s, smtp_cfg.auth_failure_delay_max_s
-        )
-        if wait > 0:
-            await asyncio.sleep(wait)
         await super().smtp_AUTH(arg)
+
+    # aiosmtpd's mechanisms parse the exchange and call the authenticator synchronously; it
+    # defers (_defer), and the check runs here where it may await.
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._check_deferred(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._check_deferred(await super().auth_LOGIN(_, args))
+
+    async def _check_deferred(self, result: AuthResult) -> AuthResult:
+        deferred = result.auth_data
+        if not isinstance(deferred, _Deferred):
+            return result  # the exchange itself failed; aiosmtpd has answered or will
+        if not isinstance(deferred.credentials, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        # From here the client is waiting for us, not the other way round.
+        self._pause_timeout()
+        checked = await self._bridge.handler.check_login(self._peer_ip(), deferred.credentials)
+        if checked.success and self._outside:
+            # A library on an address outside its networks: no longer a stranger.
+            self._bridge.slots.promote()
+            self._outside = False
+        return checked
 
 
 class SmtpHandler:
@@ -143,21 +228,47 @@ class SmtpHandler:
     def intake(self) -> Intake:
         return self.server.intake
 
-    def authenticate(
-        self, smtp: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
-    ) -> AuthResult:
-        peer = session.peer[0] if session.peer else ""
-        if isinstance(auth_data, LoginPassword):
-            login = auth_data.login.decode("utf-8", "replace")
-            tenant = self.intake.tenant_for_login(login)
-            if tenant is not None and self.server.verifier.verify(
-                auth_data.password, tenant.users[login]
-            ):
-                self.server.throttle.succeeded(peer)
-                log.info("smtp auth ok peer=%s login=%s tenant=%s", peer, login, tenant.id)
-                return AuthResult(success=True, auth_data=auth_data)
-            log.warning("smtp auth failed peer=%s login=%s", peer, login)
-        self.server.throttle.failed(peer)
+    async def check_login(self, peer: str, creds: LoginPassword) -> AuthResult:
+        """Check SMTP AUTH credentials, in turn and off the event loop.
+
+        Known-good credentials (verified earlier, cached) pass at once. Anything else takes its
+        turn in the throttle (by network and by login), then scrypt runs in a worker thread.
+        An unknown login is checked against a dummy hash of the same cost, so that it fails
+        exactly like a wrong password: same delay, same work, same reply.
+        """
+        server = self.server
+        login = creds.login.decode("utf-8", "replace")
+        tenant = self.intake.tenant_for_login(login)
+        hashed = tenant.users[login] if tenant is not None else server.dummy_hash
+        if server.verifier.known_good(creds.password, hashed) and tenant is not None:
+            log.info("smtp auth ok peer=%s login=%s tenant=%s", peer, _shown(login), tenant.id)
+            return AuthResult(success=True, auth_data=creds)
+        now = time.monotonic()
+        turn = server.throttle.reserve(peer, login[:256], now)
+        if turn.refused:
+            log.warning(
+                "smtp auth deferred peer=%s login=%s reason=attempts_waiting",
+                peer,
+                _shown(login),
+            )
+            server.refused("auth_deferred")
+            return AuthResult(success=False, handled=False, message=ERR_454_AUTH)
+        if turn.start > now:
+            await asyncio.sleep(turn.start - now)
+        try:
+            ok = await server.verifier.check(creds.password, hashed)
+        except VerifierBusy:
+            log.warning(
+                "smtp auth deferred peer=%s login=%s reason=checks_busy", peer, _shown(login)
+            )
+            server.refused("auth_deferred")
+            return AuthResult(success=False, handled=False, message=ERR_454_AUTH)
+        if ok and tenant is not None:
+            server.throttle.succeeded(turn, time.monotonic())
+            log.info("smtp auth ok peer=%s login=%s tenant=%s", peer, _shown(login), tenant.id)
+            return AuthResult(success=True, auth_data=creds)
+        log.warning("smtp auth failed peer=%s login=%s", peer, _shown(login))
+        server.refused("auth_failed")
         # handled=False makes aiosmtpd answer 535 5.7.8 itself; handled=True without a reply
         # would leave the client waiting forever (see ARCHITECTURE.md).
         return AuthResult(success=False, handled=False)
@@ -286,9 +397,11 @@ class SmtpIntake:
         self.metrics = metrics
         self.intake = intake
         self.handler = SmtpHandler(self)
-        self.verifier = Verifier()
-        self.throttle = _AuthThrottle()
-        self.connections = 0
+        # Sized once: the worker threads are made at start (auth_parallel_checks needs a restart).
+        self.verifier = Verifier(cfg.smtp.auth_parallel_checks, defaults.AUTH_VERIFY_QUEUE)
+        self.throttle = AuthThrottle(_throttle_settings(cfg))
+        self.slots = ConnectionSlots()
+        self.dummy_hash = _dummy_hash(cfg)
         self.stopping = False
         self._server: asyncio.Server | None = None
         self._tls: ssl.SSLContext | None = None
@@ -296,6 +409,36 @@ class SmtpIntake:
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.throttle.reconfigure(_throttle_settings(cfg))
+        self.dummy_hash = _dummy_hash(cfg)
+
+    @property
+    def connections(self) -> int:
+        return self.slots.total
+
+    def slot_limits(self) -> SlotLimits:
+        smtp = self.cfg.smtp
+        return SlotLimits(
+            max_connections=smtp.max_connections,
+            per_address=smtp.max_connections_per_address,
+            # Strangers never get every slot, whatever the two numbers say.
+            outside_networks=min(smtp.max_connections_outside_networks, smtp.max_connections - 1),
+            stress_fraction=defaults.SMTP_STRESS_FRACTION,
+        )
+
+    def admit(self, ip: str, listed: bool) -> Refusal | None:
+        return self.slots.admit(ip, listed, self.slot_limits())
+
+    def idle_timeout(self, in_transaction: bool) -> float:
+        smtp = self.cfg.smtp
+        timeouts = Timeouts(
+            smtp.idle_timeout_s, smtp.idle_timeout_before_mail_s, smtp.stress_timeout_s
+        )
+        return idle_timeout(in_transaction, self.slots.under_stress(self.slot_limits()), timeouts)
+
+    def refused(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.smtp_refused(reason)
 
     def rejected(self, tenant_id: str | None, reply: str) -> None:
         if self.metrics is not None:
@@ -319,7 +462,7 @@ class SmtpIntake:
             enable_SMTPUTF8=True,
             tls_context=self._tls,
             timeout=smtp.idle_timeout_s,
-            authenticator=self.handler.authenticate,
+            authenticator=_defer,
             # Enforced in BridgeSMTP.smtp_AUTH instead, which also allows loopback clients.
             auth_require_tls=False,
             loop=asyncio.get_running_loop(),
@@ -350,5 +493,24 @@ class SmtpIntake:
             await asyncio.sleep(0.05)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
+        self.verifier.close()
         self._server = None
         log.info("smtp listener stopped")
+
+
+def _throttle_settings(cfg: Config) -> ThrottleSettings:
+    return ThrottleSettings(
+        step_s=cfg.smtp.auth_failure_delay_step_s,
+        max_s=cfg.smtp.auth_failure_delay_max_s,
+        half_life_s=defaults.AUTH_FAILURE_HALF_LIFE_S,
+        global_free=defaults.AUTH_GLOBAL_FREE_FAILURES,
+        capacity=defaults.AUTH_THROTTLE_ENTRIES,
+        v4_bits=defaults.AUTH_PREFIX_BITS_V4,
+        v6_bits=defaults.AUTH_PREFIX_BITS_V6,
+    )
+
+
+def _dummy_hash(cfg: Config) -> str:
+    """The stand-in hash for unknown logins, as costly as the configured ones."""
+    hashes = [h for t in cfg.tenants for h in t.users.values()]
+    return dummy_hash_like(hashes[0] if hashes else None)

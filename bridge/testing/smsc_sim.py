@@ -22,6 +22,13 @@ Scenarios (``set_scenario`` at runtime; one-shot ones revert to "ok" after firin
 * ``refuse_bind[:<status>]``: answer binds with that status (default ESME_RBINDFAIL).
 * ``fail_receipts``: receipts say UNDELIV err:001 (message_state 5) instead of DELIVRD.
 * ``blackhole``: read everything, answer nothing (not even enquire_link or bind): a hung SMSC.
+
+Control channel (``sms-bridge simulate``): a connection to the simulator's own SMPP port whose
+first line is ``SIMCTL {json}`` asks it to act as a patron's phone: send a reply or STOP from
+a number, or fail the next text to a number. It shares the SMPP port because the CLI already
+knows that address from the bridge's configuration (no second port to configure, open or
+collide), and it cannot be mistaken for SMPP: a PDU starts with its command_length, whose first
+octet is 0x00 for any PDU under 16 MiB (SMPP 3.4 §3.2), never an ASCII letter.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import json
 import logging
 import selectors
 import signal
@@ -70,6 +78,7 @@ _SCENARIOS_WITH_ARG: Final = {
 _SCENARIOS_OPTIONAL_ARG: Final = {"generic_nack", "refuse_bind"}
 _SCENARIOS_PLAIN: Final = {"ok", "no_response", "malformed", "fail_receipts", "blackhole"}
 _REQUEST_TIMEOUT_S: Final = 5.0
+CONTROL_MAGIC: Final = b"SIMCTL "
 
 
 @dataclass
@@ -252,6 +261,8 @@ class SmscSimulator:
         self._changed = asyncio.Condition()
         self._server: asyncio.Server | None = None
         self._pending_malformed = False
+        self._fail_next: set[str] = set()  # numbers (wire form) whose next text fails
+        self._fail_ids: set[str] = set()  # message ids whose receipt says UNDELIV
         self.set_scenario(scenario)
 
     # -- lifecycle
@@ -408,10 +419,17 @@ class SmscSimulator:
         if task is not None:
             self._conn_tasks.add(task)
         self._conns.add(conn)
+        first = True
         try:
             while True:
                 try:
-                    raw = await p.frame_reader(reader)
+                    if first:
+                        first = False
+                        raw = await self._first_frame(reader, writer)
+                        if not raw:
+                            break
+                    else:
+                        raw = await p.frame_reader(reader)
                 except p.FrameError as exc:
                     conn.send(p.build_header_only(p.GENERIC_NACK, exc.header.sequence, exc.status))
                     break
@@ -440,6 +458,51 @@ class SmscSimulator:
             if task is not None:
                 self._conn_tasks.discard(task)
             self._notify()
+
+    async def _first_frame(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bytes:
+        """The first PDU of a connection, or b"" after answering a control line instead."""
+        head = await reader.readexactly(p.HEADER_LEN)
+        if not head.startswith(CONTROL_MAGIC):
+            header = p.parse_header(head)
+            if header.length < p.HEADER_LEN or header.length > p.MAX_PDU_LEN:
+                raise p.FrameError(f"command_length {header.length} out of range", header)
+            return head + await reader.readexactly(header.length - p.HEADER_LEN)
+        line = head + await reader.readline()
+        try:
+            request = json.loads(line[len(CONTROL_MAGIC) :])
+            answer = await self.control(request)
+        except (ValueError, TypeError, KeyError, ConnectionError, TimeoutError) as exc:
+            answer = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+        writer.write(json.dumps(answer).encode() + b"\n")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        return b""
+
+    async def control(self, request: dict[str, object]) -> dict[str, object]:
+        """Act as a patron's phone: ``{"cmd": "reply", "number": "+1...", "text": ...}``,
+        ``{"cmd": "stop", "number": ...}`` or ``{"cmd": "fail", "number": ...}``. A reply goes
+        to the number that texted the patron last (else ``to``), as a phone's reply does."""
+        cmd = str(request["cmd"])
+        number = str(request["number"]).removeprefix("+")
+        if not number.isdigit():
+            raise ValueError(f"{request['number']!r} is not an E.164 number")
+        if cmd == "fail":
+            self._fail_next.add(number)
+            return {"ok": True, "detail": "the next text to this number will fail (UNDELIV)"}
+        if cmd not in ("reply", "stop"):
+            raise ValueError(f"unknown command {cmd!r}: reply, stop or fail")
+        text = "STOP" if cmd == "stop" else str(request["text"])
+        last = [m.source for m in self.messages if m.destination == f"+{number}"]
+        library = last[-1] if last else str(request.get("to") or "")
+        if not library:
+            raise ValueError("no text was sent to this number yet; give the number to reply to")
+        statuses = await self.inject_mo(f"+{number}", library, text)
+        failed = [errors.status_name(s) for s in statuses if s != errors.ESME_ROK]
+        if failed:
+            return {"ok": False, "detail": f"the bridge answered {', '.join(failed)}"}
+        return {"ok": True, "detail": f"sent to {library}, the bridge acknowledged it"}
 
     def _notify(self) -> None:
         async def wake() -> None:
@@ -573,6 +636,8 @@ class SmscSimulator:
             message_id = str(number)
             resp_id = format(number, "x") if self.hex_ids_in_resp else message_id
             resp = p.build_submit_sm_resp(header.sequence, status, resp_id)
+            if sm.destination_addr in self._fail_next:
+                self._fail_ids.add(message_id)
             text = self._record_segment(sm, message_id)
             self._submitted[message_id] = _Submitted(conn, sm, text, time.time())
             if self.receipts and sm.registered_delivery & 0x03:
@@ -653,6 +718,7 @@ class SmscSimulator:
 
     def _deliver_to_handset(self, message: HandsetMessage) -> None:
         self.messages.append(message)
+        self._fail_next.discard(message.destination.removeprefix("+"))
         coding = {0x00: "GSM-7", 0x08: "UCS-2"}.get(
             message.data_coding, f"dcs 0x{message.data_coding:02X}"
         )
@@ -731,7 +797,8 @@ class SmscSimulator:
         any bound receiver; when none is bound or the ESME answers an error (e.g. 0x64), try
         again later (bounded: about 20 s)."""
         await asyncio.sleep(self.receipt_delay_s)
-        fail = self._scenario.name == "fail_receipts"
+        fail = self._scenario.name == "fail_receipts" or message_id in self._fail_ids
+        self._fail_ids.discard(message_id)
         stat, err = ("UNDELIV", "001") if fail else ("DELIVRD", "000")
         record = self._submitted.get(message_id)
         for attempt in range(50):

@@ -77,10 +77,13 @@ def test_optout_commands(cfg_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     code, out = run(
         capsys, "optout", "-c", str(cfg_path), "add", "202-555-0143", "--reason", "call"
     )
-    assert code == 0 and out.strip() == "+1 202-555-0143 opted out for sending number 12025550100"
+    assert code == 0 and out.strip() == "+1********43 opted out for sending number 12025550100"
     code, out = run(capsys, "optout", "-c", str(cfg_path), "ls", "--json")
     (row,) = json.loads(out)
-    assert row["number"] == "+1 202-555-0143" and row["by"].startswith("admin:")
+    assert row["number"] == "+1********43" and row["by"].startswith("admin:")
+    code, out = run(capsys, "optout", "ls", "--full", "--json", "-c", str(cfg_path))
+    (row,) = json.loads(out)
+    assert row["number"] == "+1 202-555-0143"
     code, out = run(capsys, "optout", "-c", str(cfg_path), "rm", "2025550143")
     code, out = run(capsys, "optout", "-c", str(cfg_path), "history", "2025550143")
     lines = out.strip().splitlines()

@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from bridge.config import Config, ConfigError, load_config, summary
@@ -374,6 +374,7 @@ def cmd_send_test(args: argparse.Namespace) -> int:
     wait for its outcome: delivered, failed, or unconfirmed (sent, no receipt yet)."""
     import smtplib
     from email.message import EmailMessage
+    from email.utils import make_msgid
 
     cfg = _load(args.config)
     tenant = cfg.tenant(args.tenant) if args.tenant else cfg.tenants[0]
@@ -382,21 +383,35 @@ def cmd_send_test(args: argparse.Namespace) -> int:
     msg["From"] = sender
     msg["To"] = f"{args.number}@{cfg.smtp.domains[0]}"
     msg["Subject"] = "sms-bridge test"
+    # A Message-ID, as every ILS sends one: the patron's reply is threaded with it.
+    msg["Message-ID"] = make_msgid("send-test", domain=sender.rpartition("@")[2] or None)
     msg.set_content(args.text)
     host = cfg.smtp.listen.host
     host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
     try:
         with smtplib.SMTP(host, cfg.smtp.listen.port, timeout=30) as smtp:
             smtp.ehlo_or_helo_if_needed()
-            for code, reply in (smtp.mail(sender), smtp.rcpt(msg["To"]), smtp.data(bytes(msg))):
+            steps: list[Callable[[], tuple[int, bytes]]] = [
+                lambda: smtp.mail(sender),
+                lambda: smtp.rcpt(msg["To"]),
+                lambda: smtp.data(bytes(msg)),
+            ]
+            for step in steps:
+                code, reply = step()
                 if code >= 400:
-                    print(f"refused: {code} {reply.decode(errors='replace')}", file=sys.stderr)
+                    shown = mask_text(reply.decode(errors="replace"))
+                    print(f"refused: {code} {shown}", file=sys.stderr)
                     return EXIT_PROBLEM
+    except smtplib.SMTPResponseException as exc:
+        err = exc.smtp_error
+        shown = mask_text(err.decode(errors="replace") if isinstance(err, bytes) else str(err))
+        print(f"refused: {exc.smtp_code} {shown}", file=sys.stderr)
+        return EXIT_PROBLEM
     except (OSError, smtplib.SMTPException) as exc:
         print(f"cannot reach the bridge at {cfg.smtp.listen}: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
     answer = reply.decode(errors="replace")
-    print(f"accepted by the bridge for {msg['To']}: {code} {answer}")
+    print(f"accepted by the bridge for {mask_text(msg['To'])}: {code} {answer}")
     found = _QUEUED_AS.search(answer)
     if args.wait <= 0 or found is None:
         return EXIT_OK

@@ -140,3 +140,67 @@ def test_plain_log_lines_under_journald(
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line == "INFO bridge.test: bound"
     logging.getLogger().handlers.clear()
+
+
+def test_config_option_before_or_after_the_command_or_from_the_environment(
+    cfg_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (a,) = enqueue(cfg_path, 1)
+    for argv in (
+        ["-c", str(cfg_path), "queue", "ls", "--json"],
+        ["queue", "-c", str(cfg_path), "ls", "--json"],
+        ["queue", "ls", "--json", "-c", str(cfg_path)],
+        ["-c", "/nonexistent.yaml", "queue", "ls", "--json", "-c", str(cfg_path)],  # last wins
+    ):
+        code, out = run(capsys, *argv)
+        assert code == 0 and [r["queue_id"] for r in json.loads(out)] == [a], argv
+    monkeypatch.setenv("SMS_BRIDGE_CONFIG", str(cfg_path))
+    code, out = run(capsys, "queue", "ls", "--json")
+    assert code == 0 and [r["queue_id"] for r in json.loads(out)] == [a]
+
+
+def test_help_names_the_default_configuration(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SMS_BRIDGE_CONFIG", raising=False)
+    for argv in (["--help"], ["queue", "ls", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = " ".join(capsys.readouterr().out.split())
+        assert "/etc/sms-bridge/config.yaml" in out and "SMS_BRIDGE_CONFIG" in out, argv
+    with pytest.raises(SystemExit):
+        main(["queue", "ls", "--help"])
+    assert "(default: 50)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("stdin", "ok"), [("s3cret\n", True), ("", False)])
+def test_hash_password_without_a_terminal(stdin: str, ok: bool) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "hash-password"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert "Traceback" not in result.stderr
+    if ok:
+        assert result.returncode == 0 and Verifier().verify(b"s3cret", result.stdout.strip())
+    else:
+        assert result.returncode == 1 and "no password on standard input" in result.stderr
+
+
+def test_queue_show_masks_every_field_unless_full(
+    cfg_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (a,) = enqueue(cfg_path, 1)
+    code, out = run(capsys, "queue", "-c", str(cfg_path), "show", a)
+    data = json.loads(out)
+    assert code == 0 and data["msisdn"] == "+1********00"
+    assert data["rcpt_addr"] == "********00@sms.example.org"
+    code, out = run(capsys, "queue", "-c", str(cfg_path), "show", "--full", a)
+    data = json.loads(out)
+    assert data["msisdn"] == "+12025550100" and data["rcpt_addr"] == "2025550100@sms.example.org"

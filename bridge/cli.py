@@ -45,8 +45,10 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:  # as MaskingFilter left it: numbers masked
+            data["exception"] = record.exc_text
         return json.dumps(data, ensure_ascii=False)
 
 

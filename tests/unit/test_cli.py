@@ -204,3 +204,24 @@ def test_queue_show_masks_every_field_unless_full(
     code, out = run(capsys, "queue", "-c", str(cfg_path), "show", "--full", a)
     data = json.loads(out)
     assert data["msisdn"] == "+12025550100" and data["rcpt_addr"] == "2025550100@sms.example.org"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_log_lines_mask_numbers_in_messages_and_tracebacks(
+    capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    import logging
+
+    from bridge.cli import setup_logging
+
+    setup_logging("INFO", fmt)
+    log = logging.getLogger("bridge.test")
+    log.info("smtp rcpt refused reply=%s", "550 5.7.1 +1 202-555-0143 opted out")
+    try:
+        raise ValueError("cannot text 12025550143@sms.example.org")
+    except ValueError:
+        log.exception("failed for (202) 555-0143")
+    err = capsys.readouterr().err
+    logging.getLogger().handlers.clear()
+    assert "+1********43 opted out" in err and "cannot text *********43@" in err
+    assert "555-0143" not in err and "5550143" not in err

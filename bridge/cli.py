@@ -164,13 +164,15 @@ def cmd_queue(args: argparse.Namespace) -> int:
                         "state": r.state.value,
                         "attempts": r.attempts,
                         "age": _age(now - r.created_at),
-                        "reason": _cut(mask_text(r.reason or ""), 60),
+                        "reason": mask_text(r.reason or ""),
                     }
                     for r in recs
                 ]
                 if args.json:
                     print(json.dumps(rows, indent=2))
                 else:
+                    for row in rows:  # the whole reason is in `queue show` and --json
+                        row["reason"] = _cut(str(row["reason"]), 60)
                     print(_table(rows, list(rows[0]) if rows else ["queue_id"]))
                 return EXIT_OK
             ok = True
@@ -470,10 +472,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from bridge.testing.smsc_sim import CONTROL_MAGIC
 
     cfg = _load(args.config)
-    if not cfg.smpp.simulator:
+    host, port = cfg.smpp.host, cfg.smpp.port
+    if args.smsc:
+        host, _, raw_port = args.smsc.rpartition(":")
+        host, port = host or "127.0.0.1", int(raw_port)
+    elif not cfg.smpp.simulator:
         print(
             f"{args.config}: smpp.simulator is off, so there is no simulated phone to act as;"
-            " simulate works with the bundled SMSC simulator (smpp.simulator: true)",
+            " simulate works with the bundled SMSC simulator (smpp.simulator: true), or with"
+            " `sms-bridge smsc-sim` given as --smsc HOST:PORT",
             file=sys.stderr,
         )
         return EXIT_PROBLEM
@@ -486,13 +493,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.sim_cmd == "reply":
         request["text"] = args.text
     request["to"] = "+" + (cfg.tenants[0].source_addr or cfg.smpp.source_addr).lstrip("+")
-    host = cfg.smpp.host
     try:
-        with socket.create_connection((host, cfg.smpp.port), timeout=15) as sock:
+        with socket.create_connection((host, port), timeout=15) as sock:
             sock.sendall(CONTROL_MAGIC + json.dumps(request).encode() + b"\n")
             answer = sock.makefile("rb").readline()
     except OSError as exc:
-        print(f"cannot reach the simulator at {host}:{cfg.smpp.port}: {exc}", file=sys.stderr)
+        print(f"cannot reach the simulator at {host}:{port}: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
     try:
         result = json.loads(answer)
@@ -505,6 +511,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return EXIT_PROBLEM
     print(f"{args.sim_cmd} {shown}: {result.get('detail')}")
     return EXIT_OK
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's default in --help, except the non-values (None, False): argparse's
+    ArgumentDefaultsHelpFormatter would print "(default: None)" for each of those."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS)
+        if action.option_strings and shown and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _host_port(value: str) -> str:
+    _, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT, e.g. 127.0.0.1:2775")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -521,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sms-bridge",
         description="Email-to-SMS bridge",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
         "-c",
@@ -544,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=text,
             description=text,
             parents=[common] if config else [],
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_HelpFormatter,
         )
 
     sp = add(sub, "run", "run the bridge")
@@ -574,6 +599,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_smsc_sim)
 
     sp = add(sub, "simulate", "act as a patron's phone on the bundled SMSC simulator")
+    sp.add_argument(
+        "--smsc",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="a simulator started with `sms-bridge smsc-sim` (default: smpp.host:port)",
+    )
     ssub = sp.add_subparsers(dest="sim_cmd", required=True, metavar="ACTION")
     s = add(ssub, "reply", "the patron replies to the last text they got")
     s.add_argument("number", help="patron number, e.g. +12025550143")

@@ -332,14 +332,17 @@ class Bridge:
             f", status page http://{cfg.admin.listen}/" if cfg.admin.listen else "",
         )
         if cfg.smpp.simulator:
-            # The first thing a new user wants: how to see it work.
+            # The first thing a new user wants: how to see it work. No sample number here:
+            # log lines mask every number (bridge/privacy.py), so the README gives one.
             log.info(
-                "try it: python3 -c \"import smtplib; smtplib.SMTP('%s', %d).sendmail("
-                "'%s', ['2025550143@%s'], 'Subject: hi\\r\\n\\r\\nYour hold is ready.')\"",
-                cfg.smtp.listen.host,
-                self.smtp.port,
+                "try it (README, Quick start): sms-bridge -c %s send-test NUMBER, then"
+                " sms-bridge -c %s simulate reply|stop|fail +NUMBER; mail from %s to"
+                " <number>@%s on port %d is texted",
+                self.config_path or "CONFIG",
+                self.config_path or "CONFIG",
                 _example_sender(cfg),
                 domain,
+                self.smtp.port,
             )
 
 

@@ -9,14 +9,16 @@ import getpass
 import json
 import logging
 import os
+import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from bridge.config import Config, ConfigError, load_config, summary
 from bridge.model import SmsState
 from bridge.passwords import hash_password
+from bridge.privacy import MaskingFilter, mask_text
 from bridge.store.base import StoreError
 
 EXIT_OK = 0
@@ -24,6 +26,7 @@ EXIT_PROBLEM = 1  # bad config, not found, refused
 EXIT_USAGE = 2
 
 DEFAULT_CONFIG = "/etc/sms-bridge/config.yaml"
+CONFIG_ENV = "SMS_BRIDGE_CONFIG"
 
 
 class _Formatter(logging.Formatter):
@@ -44,8 +47,10 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:  # as MaskingFilter left it: numbers masked
+            data["exception"] = record.exc_text
         return json.dumps(data, ensure_ascii=False)
 
 
@@ -55,6 +60,9 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     # line itself: a second timestamp would only crowd `journalctl`.
     journald = "JOURNAL_STREAM" in os.environ
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _Formatter(timestamps=not journald))
+    # The safety net under the explicit masking: no patron number reaches a log line at INFO
+    # or above, whoever wrote it (bridge/privacy.py).
+    handler.addFilter(MaskingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -95,8 +103,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+    if args.password_stdin or not sys.stdin.isatty():
+        # Scripts and pipes (`echo pw | sms-bridge hash-password`): one line, no prompt.
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            print(
+                "no password on standard input: pipe one line in, or run this in a terminal",
+                file=sys.stderr,
+            )
+            return EXIT_PROBLEM
     else:
         password = getpass.getpass("SMTP password: ")
         if getpass.getpass("again: ") != password:
@@ -151,13 +166,15 @@ def cmd_queue(args: argparse.Namespace) -> int:
                         "state": r.state.value,
                         "attempts": r.attempts,
                         "age": _age(now - r.created_at),
-                        "reason": (r.reason or "")[:50],
+                        "reason": mask_text(r.reason or ""),
                     }
                     for r in recs
                 ]
                 if args.json:
                     print(json.dumps(rows, indent=2))
                 else:
+                    for row in rows:  # the whole reason is in `queue show` and --json
+                        row["reason"] = _cut(str(row["reason"]), 60)
                     print(_table(rows, list(rows[0]) if rows else ["queue_id"]))
                 return EXIT_OK
             ok = True
@@ -171,6 +188,11 @@ def cmd_queue(args: argparse.Namespace) -> int:
                     data = dataclasses.asdict(rec)
                     data["state"] = rec.state.value
                     if not args.full:
+                        # Every text field, not only msisdn: rcpt_addr, the failure reason and
+                        # the ILS's Message-ID may all carry the number.
+                        data = {
+                            k: mask_text(v) if isinstance(v, str) else v for k, v in data.items()
+                        }
                         data["msisdn"] = mask_msisdn(rec.msisdn)
                     print(json.dumps(data, indent=2))
                 elif args.queue_cmd == "retry":
@@ -250,7 +272,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_optout(args: argparse.Namespace) -> int:
-    from bridge.addressing import AddressError, format_msisdn, local_part_to_e164
+    from bridge.addressing import AddressError, format_msisdn, local_part_to_e164, mask_msisdn
     from bridge.model import OptoutRecord
     from bridge.store import make_store
 
@@ -276,7 +298,7 @@ def cmd_optout(args: argparse.Namespace) -> int:
                 recs = await store.list_optouts(None if args.all_scopes else scope)
                 rows = [
                     {
-                        "number": format_msisdn(r.msisdn),
+                        "number": format_msisdn(r.msisdn) if args.full else mask_msisdn(r.msisdn),
                         "scope": r.scope,
                         "since": time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.changed_at)),
                         "keyword": r.keyword or "",
@@ -307,7 +329,7 @@ def cmd_optout(args: argparse.Namespace) -> int:
             record = OptoutRecord(msisdn, scope, args.optout_cmd == "add", None, time.time(), actor)
             await store.set_optout(record, mo_ref=args.reason)
             what = "opted out" if record.opted_out else "opted back in"
-            print(f"{format_msisdn(msisdn)} {what} for sending number {scope}")
+            print(f"{mask_msisdn(msisdn)} {what} for sending number {scope}")
             return EXIT_OK
         finally:
             await store.close()
@@ -369,12 +391,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cut(text: str, width: int) -> str:
+    """``text`` shortened to ``width`` at a word boundary, marked with "..." (never mid-word:
+    a cut number would escape masking, a cut reason loses its meaning)."""
+    if len(text) <= width:
+        return text
+    return text[: width - 3].rsplit(" ", 1)[0] + "..."
+
+
+_QUEUED_AS = re.compile(r"queued as ([\w-]+)")
+
+
 def cmd_send_test(args: argparse.Namespace) -> int:
-    """Send one text through the running bridge: SMTP to its listener, as a tenant would."""
+    """Send one text through the running bridge (SMTP to its listener, as a tenant would) and
+    wait for its outcome: delivered, failed, or unconfirmed (sent, no receipt yet)."""
     import smtplib
     from email.message import EmailMessage
-
-    from bridge.store import make_store
+    from email.utils import make_msgid
 
     cfg = _load(args.config)
     tenant = cfg.tenant(args.tenant) if args.tenant else cfg.tenants[0]
@@ -383,137 +416,302 @@ def cmd_send_test(args: argparse.Namespace) -> int:
     msg["From"] = sender
     msg["To"] = f"{args.number}@{cfg.smtp.domains[0]}"
     msg["Subject"] = "sms-bridge test"
+    # A Message-ID, as every ILS sends one: the patron's reply is threaded with it.
+    msg["Message-ID"] = make_msgid("send-test", domain=sender.rpartition("@")[2] or None)
     msg.set_content(args.text)
     host = cfg.smtp.listen.host
     host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
     try:
         with smtplib.SMTP(host, cfg.smtp.listen.port, timeout=30) as smtp:
-            refused = smtp.send_message(msg, from_addr=sender, to_addrs=[msg["To"]])
+            smtp.ehlo_or_helo_if_needed()
+            steps: list[Callable[[], tuple[int, bytes]]] = [
+                lambda: smtp.mail(sender),
+                lambda: smtp.rcpt(msg["To"]),
+                lambda: smtp.data(bytes(msg)),
+            ]
+            for step in steps:
+                code, reply = step()
+                if code >= 400:
+                    shown = mask_text(reply.decode(errors="replace"))
+                    print(f"refused: {code} {shown}", file=sys.stderr)
+                    return EXIT_PROBLEM
     except smtplib.SMTPResponseException as exc:
         err = exc.smtp_error
-        text = err.decode(errors="replace") if isinstance(err, bytes) else str(err)
-        print(f"refused: {exc.smtp_code} {text}", file=sys.stderr)
+        shown = mask_text(err.decode(errors="replace") if isinstance(err, bytes) else str(err))
+        print(f"refused: {exc.smtp_code} {shown}", file=sys.stderr)
         return EXIT_PROBLEM
     except (OSError, smtplib.SMTPException) as exc:
         print(f"cannot reach the bridge at {cfg.smtp.listen}: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
-    if refused:
-        print(f"refused: {refused}", file=sys.stderr)
-        return EXIT_PROBLEM
-    print(f"accepted by the bridge for {msg['To']}")
-    if args.wait <= 0:
+    answer = reply.decode(errors="replace")
+    print(f"accepted by the bridge for {mask_text(msg['To'])}: {code} {answer}")
+    found = _QUEUED_AS.search(answer)
+    if args.wait <= 0 or found is None:
         return EXIT_OK
+    queue_id = found.group(1)
+    outcome, code = asyncio.run(_watch(cfg, queue_id, args.wait))
+    print(f"{queue_id}: {outcome}")
+    return code
 
-    async def watch() -> str | None:
-        store = make_store(cfg.store)
-        await store.open()
-        try:
-            deadline = time.monotonic() + args.wait
-            from bridge.store import SmsFilter
 
-            while time.monotonic() < deadline:
-                recs = await store.list_sms(SmsFilter(limit=1), time.time())
-                if recs and (recs[0].state.final or recs[0].state is SmsState.SUBMITTED):
-                    return f"{recs[0].queue_id}: {recs[0].state.value} {recs[0].reason or ''}"
-                await asyncio.sleep(0.2)
-            return None
-        finally:
-            await store.close()
+async def _watch(cfg: Config, queue_id: str, wait: float) -> tuple[str, int]:
+    """Poll the store until the text is final or ``wait`` seconds have passed."""
+    from bridge.model import SmsState
+    from bridge.store import make_store
 
-    outcome = asyncio.run(watch())
-    print(outcome or f"still queued after {args.wait:g} s (quiet hours? SMSC down?)")
-    return EXIT_OK if outcome and "failed" not in outcome else EXIT_PROBLEM
+    store = make_store(cfg.store)
+    await store.open()
+    try:
+        deadline = time.monotonic() + wait
+        rec = None
+        while True:
+            rec = await store.get_sms(queue_id)
+            if rec is not None and rec.state.final:
+                break
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await store.close()
+    if rec is None:
+        return "not found in the store (is this the running bridge's configuration?)", EXIT_PROBLEM
+    reason = f": {mask_text(rec.reason)}" if rec.reason else ""
+    if rec.state is SmsState.DELIVERED:
+        return "delivered (the carrier's receipt says it reached the phone)", EXIT_OK
+    if rec.state.final:
+        return f"{rec.state.value}{reason}", EXIT_PROBLEM
+    if rec.state is SmsState.SUBMITTED:
+        return (
+            f"unconfirmed: the SMSC accepted it, no delivery receipt within {wait:g} s"
+            " (some carriers send receipts late or never)",
+            EXIT_OK,
+        )
+    return (
+        f"timeout: still {rec.state.value} after {wait:g} s{reason}"
+        " (quiet hours? SMSC not bound? see `sms-bridge status`)",
+        EXIT_PROBLEM,
+    )
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Make the bundled SMSC simulator act as a patron's phone (see smsc_sim's control channel)."""
+    import socket
+
+    from bridge.addressing import AddressError, local_part_to_e164
+    from bridge.testing.smsc_sim import CONTROL_MAGIC
+
+    cfg = _load(args.config)
+    host, port = cfg.smpp.host, cfg.smpp.port
+    if args.smsc:
+        host, _, raw_port = args.smsc.rpartition(":")
+        host, port = host or "127.0.0.1", int(raw_port)
+    elif not cfg.smpp.simulator:
+        print(
+            f"{args.config}: smpp.simulator is off, so there is no simulated phone to act as;"
+            " simulate works with the bundled SMSC simulator (smpp.simulator: true), or with"
+            " `sms-bridge smsc-sim` given as --smsc HOST:PORT",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEM
+    try:
+        msisdn = local_part_to_e164(args.number, cfg.tenants[0].region)
+    except AddressError as exc:
+        print(f"{args.number}: {exc.reason}", file=sys.stderr)
+        return EXIT_PROBLEM
+    request: dict[str, object] = {"cmd": args.sim_cmd, "number": msisdn}
+    if args.sim_cmd == "reply":
+        request["text"] = args.text
+    request["to"] = "+" + (cfg.tenants[0].source_addr or cfg.smpp.source_addr).lstrip("+")
+    try:
+        with socket.create_connection((host, port), timeout=15) as sock:
+            sock.sendall(CONTROL_MAGIC + json.dumps(request).encode() + b"\n")
+            answer = sock.makefile("rb").readline()
+    except OSError as exc:
+        print(f"cannot reach the simulator at {host}:{port}: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    try:
+        result = json.loads(answer)
+    except ValueError:
+        print("the simulator gave no answer (is the bridge running?)", file=sys.stderr)
+        return EXIT_PROBLEM
+    shown = mask_text(msisdn)
+    if not result.get("ok"):
+        print(f"{args.sim_cmd} {shown}: {result.get('detail')}", file=sys.stderr)
+        return EXIT_PROBLEM
+    print(f"{args.sim_cmd} {shown}: {result.get('detail')}")
+    return EXIT_OK
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's default in --help, except the non-values (None, False): argparse's
+    ArgumentDefaultsHelpFormatter would print "(default: None)" for each of those."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS)
+        if action.option_strings and shown and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _host_port(value: str) -> str:
+    _, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT, e.g. 127.0.0.1:2775")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sms-bridge", description="Email-to-SMS bridge")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    default_config = os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    config_help = f"YAML configuration file (default: ${CONFIG_ENV} if set, else {DEFAULT_CONFIG})"
+    # -c is accepted before or after the subcommand (`sms-bridge -c F queue ls` and
+    # `sms-bridge queue ls -c F`). The subcommands' copy defaults to SUPPRESS so that it does
+    # not overwrite a value given before the subcommand with its own default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c", "--config", default=argparse.SUPPRESS, metavar="FILE", help=config_help
+    )
 
-    def with_config(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="YAML configuration file")
+    p = argparse.ArgumentParser(
+        prog="sms-bridge",
+        description="Email-to-SMS bridge",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument(
+        "-c",
+        "--config",
+        default=default_config,
+        metavar="FILE",
+        help=f"YAML configuration file, also ${CONFIG_ENV}",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    sp = sub.add_parser("run", help="run the bridge")
-    with_config(sp)
-    sp.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    def add(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        text: str,
+        *,
+        config: bool = True,
+    ) -> argparse.ArgumentParser:
+        return parent.add_parser(
+            name,
+            help=text,
+            description=text,
+            parents=[common] if config else [],
+            formatter_class=_HelpFormatter,
+        )
+
+    sp = add(sub, "run", "run the bridge")
+    sp.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override log.level"
+    )
     sp.set_defaults(fn=cmd_run)
 
-    sp = sub.add_parser("check-config", help="validate a configuration file")
-    with_config(sp)
+    sp = add(sub, "check-config", "validate a configuration file")
     sp.set_defaults(fn=cmd_check_config)
 
-    sp = sub.add_parser("hash-password", help="hash an SMTP AUTH password for tenants[].users")
+    sp = add(
+        sub,
+        "hash-password",
+        "hash an SMTP AUTH password for tenants[].users (asks twice in a terminal;"
+        " reads one line from standard input otherwise)",
+        config=False,
+    )
     sp.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     sp.set_defaults(fn=cmd_hash_password)
 
-    sp = sub.add_parser("smsc-sim", help="run the bundled SMSC simulator")
-    sp.add_argument("--listen", default="127.0.0.1:2775")
-    sp.add_argument("--system-id", default="bridge")
-    sp.add_argument("--password", default="secret")
-    sp.add_argument("--scenario", default="ok")
+    sp = add(sub, "smsc-sim", "run the bundled SMSC simulator on its own", config=False)
+    sp.add_argument("--listen", default="127.0.0.1:2775", help="HOST:PORT")
+    sp.add_argument("--system-id", default="bridge", help="account the bridge binds with")
+    sp.add_argument("--password", default="secret", help="its password")
+    sp.add_argument("--scenario", default="ok", help="fault scenario (README, The SMSC simulator)")
     sp.set_defaults(fn=cmd_smsc_sim)
 
-    sp = sub.add_parser("status", help="queue and mail outbox counts")
-    with_config(sp)
-    sp.add_argument("--json", action="store_true")
+    sp = add(sub, "simulate", "act as a patron's phone on the bundled SMSC simulator")
+    sp.add_argument(
+        "--smsc",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="a simulator started with `sms-bridge smsc-sim` (default: smpp.host:port)",
+    )
+    ssub = sp.add_subparsers(dest="sim_cmd", required=True, metavar="ACTION")
+    s = add(ssub, "reply", "the patron replies to the last text they got")
+    s.add_argument("number", help="patron number, e.g. +12025550143")
+    s.add_argument("text", help="what the patron writes")
+    s = add(ssub, "stop", "the patron replies STOP (opts out)")
+    s.add_argument("number", help="patron number, e.g. +12025550143")
+    s = add(ssub, "fail", "the next text to this number fails (its receipt says UNDELIV)")
+    s.add_argument("number", help="patron number, e.g. +12025550143")
+    sp.set_defaults(fn=cmd_simulate)
+
+    sp = add(sub, "status", "queue and mail outbox counts")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(fn=cmd_status)
 
-    sp = sub.add_parser("queue", help="inspect and repair the SMS queue")
-    with_config(sp)
-    qsub = sp.add_subparsers(dest="queue_cmd", required=True)
-    q = qsub.add_parser("ls", help="list messages")
-    q.add_argument("--state", choices=[s.value for s in SmsState])
-    q.add_argument("--tenant")
-    q.add_argument("--older", type=float, metavar="SECONDS")
-    q.add_argument("--limit", type=int, default=50)
-    q.add_argument("--json", action="store_true")
+    sp = add(sub, "queue", "inspect and repair the SMS queue")
+    qsub = sp.add_subparsers(dest="queue_cmd", required=True, metavar="ACTION")
+    q = add(qsub, "ls", "list messages")
+    q.add_argument(
+        "--state",
+        choices=[s.value for s in SmsState],
+        help="only this state (queued, submitted, unconfirmed, failed, ...)",
+    )
+    q.add_argument("--tenant", help="only this tenant id")
+    q.add_argument("--older", type=float, metavar="SECONDS", help="only older than this")
+    q.add_argument("--limit", type=int, default=50, help="at most this many")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
     for name, text in (
-        ("show", "show messages"),
+        ("show", "show messages (numbers masked unless --full)"),
         ("retry", "queue failed messages again"),
         ("drop", "stop queued messages"),
     ):
-        q = qsub.add_parser(name, help=text)
+        q = add(qsub, name, text)
         q.add_argument("ids", nargs="+", metavar="QUEUE_ID")
         if name == "show":
-            q.add_argument("--full", action="store_true", help="show the full number")
+            q.add_argument("--full", action="store_true", help="show the number in full")
     sp.set_defaults(fn=cmd_queue)
 
-    sp = sub.add_parser("optout", help="opt-out records")
-    with_config(sp)
-    osub = sp.add_subparsers(dest="optout_cmd", required=True)
-    for name, text in (("ls", "numbers that opted out"), ("export", "opt-outs as CSV")):
-        o = osub.add_parser(name, help=text)
+    sp = add(sub, "optout", "opt-out records")
+    osub = sp.add_subparsers(dest="optout_cmd", required=True, metavar="ACTION")
+    for name, text in (
+        ("ls", "numbers that opted out (masked unless --full)"),
+        ("export", "opt-outs as CSV, numbers in full (for the ILS)"),
+    ):
+        o = add(osub, name, text)
         o.add_argument("--scope", help="sending number (default smpp.source_addr)")
-        o.add_argument("--all-scopes", action="store_true")
-        o.add_argument("--json", action="store_true")
+        o.add_argument("--all-scopes", action="store_true", help="every sending number")
+        o.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "ls":
+            o.add_argument("--full", action="store_true", help="show the numbers in full")
     for name, text in (
         ("add", "opt a number out (audited as an admin change)"),
         ("rm", "opt a number back in (audited as an admin change)"),
         ("history", "every change for a number"),
     ):
-        o = osub.add_parser(name, help=text)
+        o = add(osub, name, text)
         o.add_argument("number")
         o.add_argument("--scope", help="sending number (default smpp.source_addr)")
         if name != "history":
             o.add_argument("--reason", help="recorded in the audit trail")
     sp.set_defaults(fn=cmd_optout)
 
-    sp = sub.add_parser("send-test", help="send one test SMS through the running bridge")
-    with_config(sp)
+    sp = add(sub, "send-test", "send one test SMS through the running bridge and wait for it")
     sp.add_argument("number", help="patron number, e.g. 2025550143")
-    sp.add_argument("--text", default="Test message from sms-bridge.")
+    sp.add_argument("--text", default="Test message from sms-bridge.", help="the text")
     sp.add_argument("--tenant", help="tenant id (default: the first)")
     sp.add_argument("--sender", help="envelope sender (default from the tenant's senders)")
-    sp.add_argument("--wait", type=float, default=10.0, help="seconds to watch its state")
+    sp.add_argument(
+        "--wait", type=float, default=30.0, help="seconds to wait for the outcome (0: do not)"
+    )
     sp.set_defaults(fn=cmd_send_test)
 
-    sp = sub.add_parser("report", help="reports for library managers")
-    with_config(sp)
-    rsub = sp.add_subparsers(dest="report_cmd", required=True)
-    r = rsub.add_parser("costs", help="templates that needed UCS-2 or several segments")
-    r.add_argument("--days", type=int, default=30)
-    r.add_argument("--json", action="store_true")
-    r = rsub.add_parser("send", help="queue each library's report now (the daemon mails it)")
-    r.add_argument("--days", type=int, default=7)
+    sp = add(sub, "report", "reports for library managers")
+    rsub = sp.add_subparsers(dest="report_cmd", required=True, metavar="ACTION")
+    r = add(rsub, "costs", "templates that needed UCS-2 or several segments")
+    r.add_argument("--days", type=int, default=30, help="look back this many days")
+    r.add_argument("--json", action="store_true", help="machine-readable output")
+    r = add(rsub, "send", "queue each library's report now (the daemon mails it)")
+    r.add_argument("--days", type=int, default=7, help="the period the report covers")
     r.add_argument("--tenant", help="only this tenant")
     sp.set_defaults(fn=cmd_report)
     return p

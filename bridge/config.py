@@ -653,7 +653,9 @@ def _resolve_secrets(node: Any, path: str, base: Path, problems: list[str]) -> A
                 if target in node:
                     problems.append(f"{sub}: give either {target} or {key}, not both")
                     continue
-                file = Path(str(value))
+                # The path may use ${ENV} too: ${CREDENTIALS_DIRECTORY}/smpp-password is how
+                # systemd's LoadCredential= hands a secret over (systemd.exec(5)).
+                file = Path(str(_resolve_secrets(value, sub, base, problems)))
                 file = file if file.is_absolute() else base / file
                 try:
                     out[target] = file.read_text(encoding="utf-8").strip()

@@ -291,14 +291,15 @@ class Intake:
             self.notify()
         for item, res in zip(items, results, strict=True):
             log.info(
-                "accepted queue_id=%s tenant=%s via=%s to=%s message_id=%s chars=%d%s",
+                "%s queue_id=%s tenant=%s via=%s to=%s message_id=%s chars=%d%s",
+                "duplicate of" if res.duplicate else "accepted",
                 res.queue_id,
                 tenant.id,
                 via,
                 addressing.mask_msisdn(item.msisdn),
                 notice.message_id or "-",
                 len(notice.text),
-                " duplicate=yes" if res.duplicate else "",
+                " duplicate=yes: not sent again" if res.duplicate else "",
             )
         return results
 

@@ -51,9 +51,23 @@ def has_prefix(text: str, prefix: str) -> bool:
     return _letters(text[: len(prefix) * 2 + 10]).startswith(want)
 
 
+# A notice ending like this already closes its sentence, so a space is enough before the footer.
+_SENTENCE_END = (".", "!", "?", ":", ";", ")", "]", '"', "'", "\u2026")
+
+
 def join_footer(text: str, footer: str) -> str:
-    sep = "" if text.endswith((" ", "\n")) else " "
-    return f"{text}{sep}{footer}"
+    """The notice, then the footer as a sentence of its own. HTML-only notices often end
+    without a full stop ("Reopens Fri 9am"): a space alone would run the footer into the
+    last sentence ("Reopens Fri 9am Reply STOP ..."), so a line break separates it; it costs
+    one character, like the space."""
+    body = text.rstrip(" ")
+    if not body or body.endswith("\n"):
+        sep = ""
+    elif body.endswith(_SENTENCE_END):
+        sep = " "
+    else:
+        sep = "\n"
+    return f"{body}{sep}{footer}"
 
 
 def shape(

@@ -27,6 +27,7 @@ from bridge.config import Config
 from bridge.intake import Intake, Recipient, Rejected
 from bridge.metrics import Metrics
 from bridge.passwords import Verifier, VerifierBusy, dummy_hash_like
+from bridge.privacy import mask_text
 from bridge.smtp_guard import (
     AuthThrottle,
     ConnectionSlots,
@@ -53,6 +54,12 @@ ERR_454_AUTH = "454 4.7.0 Temporary authentication failure; try again later"
 ERR_538_TLS = "538 5.7.11 Encryption required: use STARTTLS before AUTH"
 ERR_503_MAIL_FIRST = "503 5.5.1 Error: send MAIL first"
 OK_250 = "250 2.1.0 OK"
+# aiosmtpd's own sequence errors carry no enhanced status code (RFC 3463 §3.6: X.5.1 is
+# "invalid command"); a RCPT after a refused MAIL would otherwise get a bare "503 Error".
+_ENHANCED = {
+    "503 Error: need MAIL command": "503 5.5.1 Error: send MAIL first",
+    "503 Error: need RCPT command": "503 5.5.1 Error: send RCPT first",
+}
 
 # State kept per SMTP session (aiosmtpd's Session has no slot for it).
 _TENANT = "sms_bridge_tenant"
@@ -154,7 +161,9 @@ class BridgeSMTP(SMTP):
             self._timeout_handle.cancel()
 
     async def push(self, status: AnyStr) -> None:
-        await super().push(status)
+        # aiosmtpd's own replies without an enhanced status code get one (RFC 2034), e.g.
+        # "503 Error: nested MAIL command" after a refused MAIL.
+        await super().push(_ENHANCED.get(status, status) if isinstance(status, str) else status)
         # Re-arm after every reply, so the stage the reply leaves the session in (before MAIL,
         # in a transaction) and the current stress level decide how long the client may wait.
         if self.transport is not None and self.session is not None:
@@ -286,7 +295,7 @@ class SmtpHandler:
             await self.intake.check_backlog()
         except Rejected as exc:
             if not (null_sender and exc.permanent):
-                log.info("smtp mail refused peer=%s reply=%s", peer, exc.reply[:60])
+                log.info("smtp mail refused peer=%s reply=%s", peer, mask_text(exc.reply))
                 self.server.rejected(None, exc.reply)
                 return exc.reply
             # A bounce (RFC 3464) comes from the null sender, from any MTA. Whether it may pass
@@ -327,7 +336,7 @@ class SmtpHandler:
             rcpt = self.intake.recipient(tenant, address)
             await self.intake.check_optout(tenant, rcpt)
         except Rejected as exc:
-            log.info("smtp rcpt refused tenant=%s reply=%s", tenant.id, exc.reply[:40])
+            log.info("smtp rcpt refused tenant=%s reply=%s", tenant.id, mask_text(exc.reply))
             self.server.rejected(tenant.id, exc.reply)
             return exc.reply
         rcpts.append(rcpt)
@@ -369,7 +378,7 @@ class SmtpHandler:
                 tenant, _reverse_path(envelope.mail_from), rcpts, raw or b"", via="smtp"
             )
         except Rejected as exc:
-            log.info("smtp data refused tenant=%s reply=%s", tenant.id, exc.reply[:60])
+            log.info("smtp data refused tenant=%s reply=%s", tenant.id, mask_text(exc.reply))
             self.server.rejected(tenant.id, exc.reply)
             return exc.reply
         except StoreError as exc:
@@ -380,13 +389,25 @@ class SmtpHandler:
             self.server.metrics.message_accepted(
                 tenant.id, "smtp", sum(1 for r in results if not r.duplicate)
             )
-        ids = " ".join(r.queue_id for r in results)
-        return f"250 2.0.0 OK queued as {ids}"
+        return queued_reply([(r.queue_id, r.duplicate) for r in results])
 
     async def handle_exception(self, error: Exception) -> str:
         # Anything unexpected: the notice was not committed, so ask the client to retry.
         log.error("smtp handler error: %r", error, exc_info=error)
         return ERR_451_INTERNAL
+
+
+def queued_reply(results: list[tuple[str, bool]]) -> str:
+    """The 250 after DATA, for (queue_id, duplicate) per recipient in RCPT order. A notice whose
+    Message-ID was already accepted for a number is not texted again (smtp.dedup_window_s);
+    the reply says so, so whoever reads the ILS's mail log does not look for a second text."""
+    ids = " ".join(qid for qid, _ in results)
+    dups = [qid for qid, dup in results if dup]
+    if not dups:
+        return f"250 2.0.0 OK queued as {ids}"
+    if len(dups) == len(results):
+        return f"250 2.0.0 Duplicate of a notice already queued as {ids}; not sent again"
+    return f"250 2.0.0 OK queued as {ids}; duplicates, not sent again: {' '.join(dups)}"
 
 
 class SmtpIntake:

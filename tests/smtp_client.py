@@ -16,7 +16,7 @@ class Conversation:
     @property
     def queue_ids(self) -> list[str]:
         assert self.data is not None and self.data[0] == 250, self
-        return self.data[1].split("queued as ", 1)[1].split()
+        return self.data[1].split("queued as ", 1)[1].split(";", 1)[0].split()
 
 
 def _send(

@@ -28,6 +28,13 @@ Scenarios (``set_scenario`` at runtime; one-shot ones revert to "ok" after firin
 Receipts follow the submit_sm's registered_delivery (SMPP 3.4 §5.2.17): 1 every final
 outcome, 2 failures only, 0 none. ``fail_numbers`` (destination digits) makes the receipts
 of texts to those numbers say UNDELIV while the others are delivered.
+
+Control channel (``sms-bridge simulate``): a connection to the simulator's own SMPP port whose
+first line is ``SIMCTL {json}`` asks it to act as a patron's phone: send a reply or STOP from
+a number, or fail the next text to a number. It shares the SMPP port because the CLI already
+knows that address from the bridge's configuration (no second port to configure, open or
+collide), and it cannot be mistaken for SMPP: a PDU starts with its command_length, whose first
+octet is 0x00 for any PDU under 16 MiB (SMPP 3.4 §3.2), never an ASCII letter.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import json
 import logging
 import selectors
 import signal
@@ -83,6 +91,7 @@ _SCENARIOS_PLAIN: Final = {
     "blackhole",
 }
 _REQUEST_TIMEOUT_S: Final = 5.0
+CONTROL_MAGIC: Final = b"SIMCTL "
 
 
 @dataclass
@@ -266,6 +275,8 @@ class SmscSimulator:
         self._changed = asyncio.Condition()
         self._server: asyncio.Server | None = None
         self._pending_malformed = False
+        self._fail_next: set[str] = set()  # numbers (wire form) whose next text fails
+        self._fail_ids: set[str] = set()  # message ids whose receipt says UNDELIV
         self.set_scenario(scenario)
 
     # -- lifecycle
@@ -422,10 +433,17 @@ class SmscSimulator:
         if task is not None:
             self._conn_tasks.add(task)
         self._conns.add(conn)
+        first = True
         try:
             while True:
                 try:
-                    raw = await p.frame_reader(reader)
+                    if first:
+                        first = False
+                        raw = await self._first_frame(reader, writer)
+                        if not raw:
+                            break
+                    else:
+                        raw = await p.frame_reader(reader)
                 except p.FrameError as exc:
                     conn.send(p.build_header_only(p.GENERIC_NACK, exc.header.sequence, exc.status))
                     break
@@ -454,6 +472,51 @@ class SmscSimulator:
             if task is not None:
                 self._conn_tasks.discard(task)
             self._notify()
+
+    async def _first_frame(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bytes:
+        """The first PDU of a connection, or b"" after answering a control line instead."""
+        head = await reader.readexactly(p.HEADER_LEN)
+        if not head.startswith(CONTROL_MAGIC):
+            header = p.parse_header(head)
+            if header.length < p.HEADER_LEN or header.length > p.MAX_PDU_LEN:
+                raise p.FrameError(f"command_length {header.length} out of range", header)
+            return head + await reader.readexactly(header.length - p.HEADER_LEN)
+        line = head + await reader.readline()
+        try:
+            request = json.loads(line[len(CONTROL_MAGIC) :])
+            answer = await self.control(request)
+        except (ValueError, TypeError, KeyError, ConnectionError, TimeoutError) as exc:
+            answer = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+        writer.write(json.dumps(answer).encode() + b"\n")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        return b""
+
+    async def control(self, request: dict[str, object]) -> dict[str, object]:
+        """Act as a patron's phone: ``{"cmd": "reply", "number": "+1...", "text": ...}``,
+        ``{"cmd": "stop", "number": ...}`` or ``{"cmd": "fail", "number": ...}``. A reply goes
+        to the number that texted the patron last (else ``to``), as a phone's reply does."""
+        cmd = str(request["cmd"])
+        number = str(request["number"]).removeprefix("+")
+        if not number.isdigit():
+            raise ValueError(f"{request['number']!r} is not an E.164 number")
+        if cmd == "fail":
+            self._fail_next.add(number)
+            return {"ok": True, "detail": "the next text to this number will fail (UNDELIV)"}
+        if cmd not in ("reply", "stop"):
+            raise ValueError(f"unknown command {cmd!r}: reply, stop or fail")
+        text = "STOP" if cmd == "stop" else str(request["text"])
+        last = [m.source for m in self.messages if m.destination == f"+{number}"]
+        library = last[-1] if last else str(request.get("to") or "")
+        if not library:
+            raise ValueError("no text was sent to this number yet; give the number to reply to")
+        statuses = await self.inject_mo(f"+{number}", library, text)
+        failed = [errors.status_name(s) for s in statuses if s != errors.ESME_ROK]
+        if failed:
+            return {"ok": False, "detail": f"the bridge answered {', '.join(failed)}"}
+        return {"ok": True, "detail": f"sent to {library}, the bridge acknowledged it"}
 
     def _notify(self) -> None:
         async def wake() -> None:
@@ -587,9 +650,11 @@ class SmscSimulator:
             message_id = str(number)
             resp_id = format(number, "x") if self.hex_ids_in_resp else message_id
             resp = p.build_submit_sm_resp(header.sequence, status, resp_id)
+            if sm.destination_addr in self._fail_next:
+                self._fail_ids.add(message_id)
             text = self._record_segment(sm, message_id)
             self._submitted[message_id] = _Submitted(conn, sm, text, time.time())
-            if self._wants_receipt(sm):
+            if self._wants_receipt(sm, message_id in self._fail_ids):
                 task = asyncio.ensure_future(self._auto_receipt(conn, message_id))
                 self._receipt_tasks.add(task)
                 task.add_done_callback(self._receipt_tasks.discard)
@@ -608,13 +673,13 @@ class SmscSimulator:
     def _fails(self, sm: SubmitSm) -> bool:
         return self._scenario.name == "fail_receipts" or sm.destination_addr in self.fail_numbers
 
-    def _wants_receipt(self, sm: SubmitSm) -> bool:
+    def _wants_receipt(self, sm: SubmitSm, failing: bool = False) -> bool:
         """SMPP 3.4 §5.2.17: bits 1-0 of registered_delivery, 1 = on success or failure,
         2 = on failure only."""
         if not self.receipts or self._scenario.name == "no_receipts":
             return False
         asked = sm.registered_delivery & 0x03
-        return asked == 1 or (asked == 2 and self._fails(sm))
+        return asked == 1 or (asked == 2 and (failing or self._fails(sm)))
 
     def _answer(self, conn: _SimConn, resp: bytes, unbind: bool) -> None:
         self.outstanding -= 1
@@ -678,6 +743,7 @@ class SmscSimulator:
 
     def _deliver_to_handset(self, message: HandsetMessage) -> None:
         self.messages.append(message)
+        self._fail_next.discard(message.destination.removeprefix("+"))
         coding = {0x00: "GSM-7", 0x08: "UCS-2"}.get(
             message.data_coding, f"dcs 0x{message.data_coding:02X}"
         )
@@ -757,9 +823,12 @@ class SmscSimulator:
         again later (bounded: about 20 s)."""
         await asyncio.sleep(self.receipt_delay_s)
         record = self._submitted.get(message_id)
-        fail = self._scenario.name == "fail_receipts" or (
-            record is not None and self._fails(record.sm)
+        fail = (
+            self._scenario.name == "fail_receipts"
+            or message_id in self._fail_ids
+            or (record is not None and self._fails(record.sm))
         )
+        self._fail_ids.discard(message_id)
         stat, err = ("UNDELIV", "001") if fail else ("DELIVRD", "000")
         for attempt in range(50):
             try:

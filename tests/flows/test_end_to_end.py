@@ -460,3 +460,79 @@ async def test_smpp_over_tls_with_a_private_ca(env_factory: StartEnv, tmp_path: 
     conv = await send(e.smtp_port, FROM, [TO], notice("Over TLS"))
     await e.wait_state(conv.queue_ids[0], SmsState.DELIVERED)
     assert [m.text for m in e.sim.messages] == ["Over TLS"]
+
+
+async def test_same_message_id_again_is_answered_as_a_duplicate_not_sent_again(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = await send(env.smtp_port, FROM, [TO], notice())
+    (qid,) = first.queue_ids
+    await env.sim.wait_for_messages(1, timeout=5)
+    with caplog.at_level("INFO", logger="bridge.intake"):
+        again = await send(env.smtp_port, FROM, [TO], notice())
+    assert again.data is not None
+    code, reply = again.data
+    assert code == 250 and "Duplicate" in reply and "not sent again" in reply and qid in reply
+    assert again.queue_ids == [qid]
+    (line,) = [r.getMessage() for r in caplog.records if "duplicate" in r.getMessage()]
+    assert f"duplicate of queue_id={qid}" in line and "not sent again" in line
+    # one to the old number and one new: both named, the duplicate marked
+    mixed = await send(env.smtp_port, FROM, [TO, "2025550144@sms.example.org"], notice(To=TO))
+    assert mixed.data is not None and f"duplicates, not sent again: {qid}" in mixed.data[1]
+    assert len(mixed.queue_ids) == 2 and mixed.queue_ids[0] == qid
+
+
+async def test_rcpt_after_a_refused_mail_gets_an_enhanced_code(env: Env) -> None:
+    import smtplib
+
+    def talk() -> tuple[int, int, bytes]:
+        with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=10) as s:
+            s.ehlo("ils.riverside.example.org")
+            mail_code, _ = s.mail("someone@elsewhere.example.com")
+            code, reply = s.rcpt(TO)
+            return mail_code, code, reply
+
+    mail_code, code, reply = await asyncio.to_thread(talk)
+    assert mail_code == 550
+    assert code == 503 and reply.startswith(b"5.5.1 "), reply
+
+
+async def _control(port: int, request: dict[str, object]) -> dict[str, object]:
+    """One `sms-bridge simulate` request, over the simulator's SMPP port."""
+    import json
+
+    from bridge.testing.smsc_sim import CONTROL_MAGIC
+
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    try:
+        writer.write(CONTROL_MAGIC + json.dumps(request).encode() + b"\n")
+        answer: dict[str, object] = json.loads(await asyncio.wait_for(reader.readline(), 10))
+        return answer
+    finally:
+        writer.close()
+
+
+async def test_simulator_control_line_acts_as_the_patrons_phone(env: Env) -> None:
+    port = env.sim.port
+    # nothing texted to the number yet, and no number to reply to: a clear refusal
+    answer = await _control(port, {"cmd": "reply", "number": "+12025550143", "text": "Hi"})
+    assert answer["ok"] is False and "no text was sent" in str(answer["detail"])
+    assert (await _control(port, {"cmd": "dance", "number": "+12025550143"}))["ok"] is False
+    assert (await _control(port, {"cmd": "fail", "number": "call me"}))["ok"] is False
+
+    # "fail" fails the next text to that number only, and the bridge bounces it
+    assert (await _control(port, {"cmd": "fail", "number": "+12025550143"}))["ok"] is True
+    conv = await send(env.smtp_port, FROM, [TO], notice("Overdue."))
+    rec = await env.wait_state(conv.queue_ids[0], SmsState.FAILED)
+    assert rec.state is SmsState.FAILED
+    conv = await send(env.smtp_port, FROM, [TO], notice("Ready.", Message_ID="<n2@r>"))
+    await env.wait_state(conv.queue_ids[0], SmsState.DELIVERED)
+
+    # "reply" answers the last text's sender; the staff inbox gets it, threaded
+    answer = await _control(port, {"cmd": "reply", "number": "+12025550143", "text": "Renew?"})
+    assert answer["ok"] is True, answer
+    mails = await env.sink.wait_for(2, timeout=10)  # the bounce, then the reply
+    reply = mails[-1].message()
+    assert str(reply["Subject"]).startswith("SMS reply") and reply["In-Reply-To"] == "<n2@r>"
+    # and SMPP still works on the same port: the bridge's session stayed bound throughout
+    assert env.sim.bound_sessions == 1

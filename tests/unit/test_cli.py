@@ -78,10 +78,13 @@ def test_optout_commands(cfg_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     code, out = run(
         capsys, "optout", "-c", str(cfg_path), "add", "202-555-0143", "--reason", "call"
     )
-    assert code == 0 and out.strip() == "+1 202-555-0143 opted out for sending number 12025550100"
+    assert code == 0 and out.strip() == "+1********43 opted out for sending number 12025550100"
     code, out = run(capsys, "optout", "-c", str(cfg_path), "ls", "--json")
     (row,) = json.loads(out)
-    assert row["number"] == "+1 202-555-0143" and row["by"].startswith("admin:")
+    assert row["number"] == "+1********43" and row["by"].startswith("admin:")
+    code, out = run(capsys, "optout", "ls", "--full", "--json", "-c", str(cfg_path))
+    (row,) = json.loads(out)
+    assert row["number"] == "+1 202-555-0143"
     code, out = run(capsys, "optout", "-c", str(cfg_path), "rm", "2025550143")
     code, out = run(capsys, "optout", "-c", str(cfg_path), "history", "2025550143")
     lines = out.strip().splitlines()
@@ -157,3 +160,88 @@ def test_status_lists_lost_emails(cfg_path: Path, capsys: pytest.CaptureFixture[
     code, out = run(capsys, "status", "-c", str(cfg_path), "--json")
     (row,) = json.loads(out)["lost_mail"]
     assert row["kind"] == "reply" and row["reason"] == "bounced: 5.1.1 User unknown"
+
+
+def test_config_option_before_or_after_the_command_or_from_the_environment(
+    cfg_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (a,) = enqueue(cfg_path, 1)
+    for argv in (
+        ["-c", str(cfg_path), "queue", "ls", "--json"],
+        ["queue", "-c", str(cfg_path), "ls", "--json"],
+        ["queue", "ls", "--json", "-c", str(cfg_path)],
+        ["-c", "/nonexistent.yaml", "queue", "ls", "--json", "-c", str(cfg_path)],  # last wins
+    ):
+        code, out = run(capsys, *argv)
+        assert code == 0 and [r["queue_id"] for r in json.loads(out)] == [a], argv
+    monkeypatch.setenv("SMS_BRIDGE_CONFIG", str(cfg_path))
+    code, out = run(capsys, "queue", "ls", "--json")
+    assert code == 0 and [r["queue_id"] for r in json.loads(out)] == [a]
+
+
+def test_help_names_the_default_configuration(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SMS_BRIDGE_CONFIG", raising=False)
+    for argv in (["--help"], ["queue", "ls", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = " ".join(capsys.readouterr().out.split())
+        assert "/etc/sms-bridge/config.yaml" in out and "SMS_BRIDGE_CONFIG" in out, argv
+    with pytest.raises(SystemExit):
+        main(["queue", "ls", "--help"])
+    assert "(default: 50)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("stdin", "ok"), [("s3cret\n", True), ("", False)])
+def test_hash_password_without_a_terminal(stdin: str, ok: bool) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "hash-password"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert "Traceback" not in result.stderr
+    if ok:
+        assert result.returncode == 0 and Verifier().verify(b"s3cret", result.stdout.strip())
+    else:
+        assert result.returncode == 1 and "no password on standard input" in result.stderr
+
+
+def test_queue_show_masks_every_field_unless_full(
+    cfg_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (a,) = enqueue(cfg_path, 1)
+    code, out = run(capsys, "queue", "-c", str(cfg_path), "show", a)
+    data = json.loads(out)
+    assert code == 0 and data["msisdn"] == "+1********00"
+    assert data["rcpt_addr"] == "********00@sms.example.org"
+    code, out = run(capsys, "queue", "-c", str(cfg_path), "show", "--full", a)
+    data = json.loads(out)
+    assert data["msisdn"] == "+12025550100" and data["rcpt_addr"] == "2025550100@sms.example.org"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_log_lines_mask_numbers_in_messages_and_tracebacks(
+    capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    import logging
+
+    from bridge.cli import setup_logging
+
+    setup_logging("INFO", fmt)
+    log = logging.getLogger("bridge.test")
+    log.info("smtp rcpt refused reply=%s", "550 5.7.1 +1 202-555-0143 opted out")
+    try:
+        raise ValueError("cannot text 12025550143@sms.example.org")
+    except ValueError:
+        log.exception("failed for (202) 555-0143")
+    err = capsys.readouterr().err
+    logging.getLogger().handlers.clear()
+    assert "+1********43 opted out" in err and "cannot text *********43@" in err
+    assert "555-0143" not in err and "5550143" not in err

@@ -77,6 +77,18 @@ def test_secrets_from_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert cfg.mail.password == "relaypw"
 
 
+def test_secret_file_path_from_the_credentials_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd's LoadCredential=: password_file: ${CREDENTIALS_DIRECTORY}/smpp-password."""
+    (tmp_path / "smpp-password").write_text("s3cret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    data = merge(BASE, {})
+    del data["smpp"]["password"]
+    data["smpp"]["password_file"] = "${CREDENTIALS_DIRECTORY}/smpp-password"
+    assert load_config_text(yaml.safe_dump(data), Path("/nonexistent")).smpp.password == "s3cret"
+
+
 def test_unset_env_is_an_error() -> None:
     data = merge(BASE, {"mail": {"password": "${SMS_BRIDGE_SURELY_UNSET}"}})
     (problem,) = _problems(yaml.safe_dump(data))

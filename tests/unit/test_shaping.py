@@ -64,3 +64,18 @@ def test_footer_never_adds_a_segment_unless_accepted(text: str, mode: str) -> No
     assert s.segments == segment_count(s.text)
     assert s.segments <= segment_count(prefixed)  # the footer never costs a segment
     assert s.text.startswith(prefixed[: len(PREFIX)]) or s.shortened
+
+
+@pytest.mark.parametrize(
+    ("text", "joined"),
+    [
+        ("Reopens Fri 9am", f"Reopens Fri 9am\n{FOOTER}"),  # HTML-only notice, no full stop
+        ("Reopens Fri 9am ", f"Reopens Fri 9am\n{FOOTER}"),
+        ("Your hold is ready.", f"Your hold is ready. {FOOTER}"),
+        ("Due 11/30!", f"Due 11/30! {FOOTER}"),
+        ("Closed today\n", f"Closed today\n{FOOTER}"),
+    ],
+)
+def test_footer_is_a_sentence_of_its_own(text: str, joined: str) -> None:
+    s = shape(text, prefix=None, footer=FOOTER, extra_segment="accept")
+    assert s.text == joined

@@ -7,9 +7,10 @@ CONFIG ?= config.example.yaml
 
 .PHONY: run test lint typecheck pytest bench clean venv sysdeps
 
-# Debian packages the flow tests run against (a real IMAP server). Installed when missing and
-# we are root (CI, containers); otherwise those tests skip and say how to install them.
-DEBS := dovecot-imapd chromium systemd
+# Debian packages the flow tests run against (a real IMAP server, the libraries' MTA). Installed
+# when missing and we are root (CI, containers); otherwise those tests skip and say how to
+# install them.
+DEBS := dovecot-imapd chromium systemd postfix
 
 venv: $(STAMP)
 
@@ -30,13 +31,23 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Postfix: debconf "No configuration" so the package writes no main.cf and starts no system
+# MTA on port 25; the tests run their own instance (tests/flows/postfix.py). Should a system
+# Postfix start anyway (another preseed), it is stopped and disabled, but only when this target
+# installed it: an existing MTA of the machine is left alone.
 sysdeps:
-	@{ command -v /usr/sbin/dovecot && command -v chromium && command -v systemd-analyze; } \
-	  >/dev/null 2>&1 || { \
+	@{ command -v /usr/sbin/dovecot && command -v chromium && command -v systemd-analyze \
+	  && command -v /usr/sbin/postfix; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \
+	    had_postfix=$$(command -v /usr/sbin/postfix || true); \
+	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS); \
+	    if [ -z "$$had_postfix" ]; then \
+	      systemctl disable --now postfix.service >/dev/null 2>&1 || true; \
+	      /usr/sbin/postfix status >/dev/null 2>&1 && /usr/sbin/postfix stop || true; \
+	    fi; \
 	  else \
-	    echo "note: $(DEBS) is not installed; the IMAP, browser and unit-file tests will skip (apt-get install $(DEBS))"; \
+	    echo "note: $(DEBS) is not installed; the IMAP, browser, unit-file and Postfix tests will skip (apt-get install $(DEBS))"; \
 	  fi; }
 
 pytest: $(STAMP) sysdeps

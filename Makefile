@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config.example.yaml
 
-.PHONY: run test lint typecheck pytest bench clean venv sysdeps
+.PHONY: run test lint typecheck pytest bench clean venv sysdeps jasmin-venv
 
 # Debian packages the flow tests run against (a real IMAP server, the libraries' MTA). Installed
 # when missing and we are root (CI, containers); otherwise those tests skip and say how to
@@ -50,7 +50,24 @@ sysdeps:
 	    echo "note: $(DEBS) is not installed; the IMAP, browser, unit-file and Postfix tests will skip (apt-get install $(DEBS))"; \
 	  fi; }
 
-pytest: $(STAMP) sysdeps
+# Jasmin SMS gateway for the gateway flow tests (tests/flows/jasmin.py), in a virtualenv of its
+# own: its Twisted stack stays out of the project's. 0.11.0, not 0.11.1: 0.11.1 loses every
+# delivery receipt (jookies/jasmin#1199). Needs RabbitMQ and Redis running on 127.0.0.1.
+JASMIN_VERSION := 0.11.0
+JASMIN_PYTHON  ?= $(PYTHON)
+JASMIN_VENV    := .venv-jasmin
+JASMIN_STAMP   := $(JASMIN_VENV)/.installed-$(JASMIN_VERSION)
+
+jasmin-venv: $(JASMIN_STAMP)
+
+$(JASMIN_STAMP):
+	rm -rf $(JASMIN_VENV)
+	$(JASMIN_PYTHON) -m venv $(JASMIN_VENV)
+	$(JASMIN_VENV)/bin/pip install --quiet --upgrade pip
+	$(JASMIN_VENV)/bin/pip install --quiet 'jasmin==$(JASMIN_VERSION)'
+	touch $(JASMIN_STAMP)
+
+pytest: $(STAMP) sysdeps $(JASMIN_STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
@@ -65,4 +82,4 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(JASMIN_VENV) var .pytest_cache .mypy_cache .ruff_cache

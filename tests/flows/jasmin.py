@@ -141,26 +141,24 @@ class JCli:
             self.buf += self._telnet(chunk)
 
     def _telnet(self, chunk: bytes) -> bytes:
-        """Refuse every option the server proposes (RFC 854/855: DO → WONT, WILL → DONT);
-        jCli waits for the answers before it prints its first prompt. Returns the text."""
+        """Refuse every option the server proposes (RFC 854/855: DO → WONT, WILL → DONT) and
+        return the text without the commands. jCli sends its three-byte negotiations in one
+        write at the start of the session, so a command is never split across reads."""
         text = bytearray()
         i = 0
         while i < len(chunk):
-            b = chunk[i]
-            if b == IAC and i + 2 < len(chunk) + 1 and i + 1 < len(chunk):
-                verb = chunk[i + 1]
-                if verb in (DO, DONT, WILL, WONT) and i + 2 < len(chunk):
-                    option = chunk[i + 2]
-                    if verb == DO:
-                        self.sock.sendall(bytes([IAC, WONT, option]))
-                    elif verb == WILL:
-                        self.sock.sendall(bytes([IAC, DONT, option]))
-                    i += 3
-                    continue
-                i += 2
+            if chunk[i] != IAC or i + 1 >= len(chunk):
+                text.append(chunk[i])
+                i += 1
                 continue
-            text.append(b)
-            i += 1
+            verb = chunk[i + 1]
+            if verb in (DO, DONT, WILL, WONT) and i + 2 < len(chunk):
+                answer = {DO: WONT, WILL: DONT}.get(verb)
+                if answer is not None:
+                    self.sock.sendall(bytes([IAC, answer, chunk[i + 2]]))
+                i += 3
+            else:
+                i += 2
         return bytes(text)
 
     def cmd(self, line: str) -> str:

@@ -90,10 +90,11 @@ virtual_minimum_uid = 1
 # Accept any local part at RCPT; virtual(8) bounces the unknown ones afterwards (a DSN to the
 # envelope sender), as a library relay in front of a separate mailbox server does.
 smtpd_reject_unlisted_recipient = no
-# Retry quickly: the deferral test flushes explicitly, the rest must not wait for a queue run.
-queue_run_delay = 1s
-minimal_backoff_time = 1s
-maximal_backoff_time = 2s
+# Deferred mail waits longer than any test: only `postqueue -f` (Postfix.flush) sends it on,
+# so the deferral test shows the flush working, not a lucky queue run.
+queue_run_delay = 300s
+minimal_backoff_time = 300s
+maximal_backoff_time = 300s
 # Postfix's default 5 days: a refused text bounces at once, only a deferred one waits.
 delay_warning_time = 0h
 """
@@ -153,7 +154,7 @@ class Postfix:
         return done.stdout
 
     def flush(self) -> None:
-        """`postqueue -f`: deliver the deferred mail now (and forget dead destinations)."""
+        """`postqueue -f`: deliver the deferred mail now, dead destinations included."""
         self._run("postqueue", "-f")
 
     def queue(self) -> list[dict[str, object]]:
@@ -291,3 +292,6 @@ def postfix(postfix_server: Postfix) -> Iterator[Postfix]:
     """The module's Postfix, with an empty queue after each test (no retries leak across)."""
     yield postfix_server
     postfix_server.clear_queue()
+    # A flush also forgets destinations marked dead (qmgr's "delivery temporarily
+    # suspended"): the next test's bridge on the same port gets a fresh start.
+    postfix_server.flush()

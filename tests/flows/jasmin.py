@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -81,18 +82,11 @@ class Jasmin:
         with JCli(self.jcli_port) as cli:
             return "".join(cli.cmd(line) for line in lines)
 
-    def connector_status(self) -> str:
-        return self.jcli("smppccm --list")
-
-    def wait_connector_bound(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            out = self.jcli("smppccm --list")
-            if "BOUND_TRX" in out:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"Jasmin's connector did not bind to the simulator: {out}")
-            time.sleep(0.2)
+    def connector_state(self) -> str:
+        """The connector's session state as `smppccm --list` shows it (BOUND_TRX, NONE, ...)."""
+        out = self.jcli("smppccm --list")
+        m = re.search(rf"^#{CONNECTOR}\s+\S+\s+(\S+)", out, re.MULTILINE)
+        return m.group(1) if m else out
 
 
 IAC, DONT, DO, WONT, WILL = 255, 254, 253, 252, 251
@@ -170,7 +164,7 @@ class JCli:
         return out
 
 
-def _config(root: Path, ports: dict[str, int], vhost: str, spec: Path) -> str:
+def _config(ports: dict[str, int], vhost: str, spec: Path) -> str:
     return f"""\
 [smpp-server]
 id = smpps_test
@@ -344,7 +338,7 @@ def run_jasmin(sim_port: int) -> Iterator[Jasmin]:
         (root / "etc" / "jasmin" / "store").mkdir(parents=True)
         (root / "var" / "log" / "jasmin").mkdir(parents=True)
         cfg = root / "etc" / "jasmin" / "jasmin.cfg"
-        cfg.write_text(_config(root, ports, vhost, _amqp_spec()))
+        cfg.write_text(_config(ports, vhost, _amqp_spec()))
         _rabbitmqctl("add_vhost", vhost)
         _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         out = (root / "jasmind.out").open("wb")

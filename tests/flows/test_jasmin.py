@@ -118,7 +118,13 @@ async def jenv(jasmin_server: jas.Jasmin, tmp_path: Path) -> AsyncIterator[JEnv]
     await sink.start()
     env = JEnv(jasmin_server, sim, sink, tmp_path)
     try:
-        await asyncio.to_thread(jasmin_server.wait_connector_bound)
+        # Bound to this test's simulator (the previous test's one is gone): Jasmin's connector
+        # reconnects after con_fail_delay / con_loss_delay, 1 s here.
+        try:
+            await sim.wait_for(lambda: sim.bound_sessions > 0, timeout=STEP_S)
+        except TimeoutError:
+            state = await asyncio.to_thread(jasmin_server.connector_state)
+            raise AssertionError(f"Jasmin's connector did not bind (state {state})") from None
         yield env
     finally:
         if env.bridge is not None:

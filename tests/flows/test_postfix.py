@@ -161,6 +161,23 @@ async def test_notice_through_postfix_reaches_the_handset(pf: PfEnv) -> None:
     assert line
 
 
+async def test_8bit_utf8_notice_through_postfix_arrives_intact(pf: PfEnv) -> None:
+    """An ILS sending raw UTF-8 (Content-Transfer-Encoding: 8bit): Postfix passes it on with
+    BODY=8BITMIME, or converts it to quoted-printable when the next hop does not offer
+    8BITMIME (RFC 6152 §3); either way the patron reads the same text."""
+    await pf.start_bridge()
+    text = "Café Łódź: your hold is ready ✓"
+    raw = (
+        f"From: {pf.ils}\r\nTo: {TO}\r\nSubject: Hold\r\nMessage-ID: <u8@riverside.example.org>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\n" + text + "\r\n"
+    ).encode()
+    conv = await send(pf.postfix.port, pf.ils, [TO], raw)
+    assert conv.data is not None and conv.data[0] == 250, conv
+    (sms,) = await pf.sim.wait_for_messages(1, timeout=STEP_S)
+    assert sms.text == text and sms.data_coding == 8
+
+
 async def test_invalid_number_bounces_to_the_ils_with_the_bridges_reason(pf: PfEnv) -> None:
     await pf.start_bridge()
     bad = f"555@{SMS_DOMAIN}"
@@ -177,6 +194,20 @@ async def test_invalid_number_bounces_to_the_ils_with_the_bridges_reason(pf: PfE
     assert "Action: failed" in fields and "Status: 5.1.3" in fields, fields
     assert f"Diagnostic-Code: smtp; 553 5.1.3 {_flat(reason)}" in fields, fields
     assert pf.sim.messages == []
+
+
+async def test_one_mail_two_numbers_one_refused_partial_bounce(pf: PfEnv) -> None:
+    """Postfix delivers a multi-recipient mail in one transaction with one RCPT each: the
+    bridge's per-recipient refusal bounces only that recipient, the other text goes out."""
+    await pf.start_bridge()
+    bad, good = f"555@{SMS_DOMAIN}", f"2025550144@{SMS_DOMAIN}"
+    conv = await send(pf.postfix.port, pf.ils, [good, bad], notice(From=pf.ils, To=good))
+    assert conv.data is not None and conv.data[0] == 250
+    (sms,) = await pf.sim.wait_for_messages(1, timeout=STEP_S)
+    assert sms.destination == "+12025550144"
+    (dsn,) = await pf.wait_mail(pf.ils)
+    _, fields = _dsn_parts(dsn)
+    assert f"Final-Recipient: rfc822; {bad}" in fields and good not in fields, fields
 
 
 async def test_opted_out_number_bounces_and_stop_notifies_the_library(pf: PfEnv) -> None:

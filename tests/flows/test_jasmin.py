@@ -22,7 +22,7 @@ import yaml
 
 from bridge import policy
 from bridge.app import Bridge
-from bridge.config import load_config_text
+from bridge.config import SmppConfig, load_config_text
 from bridge.model import SmsRecord, SmsState
 from bridge.testing.smsc_sim import SmscSimulator
 from bridge.testing.smtp_sink import SmtpSink
@@ -37,6 +37,8 @@ PATRON = "+12025550143"
 NUMBER = "12025550100"
 STEP_S = 20.0
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+SMPP_KEYS = set(SmppConfig.model_fields)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -247,8 +249,11 @@ async def test_lost_receipts_end_in_unconfirmed_after_the_deadline(jenv: JEnv) -
     """Receipts lost on the way (here: the carrier sends none; through Jasmin 0.11.0 also
     every upstream rejection, see above): after smpp.receipt_timeout the notice must stop
     looking in flight and say its outcome is unknown."""
+    # The key as the brief names it, or with the project's "_s" suffix for durations.
+    key = next((k for k in ("receipt_timeout", "receipt_timeout_s") if k in SMPP_KEYS), None)
+    assert key is not None, "smpp.receipt_timeout is not a config key yet"
     jenv.sim.receipts = False
-    await jenv.start_bridge({"smpp": {"receipt_timeout": "2s"}})
+    await jenv.start_bridge({"smpp": {key: 2}})
     conv = await send(jenv.smtp_port, FROM, [TO], notice())
     (qid,) = conv.queue_ids
     await jenv.sim.wait_for_messages(1, timeout=STEP_S)

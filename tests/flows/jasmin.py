@@ -188,6 +188,8 @@ log_level = DEBUG
 
 [sm-listener]
 log_level = DEBUG
+# A text queued while the carrier link is down is retried this often (default 30 s).
+submit_retrial_delay_smppc_not_ready = 1
 
 [dlr]
 # One receipt per final state, not an extra ACCEPTD receipt made from the submit_sm_resp.

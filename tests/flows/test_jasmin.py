@@ -131,7 +131,7 @@ async def jenv(jasmin_server: jas.Jasmin, tmp_path: Path) -> AsyncIterator[JEnv]
     finally:
         if env.bridge is not None:
             await env.bridge.stop()
-        await sim.stop()
+        await env.sim.stop()  # the test may have replaced it (carrier outage)
         await sink.stop()
 
 
@@ -170,6 +170,23 @@ async def test_long_notice_is_reassembled_on_the_handset(jenv: JEnv, concat: str
     assert rec.segments == 2
     ids = jenv.segment_ids(qid)
     assert len(ids) == 2 and all(UUID.match(i) for i in ids), ids
+
+
+async def test_carrier_outage_behind_jasmin_is_bridged_by_its_queue(jenv: JEnv) -> None:
+    """The gateway's link to the carrier is down: Jasmin still answers the bridge's submit_sm
+    (it queues in RabbitMQ), and sends the text once its connector binds again; the receipt
+    then completes the notice at the bridge."""
+    await jenv.start_bridge()
+    port = jenv.sim.port
+    await jenv.sim.stop()
+    conv = await send(jenv.smtp_port, FROM, [TO], notice("Library closed Monday."))
+    (qid,) = conv.queue_ids
+    await jenv.wait_state(qid, SmsState.SUBMITTED)
+    jenv.sim = SmscSimulator(system_id=jas.SIM_SYSTEM_ID, password=jas.SIM_PASSWORD, port=port)
+    await jenv.sim.start()
+    (sms,) = await jenv.sim.wait_for_messages(1, timeout=STEP_S)
+    assert sms.text == "Library closed Monday."
+    await jenv.wait_state(qid, SmsState.DELIVERED)
 
 
 async def test_patron_reply_through_jasmins_mo_route(jenv: JEnv) -> None:

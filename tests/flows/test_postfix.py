@@ -47,7 +47,7 @@ class PfEnv:
     postfix: Postfix
     sim: SmscSimulator
     tmp: Path
-    ils: str  # this test's ILS sender: its own Maildir at Postfix
+    ils: str  # this test's ILS sender, with a mailbox of its own at Postfix (Delivered-To)
     reply_to: str  # this test's library reply address
     bridge: Bridge | None = None
     bridges: list[Bridge] = field(default_factory=list)

@@ -261,7 +261,6 @@ async def test_upstream_rejection_is_not_reported_by_jasmin_0_11_0(jenv: JEnv) -
     assert jenv.sink.mails == []
 
 
-@pytest.mark.xfail(strict=True, reason="needs smpp.receipt_timeout and the unconfirmed state")
 async def test_lost_receipts_end_in_unconfirmed_after_the_deadline(jenv: JEnv) -> None:
     """Receipts lost on the way (here: the carrier sends none; through Jasmin 0.11.0 also
     every upstream rejection, see above): after smpp.receipt_timeout the notice must stop

@@ -129,7 +129,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
 
     async def go() -> int:
-        store = make_store(cfg.store)
+        store = make_store(cfg.store, region=cfg.tenants[0].region)
         await store.open()
         try:
             now = time.time()
@@ -202,7 +202,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
 
     async def go() -> dict[str, object]:
-        store = make_store(cfg.store)
+        store = make_store(cfg.store, region=cfg.tenants[0].region)
         await store.open()
         try:
             return {"sms": await store.counts(), "mail": await store.mail_counts()}
@@ -221,15 +221,31 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_optout(args: argparse.Namespace) -> int:
-    from bridge.addressing import AddressError, format_msisdn, local_part_to_e164
+    from bridge.addressing import (
+        AddressError,
+        canonical_address,
+        format_msisdn,
+        local_part_to_e164,
+    )
     from bridge.model import OptoutRecord
     from bridge.store import make_store
 
     cfg = _load(args.config)
-    scope = (args.scope or cfg.smpp.source_addr).lstrip("+")
+    scope = cfg.smpp.source_addr  # canonical (bridge/config.py)
+    if args.scope:
+        # Opt-outs are stored under the canonical sending number: read --scope the same way.
+        canonical = canonical_address(args.scope, cfg.tenants[0].region)
+        if canonical.kind == "other":
+            print(
+                f"--scope {args.scope}: not a phone number, short code or sender id; "
+                "give the sending number, e.g. +12025550100",
+                file=sys.stderr,
+            )
+            return EXIT_PROBLEM
+        scope = canonical.value
 
     async def go() -> int:
-        store = make_store(cfg.store)
+        store = make_store(cfg.store, region=cfg.tenants[0].region)
         await store.open()
         try:
             if args.optout_cmd == "export":
@@ -294,7 +310,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from bridge.reports import Maintenance
 
         async def send() -> int:
-            store = make_store(cfg.store)
+            store = make_store(cfg.store, region=cfg.tenants[0].region)
             await store.open()
             try:
                 m = Maintenance(cfg, store)
@@ -312,7 +328,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return EXIT_OK if n else EXIT_PROBLEM
 
     async def go() -> list[dict[str, object]]:
-        store = make_store(cfg.store)
+        store = make_store(cfg.store, region=cfg.tenants[0].region)
         await store.open()
         try:
             rows = await store.cost_report(time.time() - args.days * 86400)
@@ -376,7 +392,7 @@ def cmd_send_test(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     async def watch() -> str | None:
-        store = make_store(cfg.store)
+        store = make_store(cfg.store, region=cfg.tenants[0].region)
         await store.open()
         try:
             deadline = time.monotonic() + args.wait

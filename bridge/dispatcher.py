@@ -26,7 +26,7 @@ from bridge.policy import optin_confirmation
 from bridge.shaping import Shaped, shape
 from bridge.smpp import errors
 from bridge.smpp.encoding import EncodedSms, TooManySegments, encode_sms, segment_count
-from bridge.smpp.pdu import SubmitSm, source_ton_npi
+from bridge.smpp.pdu import SubmitSm, source_address
 from bridge.smpp.session import NotBound, ResponseTimeout, SmppSession
 from bridge.store import Outgoing, Store, StoreError
 
@@ -323,7 +323,9 @@ class Dispatcher:
         )
 
     async def _submit(self, rec: SmsRecord, encoded: EncodedSms, shaped: Shaped | None) -> None:
-        ton, npi = source_ton_npi(rec.source_addr)
+        # Sending numbers are stored as E.164 ("+12025550100"); on the wire a TON 1 number
+        # carries its digits without the '+' (SMPP 3.4 §5.2.5).
+        source, ton, npi = source_address(rec.source_addr)
         dest = rec.msisdn.lstrip("+")
         # message_payload mode: one submit_sm carrying the whole text in the TLV (SMPP 3.4
         # §5.3.2.32), short_message empty; otherwise one submit_sm per part.
@@ -334,7 +336,7 @@ class Dispatcher:
         )
         pdus = [
             SubmitSm(
-                source_addr=rec.source_addr,
+                source_addr=source,
                 source_addr_ton=ton,
                 source_addr_npi=npi,
                 destination_addr=dest,

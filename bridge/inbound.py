@@ -470,7 +470,7 @@ class Inbound:
     ) -> MoOutcome:
         """A patron's message as an email to the library that texted them (or the fallback)."""
         if not addressing.is_msisdn(msisdn):
-            return await self._unnumbered_reply(msisdn, dest, text, now, keyword)
+            return await self._unnumbered_reply(msisdn, dest, text, now, tag, keyword)
         cfg = self.cfg
         tenant, last = await self.route_tenant(msisdn, dest, now)
         when = datetime.fromtimestamp(now, UTC)
@@ -522,7 +522,7 @@ class Inbound:
         )
 
     async def _unnumbered_reply(
-        self, sender: str, dest: str, text: str, now: float, keyword: str | None
+        self, sender: str, dest: str, text: str, now: float, tag: str | None, keyword: str | None
     ) -> MoOutcome:
         """A message from a sender that is not a phone number (empty, an alphanumeric id, "1",
         twenty digits): accepted, never retried for ever, and passed on to staff like any
@@ -554,7 +554,7 @@ class Inbound:
             )
         given = sender or "(none)"
         note = (
-            f"\n\n-- \nNote from the SMS bridge: the carrier gave the sender as {given!r}"
+            f"Note from the SMS bridge: the carrier gave the sender as {given!r}"
             f" ({what}), not a phone number, so this message cannot be answered by text"
         )
         if keyword is not None:
@@ -570,7 +570,9 @@ class Inbound:
             domain=domain,
             from_display=f"SMS from {given}",
             to_addr=to,
-            text=text + note,
+            text=text,
+            note=note,
+            tag=tag,
             original_sms=None,
             original_message_id=None,
             original_subject=None,

@@ -12,7 +12,6 @@ never echoes more than a bounded, sanitised piece of the input.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -364,19 +363,26 @@ def _after_idd(digits: str) -> str | None:
     return None
 
 
+def _same_country(e164: str, region: str) -> bool:
+    number = phonenumbers.parse(e164, None)
+    return number.country_code == phonenumbers.country_code_for_region(region)
+
+
 def canonical_address(raw: str, region: str, *, ton: int | None = None) -> SmsAddress:
     """The canonical form of a sending or receiving number, or of a sender id (pure).
 
     ``region`` (ISO 3166, e.g. ``US``) reads national forms; ``ton`` is the SMPP type of number
     the value came with (§5.2.5), None for a configured value. Readings are tried in an order
-    that depends on the TON, and the first that is a valid number wins:
+    that depends on the TON:
 
     - TON 5 (alphanumeric), or any value with letters: an alphanumeric sender id, kept as given;
     - a leading ``+``: international; then after an IDD prefix (``+00...``);
     - TON 1 (international): ``+<digits>``, then after an IDD prefix, then national in
-      ``region`` (some SMSCs flag national numbers as international);
-    - TON 0/2/other or None: national in ``region`` (which also handles the region's own trunk
-      and IDD prefixes), then ``+<digits>``, then after an IDD prefix (``00``/``011``).
+      ``region`` (some SMSCs flag national numbers as international); the first valid wins;
+    - TON 0 (unknown), 2 (national), others, or None (a configured or stored value): national
+      in ``region`` (which also strips the region's own trunk and IDD prefixes) and
+      ``+<digits>``; when both are valid numbers and differ, the one in the region's country
+      wins; when neither is, the digits after an IDD prefix (``00``/``011``).
 
     Digits that are no valid number are a short code when they are 3 to 8 digits without
     ``+``; anything else (empty, ``1``, twenty digits, symbols) is kind ``other``, value as
@@ -391,17 +397,23 @@ def canonical_address(raw: str, region: str, *, ton: int | None = None) -> SmsAd
     digits = compact[1:] if plus else compact
     if not digits.isascii() or not digits.isdigit() or len(digits) > _MAX_DIGITS:
         return SmsAddress(_printable(stripped), "other")
-    order: tuple[Callable[[str], str | None], ...]
+    found: str | None
     if plus:
-        order = (_international, _after_idd)
+        found = _international(digits) or _after_idd(digits)
     elif ton == TON_INTERNATIONAL:
-        order = (_international, _after_idd, lambda d: _valid_e164(d, region))
+        found = _international(digits) or _after_idd(digits) or _valid_e164(digits, region)
     else:
-        order = (lambda d: _valid_e164(d, region), _international, _after_idd)
-    for reading in order:
-        found = reading(digits)
-        if found is not None:
-            return SmsAddress(found, "e164")
+        national, international = _valid_e164(digits, region), _international(digits)
+        if national and international and national != international:
+            # Both readings are numbers: "2015550100" is a US number and an Egyptian one,
+            # "4915123456789" a German number with and without its country code. The reading
+            # in the region's own country wins: a library's patrons and its own number are
+            # local, and digits that start with the region's country code include it.
+            found = international if _same_country(international, region) else national
+        else:
+            found = national or international or _after_idd(digits)
+    if found is not None:
+        return SmsAddress(found, "e164")
     if not plus and _SHORT_CODE.fullmatch(digits):
         return SmsAddress(digits, "short_code")
     return SmsAddress(_printable(stripped), "other")

@@ -154,7 +154,7 @@ _SHARED_NUMBER_REGIONS = "shared_number_regions"
 def _canonical_source(value: str, regions: tuple[str, ...]) -> str:
     """A configured sending number in the canonical form every MO, receipt and opt-out is
     compared in (bridge.addressing.canonical_address), or ValueError saying how to fix it."""
-    readings = {region: addressing.canonical_address(value, region) for region in regions}
+    readings = {r: addressing.canonical_address(value, r) for r in regions}
     kinds = {a.kind for a in readings.values()}
     if kinds == {"alphanumeric"}:
         # GSM 03.40 §9.1.2.5: an alphanumeric sender is at most 11 GSM-7 characters.

@@ -31,6 +31,7 @@ def canonicalisers(region: str) -> tuple[Canon, Canon]:
         return addr.value if addr.is_e164 else value
 
     def sending(value: str) -> str:
+        # Read as config.py reads source_addr, so a stored scope equals the configured number.
         addr = addressing.canonical_address(value, region)
         return addr.value if addr.is_number else value
 

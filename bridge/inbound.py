@@ -445,8 +445,15 @@ class Inbound:
         return None, None
 
     def answer_sms(self, tenant_id: str, msisdn: str, source: str, text: str) -> NewSms:
-        """An SMS the bridge itself sends a patron (canned answers, keyword confirmations).
-        Null envelope sender: nothing bounces back from it."""
+        """An SMS the bridge itself sends a patron (canned answers, keyword confirmations),
+        from the number the patron wrote to (canonical). Null envelope sender: nothing bounces
+        back from it."""
+        cfg = self.cfg
+        if source not in {cfg.source_addr_for(t) for t in cfg.tenants}:
+            # Never from a number the bridge does not send from (an MO destination no reading
+            # of which is a configured number): from the library's own number instead.
+            tenant = cfg.tenant_or_none(tenant_id)
+            source = cfg.source_addr_for(tenant) if tenant is not None else cfg.smpp.source_addr
         return NewSms(
             tenant_id=tenant_id,
             msisdn=msisdn,

@@ -126,3 +126,12 @@ async def test_reply_from_an_alphanumeric_sender_on_a_shared_number_goes_to_the_
     (mail,) = await e.sink.wait_for(1, timeout=10)
     assert mail.rcpt_tos == (FALLBACK,)
     assert "an alphanumeric sender id" in mail.message().get_content()
+
+
+async def test_answers_go_out_only_from_a_number_the_bridge_sends_from(env: Env) -> None:
+    # An MO to a number that is none of the configured ones (a carrier's misrouting): the
+    # HELP answer goes out from the library's number, not from the number the SMSC wrote.
+    assert await env.sim.inject_mo(PATRON, "2025550111", "HELP", dest_ton=2) == [0]
+    (msg,) = await env.sim.wait_for_messages(1, timeout=5)
+    assert msg.source == "+12025550100"
+    assert msg.text == policy.help_text(PROGRAM, "contact your library")

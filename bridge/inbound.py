@@ -621,6 +621,11 @@ class Inbound:
         stale = await self.store.stale_mo_groups(now - self.cfg.inbound.reassembly_timeout_s)
         for group, total, parts in stale:
             msisdn, dest = group.split("|")[:2]
+            # Canonical already, except in parts kept by a version before canonical numbers
+            # (the forms are idempotent: a canonical value reads as itself).
+            library, region = our_number(self.cfg, dest, None)
+            dest = library.value
+            msisdn = addressing.canonical_address(msisdn, region).value
             text = join_with_gaps(parts, total)
             digest = hashlib.sha256(f"{group}|partial|{text}".encode()).hexdigest()
             log.warning(

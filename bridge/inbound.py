@@ -625,7 +625,8 @@ class Inbound:
             # (the forms are idempotent: a canonical value reads as itself).
             library, region = our_number(self.cfg, dest, None)
             dest = library.value
-            msisdn = addressing.canonical_address(msisdn, region).value
+            if msisdn.startswith("+"):  # a sender id is kept as it came, with its TON 5
+                msisdn = addressing.canonical_address(msisdn, region).value
             text = join_with_gaps(parts, total)
             digest = hashlib.sha256(f"{group}|partial|{text}".encode()).hexdigest()
             log.warning(

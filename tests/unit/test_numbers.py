@@ -517,4 +517,5 @@ def test_a_canonical_value_reads_as_itself(raw: str, ton: int | None, region: st
     # Values are canonicalised again where they come back from the store (concatenation
     # groups, migrated rows); that must never change them.
     first = canonical_address(raw, region, ton=ton)
-    assert canonical_address(first.value, region).value == first.value
+    again = 5 if first.kind == "alphanumeric" else None  # a sender id only with its TON
+    assert canonical_address(first.value, region, ton=again) == first

@@ -12,14 +12,19 @@ never echoes more than a bounded, sanitised piece of the input.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Literal
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat, PhoneNumberType
 
 __all__ = [
     "AddressError",
+    "SmsAddress",
+    "canonical_address",
     "e164_to_local_part",
     "format_msisdn",
+    "is_msisdn",
     "local_part_to_e164",
     "mask_msisdn",
     "sender_matches",
@@ -107,7 +112,8 @@ def local_part_to_e164(local_part: str, region: str) -> str:
     Numbers without ``+`` are read in ``region`` (so a national trunk prefix or an IDD prefix
     such as US ``011`` works). When that reading is not a valid number but the digits are a
     valid number once read as ``+<digits>`` (a reply address from ``e164_to_local_part`` for a
-    foreign patron, e.g. ``447400123456``), the international reading is used.
+    foreign patron, e.g. ``447400123456``) or after an IDD prefix (``00``), that reading is
+    used: the readings of :func:`canonical_address`.
 
     Raises ``AddressError`` for anything that is not a valid number able to receive SMS, and
     ``ValueError`` when ``region`` is not a region phonenumbers knows (a configuration error).
@@ -132,16 +138,14 @@ def local_part_to_e164(local_part: str, region: str) -> str:
     if len(digits) > _MAX_DIGITS:
         raise AddressError(f"{shown} has too many digits for a phone number")
 
-    number = _parse_or_none(compact, region)
-    valid = number is not None and phonenumbers.is_valid_number(number)
-    if not valid and not compact.startswith("+"):
-        international = _parse_or_none("+" + digits, None)
-        if international is not None and phonenumbers.is_valid_number(international):
-            number, valid = international, True
-
-    if number is None or not valid:
+    # The one normalisation every number goes through (canonical_address): the same readings
+    # as a patron's number arriving over SMPP, so an opt-out recorded from a reply matches the
+    # number the library's notices are addressed to.
+    canonical = canonical_address(compact, region)
+    if not canonical.is_e164:
+        number = _parse_or_none(compact, region)
         raise AddressError(_invalid_reason(shown, number, region, compact.startswith("+")))
-
+    number = phonenumbers.parse(canonical.value, None)
     number_type = phonenumbers.number_type(number)
     if number_type not in _SMS_CAPABLE:
         kind = _TYPE_NAMES.get(number_type, _TYPE_NAMES[PhoneNumberType.UNKNOWN])
@@ -277,3 +281,146 @@ def sender_matches(pattern: str, sender: str) -> bool:
     if value.startswith("<") and value.endswith(">"):
         value = value[1:-1].strip()
     return _pattern_regex(pattern).fullmatch(value) is not None
+
+
+# ============================================================================================
+# Sending and receiving numbers on the SMPP side: one canonical form
+#
+# The same number reaches the bridge written many ways: the configuration says "+12025550199"
+# or "12025550199", one SMSC sends a patron's STOP to "12025550100" with TON 1 (international),
+# another to "2025550100" with TON 2 (national) or TON 0 (unknown), some with an IDD prefix
+# ("0012025550100", US "01112025550100"), a few with spaces. An opt-out stored under one
+# spelling and looked up under another is an opt-out not honoured, so every number goes through
+# `canonical_address` before it is stored, compared or looked up (ARCHITECTURE.md principle 13).
+
+AddressKind = Literal["e164", "short_code", "alphanumeric", "other"]
+
+# SMPP 3.4 §5.2.5: type of number.
+TON_UNKNOWN = 0
+TON_INTERNATIONAL = 1
+TON_NATIONAL = 2
+TON_ALPHANUMERIC = 5
+
+# Separators an SMSC or a configuration may put inside a number.
+_NUMBER_SEPARATORS = re.compile(r"[\s\-.()/]")
+# Short codes are 3 to 8 digits in the countries that have them (US/CA: 5-6; some European
+# networks: 3-4 or up to 8); they are not E.164 numbers and stay digits as given.
+_SHORT_CODE = re.compile(r"[0-9]{3,8}")
+# International (IDD) prefixes written in front of a country code: "00" (ITU-T E.164 Annex A
+# recommends it; most of the world) and "011" (the NANP's). phonenumbers.parse already strips
+# the prefix of the region it is given; these are tried as well because an SMSC abroad (or one
+# configured for another region) uses its own.
+_IDD_PREFIXES = ("00", "011")
+
+
+@dataclass(frozen=True)
+class SmsAddress:
+    """A number (or sender id) in canonical form.
+
+    ``value`` is what is stored, compared and looked up: E.164 (``+12025550143``) for a valid
+    phone number, the digits of a short code, an alphanumeric sender id as given (case kept),
+    or, for anything else (empty, ``1``, twenty digits), the value as the carrier gave it.
+    ``kind`` keeps a sender id or a broken value from ever being taken for a number: only an
+    ``e164`` address can be texted, opted out or matched to a patron.
+    """
+
+    value: str
+    kind: AddressKind
+
+    @property
+    def is_e164(self) -> bool:
+        return self.kind == "e164"
+
+    @property
+    def is_number(self) -> bool:
+        """A number a patron can text to (E.164 or a short code)."""
+        return self.kind in ("e164", "short_code")
+
+
+def _printable(value: str) -> str:
+    # A sender id is kept as given, except characters that could break a log line, a mail
+    # header or the "|"-separated concatenation group key: those become "?".
+    return "".join(ch if " " <= ch <= "~" and ch != "|" else "?" for ch in value)
+
+
+def _valid_e164(text: str, region: str | None) -> str | None:
+    number = _parse_or_none(text, region)
+    if number is None or not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, PhoneNumberFormat.E164)
+
+
+def _international(digits: str) -> str | None:
+    return _valid_e164("+" + digits, None) if digits[:1] not in ("", "0") else None
+
+
+def _after_idd(digits: str) -> str | None:
+    for prefix in _IDD_PREFIXES:
+        if digits.startswith(prefix) and len(digits) > len(prefix):
+            found = _international(digits[len(prefix) :])
+            if found is not None:
+                return found
+    return None
+
+
+def _same_country(e164: str, region: str) -> bool:
+    number = phonenumbers.parse(e164, None)
+    return number.country_code == phonenumbers.country_code_for_region(region)
+
+
+def canonical_address(raw: str, region: str, *, ton: int | None = None) -> SmsAddress:
+    """The canonical form of a sending or receiving number, or of a sender id (pure).
+
+    ``region`` (ISO 3166, e.g. ``US``) reads national forms; ``ton`` is the SMPP type of number
+    the value came with (§5.2.5), None for a configured value. Readings are tried in an order
+    that depends on the TON:
+
+    - TON 5 (alphanumeric), or any value with letters: an alphanumeric sender id, kept as given;
+    - a leading ``+``: international; then after an IDD prefix (``+00...``);
+    - TON 1 (international): ``+<digits>``, then after an IDD prefix, then national in
+      ``region`` (some SMSCs flag national numbers as international); the first valid wins;
+    - TON 0 (unknown), 2 (national), others, or None (a configured or stored value): national
+      in ``region`` (which also strips the region's own trunk and IDD prefixes) and
+      ``+<digits>``; when both are valid numbers and differ, the one in the region's country
+      wins; when neither is, the digits after an IDD prefix (``00``/``011``).
+
+    Digits that are no valid number are a short code when they are 3 to 8 digits without
+    ``+``; anything else (empty, ``1``, twenty digits, symbols) is kind ``other``, value as
+    given. Raises ValueError only for an unknown ``region`` (a configuration error).
+    """
+    _check_region(region)
+    stripped = raw.strip()
+    if ton == TON_ALPHANUMERIC or any(ch.isalpha() for ch in stripped):
+        return SmsAddress(_printable(stripped), "alphanumeric")
+    compact = _NUMBER_SEPARATORS.sub("", stripped)
+    plus = compact.startswith("+")
+    digits = compact[1:] if plus else compact
+    if not digits.isascii() or not digits.isdigit() or len(digits) > _MAX_DIGITS:
+        return SmsAddress(_printable(stripped), "other")
+    found: str | None
+    if plus:
+        found = _international(digits) or _after_idd(digits)
+    elif ton == TON_INTERNATIONAL:
+        found = _international(digits) or _after_idd(digits) or _valid_e164(digits, region)
+    else:
+        national, international = _valid_e164(digits, region), _international(digits)
+        if national and international and national != international:
+            # Both readings are numbers: "2015550100" is a US number and an Egyptian one,
+            # "4915123456789" a German number with and without its country code. The reading
+            # in the region's own country wins: a library's patrons and its own number are
+            # local, and digits that start with the region's country code include it.
+            found = international if _same_country(international, region) else national
+        else:
+            found = national or international or _after_idd(digits)
+    if found is not None:
+        return SmsAddress(found, "e164")
+    if not plus and _SHORT_CODE.fullmatch(digits):
+        return SmsAddress(digits, "short_code")
+    return SmsAddress(_printable(stripped), "other")
+
+
+def is_msisdn(value: str) -> bool:
+    """Whether a stored value is a canonical E.164 number (something that can be texted and
+    opted out), as opposed to a short code, a sender id or a value no number could be read
+    from. Canonical E.164 is the only form that starts with '+'."""
+    return _E164.fullmatch(value) is not None and _valid_e164(value, None) == value

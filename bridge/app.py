@@ -77,7 +77,7 @@ class Bridge:
         self.cfg = cfg
         self.config_path = config_path
         self.clock = clock
-        self.store = make_store(cfg.store)
+        self.store = make_store(cfg.store, region=cfg.tenants[0].region)
         self.budget: RateBudget | None = None
         self.simulator: object | None = None
         self.session: SmppSession | None = None

@@ -146,7 +146,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
 
     async def go() -> int:
-        store = make_store(cfg.store)
+        store = make_store(cfg.store, region=cfg.tenants[0].region)
         await store.open()
         try:
             now = time.time()
@@ -227,7 +227,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
 
     async def go() -> tuple[dict[str, object], list[LostMail]]:
-        store = make_store(cfg.store)
+        store = make_store(cfg.store, region=cfg.tenants[0].region)
         await store.open()
         try:
             counts: dict[str, object] = {
@@ -272,15 +272,32 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_optout(args: argparse.Namespace) -> int:
-    from bridge.addressing import AddressError, format_msisdn, local_part_to_e164, mask_msisdn
+    from bridge.addressing import (
+        AddressError,
+        canonical_address,
+        format_msisdn,
+        local_part_to_e164,
+        mask_msisdn,
+    )
     from bridge.model import OptoutRecord
     from bridge.store import make_store
 
     cfg = _load(args.config)
-    scope = (args.scope or cfg.smpp.source_addr).lstrip("+")
+    scope = cfg.smpp.source_addr  # canonical (bridge/config.py)
+    if args.scope:
+        # Opt-outs are stored under the canonical sending number: read --scope the same way.
+        canonical = canonical_address(args.scope, cfg.tenants[0].region)
+        if canonical.kind == "other":
+            print(
+                f"--scope {args.scope}: not a phone number, short code or sender id; "
+                "give the sending number, e.g. +12025550100",
+                file=sys.stderr,
+            )
+            return EXIT_PROBLEM
+        scope = canonical.value
 
     async def go() -> int:
-        store = make_store(cfg.store)
+        store = make_store(cfg.store, region=cfg.tenants[0].region)
         await store.open()
         try:
             if args.optout_cmd == "export":
@@ -345,7 +362,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from bridge.reports import Maintenance
 
         async def send() -> int:
-            store = make_store(cfg.store)
+            store = make_store(cfg.store, region=cfg.tenants[0].region)
             await store.open()
             try:
                 m = Maintenance(cfg, store)
@@ -363,7 +380,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return EXIT_OK if n else EXIT_PROBLEM
 
     async def go() -> list[dict[str, object]]:
-        store = make_store(cfg.store)
+        store = make_store(cfg.store, region=cfg.tenants[0].region)
         await store.open()
         try:
             rows = await store.cost_report(time.time() - args.days * 86400)
@@ -459,7 +476,7 @@ async def _watch(cfg: Config, queue_id: str, wait: float) -> tuple[str, int]:
     from bridge.model import SmsState
     from bridge.store import make_store
 
-    store = make_store(cfg.store)
+    store = make_store(cfg.store, region=cfg.tenants[0].region)
     await store.open()
     try:
         deadline = time.monotonic() + wait

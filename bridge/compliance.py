@@ -111,15 +111,31 @@ class Compliance:
     # --- keywords in patron messages (bridge.inbound.KeywordHook) ------------------------------
 
     def tenants_on(self, dest: str) -> list[TenantConfig]:
-        return [t for t in self.cfg.tenants if self.cfg.source_addr_for(t).lstrip("+") == dest]
+        # Both canonical (bridge.addressing.canonical_address): config.py stores sending
+        # numbers as E.164 and the MO router reads the destination the same way.
+        return [t for t in self.cfg.tenants if self.cfg.source_addr_for(t) == dest]
 
     async def keyword(self, msisdn: str, dest: str, text: str, now: float) -> MoOutcome | None:
         cfg = self.cfg
         routed, _ = await self.inbound.route_tenant(msisdn, dest, now)
         custom = routed.keywords if routed else ()
-        match = policy.match_keyword(text, cfg.compliance.keyword_set(custom))
+        keywords = cfg.compliance.keyword_set(custom)
+        # A bare keyword ("STOP", "Stop!"), else an unmistakable opt-out request ("stop
+        # please", "STOP STOP"): policy.match_optout_request documents the rule.
+        match = policy.match_keyword(text, keywords) or policy.match_optout_request(text, keywords)
         if match is None:
             return None
+        if not addressing.is_msisdn(msisdn):
+            # No number to record an opt-out for or to text an answer to (an alphanumeric
+            # sender id, an empty or broken sender): staff get the message, told why.
+            return await self.inbound.reply_outcome(
+                msisdn,
+                dest,
+                text,
+                now,
+                tag=match.keyword,
+                keyword=match.keyword if match.action != "custom" else None,
+            )
         comp = cfg.compliance
         owner = routed or next(iter(self.tenants_on(dest)), cfg.tenants[0])
         log.info("keyword %s from=%s to=%s", match.keyword, addressing.mask_msisdn(msisdn), dest)
@@ -166,6 +182,7 @@ class Compliance:
         """Every library sending from that number learns of it, so staff can update the ILS."""
         what = "opted out of" if rec.opted_out else "opted back in to"
         number = addressing.format_msisdn(msisdn)
+        sending = addressing.format_msisdn(dest)
         out = []
         for tenant in self.tenants_on(dest):
             to = tenant.reply_to if tenant.takes_replies else tenant.bounce_to
@@ -173,7 +190,7 @@ class Compliance:
                 continue
             body = (
                 f"The patron with phone number {number} {what} text notices on "
-                f"{_day(rec.changed_at)} by replying {rec.keyword} to {dest}.\n\n"
+                f"{_day(rec.changed_at)} by replying {rec.keyword} to {sending}.\n\n"
                 + (
                     "The bridge will not text this number again until the patron replies "
                     "START. Please update the patron's notice preference in the ILS so notices "

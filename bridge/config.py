@@ -23,11 +23,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from bridge import defaults, gateways
+from bridge import addressing, defaults, gateways
+from bridge.smpp.pdu import source_ton_npi
 
 
 class ConfigError(Exception):
@@ -170,6 +172,42 @@ class SmtpConfig(_Model):
         return self.domains + tuple(d for d in self.gateway_domains if d not in self.domains)
 
 
+# Validation-context key: the regions the shared smpp.source_addr is read in.
+_SHARED_NUMBER_REGIONS = "shared_number_regions"
+
+
+def _canonical_source(value: str, regions: tuple[str, ...]) -> str:
+    """A configured sending number in the canonical form every MO, receipt and opt-out is
+    compared in (bridge.addressing.canonical_address), or ValueError saying how to fix it."""
+    readings = {r: addressing.canonical_address(value, r) for r in regions}
+    kinds = {a.kind for a in readings.values()}
+    if kinds == {"alphanumeric"}:
+        # GSM 03.40 §9.1.2.5: an alphanumeric sender is at most 11 GSM-7 characters.
+        if len(value.strip()) > 11:
+            raise ValueError("an alphanumeric sender has at most 11 characters")
+        return value.strip()
+    if "other" in kinds or "alphanumeric" in kinds:
+        where = " or ".join(regions)
+        raise ValueError(
+            f"{value!r} is not a valid phone number for region {where}, a short code "
+            "(3-8 digits) or an alphanumeric sender id; write the number in international "
+            'form with + and the country code, e.g. "+12025550100"'
+        )
+    values = {a.value for a in readings.values()}
+    if len(values) > 1:
+        read = ", ".join(f"{a.value} in region {r}" for r, a in readings.items())
+        raise ValueError(
+            f"{value!r} reads as {read}; write it in international form with + and the "
+            "country code so every library on it means the same number"
+        )
+    (canonical,) = values
+    try:
+        source_ton_npi(canonical)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} cannot be sent over SMPP: {exc}") from None
+    return canonical
+
+
 class SmppConfig(_Model):
     host: str = defaults.SMPP_HOST
     port: int = Field(default=defaults.SMPP_PORT, ge=0, le=65535)
@@ -221,13 +259,11 @@ class SmppConfig(_Model):
 
     @field_validator("source_addr")
     @classmethod
-    def _source(cls, value: str) -> str:
-        if value.isdigit() or (value.startswith("+") and value[1:].isdigit()):
-            return value.lstrip("+")
-        # GSM 03.40 §9.1.2.5: an alphanumeric sender is at most 11 GSM-7 characters.
-        if len(value) > 11:
-            raise ValueError("an alphanumeric sender has at most 11 characters")
-        return value
+    def _source(cls, value: str, info: ValidationInfo) -> str:
+        # The shared number has no region of its own: it is read in the region(s) of the
+        # tenants that send from it, which load_config_text passes in the validation context.
+        regions = (info.context or {}).get(_SHARED_NUMBER_REGIONS) or (defaults.TENANT_REGION,)
+        return _canonical_source(value, tuple(regions))
 
 
 class StoreConfig(_Model):
@@ -477,8 +513,9 @@ class TenantConfig(_Model):
     users: Mapping[str, str] = Field(default_factory=dict)
     reply_to: str | None = None
     region: Annotated[str, AfterValidator(_check_region)] = defaults.TENANT_REGION
-    # Sending number for this library; default: smpp.source_addr (shared number).
-    source_addr: str | None = None
+    # Sending number for this library; default: smpp.source_addr (shared number). Read in
+    # `region` when written without a country code; stored as E.164 (+12025550100).
+    source_addr: str | None = Field(default=None, min_length=1, max_length=20)
     # Email → SMS text (see bridge/emailparse.py).
     subject: Literal["ignore", "prepend", "only"] = "ignore"
     start_delimiter: str | None = None
@@ -521,6 +558,16 @@ class TenantConfig(_Model):
     # Where a patron's reply goes when reply_to bounces it (a broken alias, a full mailbox):
     # one copy, with the reason (default: bounce_to, else inbound.fallback_to).
     fallback_to: str | None = None
+
+    @field_validator("source_addr")
+    @classmethod
+    def _source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        region = info.data.get("region")
+        if region is None:
+            return value  # the region's own error is reported; nothing to read it in
+        return _canonical_source(value, (region,))
 
     @field_validator("networks", mode="before")
     @classmethod
@@ -759,7 +806,9 @@ def load_config_text(text: str, base: Path = Path(".")) -> Config:
     if problems:
         raise ConfigError(problems)
     try:
-        cfg = Config.model_validate(resolved)
+        cfg = Config.model_validate(
+            resolved, context={_SHARED_NUMBER_REGIONS: _shared_number_regions(resolved)}
+        )
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, _yaml_lines(text))) from None
     # Relative paths are relative to the config file, like most daemons' configs.
@@ -769,6 +818,27 @@ def load_config_text(text: str, base: Path = Path(".")) -> Config:
             "mail": cfg.mail.model_copy(update={"maildir": _rebase(cfg.mail.maildir, base)}),
         }
     )
+
+
+def _shared_number_regions(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    """The regions of the tenants sending from smpp.source_addr (those without their own
+    source_addr), in which a national-form shared number is read; the first tenant's when
+    every tenant has its own. Invalid regions are left to the tenant's own validation."""
+    tenants = raw.get("tenants")
+    if not isinstance(tenants, list):
+        return (defaults.TENANT_REGION,)
+    regions: list[str] = []
+    for t in tenants:
+        if not isinstance(t, Mapping) or t.get("source_addr"):
+            continue
+        region = str(t.get("region") or defaults.TENANT_REGION).upper()
+        if region in phonenumbers.SUPPORTED_REGIONS and region not in regions:
+            regions.append(region)
+    if not regions and tenants and isinstance(tenants[0], Mapping):
+        region = str(tenants[0].get("region") or defaults.TENANT_REGION).upper()
+        if region in phonenumbers.SUPPORTED_REGIONS:
+            regions.append(region)
+    return tuple(regions) or (defaults.TENANT_REGION,)
 
 
 def _rebase(p: Path, base: Path) -> Path:

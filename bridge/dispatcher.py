@@ -27,7 +27,7 @@ from bridge.receipt_watch import at_submit, registered_delivery, validity_period
 from bridge.shaping import Shaped, shape
 from bridge.smpp import errors
 from bridge.smpp.encoding import EncodedSms, TooManySegments, encode_sms, segment_count
-from bridge.smpp.pdu import SubmitSm, source_ton_npi
+from bridge.smpp.pdu import SubmitSm, source_address
 from bridge.smpp.session import NotBound, ResponseTimeout, SmppSession
 from bridge.store import Outgoing, Store, StoreError
 
@@ -360,7 +360,9 @@ class Dispatcher:
         )
 
     async def _submit(self, rec: SmsRecord, encoded: EncodedSms, shaped: Shaped | None) -> None:
-        ton, npi = source_ton_npi(rec.source_addr)
+        # Sending numbers are stored as E.164 ("+12025550100"); on the wire a TON 1 number
+        # carries its digits without the '+' (SMPP 3.4 §5.2.5).
+        source, ton, npi = source_address(rec.source_addr)
         dest = rec.msisdn.lstrip("+")
         smpp = self.cfg.smpp
         # SMPP 3.4 §5.2.17 which receipts to ask for; §5.2.15 / §7.1.1 validity_period: the
@@ -376,7 +378,7 @@ class Dispatcher:
         )
         pdus = [
             SubmitSm(
-                source_addr=rec.source_addr,
+                source_addr=source,
                 source_addr_ton=ton,
                 source_addr_npi=npi,
                 destination_addr=dest,

@@ -127,21 +127,70 @@ def _receipt_failure(state: SmsState, reason: str | None, raw: str) -> Failure:
 
 
 def _same_number(msisdn: str, patron: str) -> bool:
-    """E.164 "+12025550143" against an SMSC's "12025550143" or national "2025550143"."""
-    digits = msisdn.lstrip("+")
-    return bool(patron) and (digits == patron or digits.endswith(patron[-10:]))
+    """Whether a receipt's patron (canonical, bridge.addressing.canonical_address) is the
+    number a segment was sent to. Canonical forms compare equal; the digit comparison remains
+    for receipts held before numbers were canonical and for SMSCs that write the patron in a
+    form no reading turns into the submitted number (a national number flagged TON 1)."""
+    if not patron:
+        return False
+    if patron == msisdn:
+        return True
+    digits, theirs = msisdn.lstrip("+"), patron.lstrip("+")
+    return theirs.isdigit() and (
+        digits == theirs or (len(theirs) >= 7 and digits.endswith(theirs[-10:]))
+    )
 
 
-def mo_msisdn(pdu: DeliverSm, region: str) -> str:
-    """The patron's number as E.164. SMSCs send it international (TON 1) without '+', or
-    national; fall back to the raw digits with '+' rather than lose the message."""
-    digits = "".join(c for c in pdu.source_addr if c.isdigit())
-    if pdu.source_addr_ton == 1 or pdu.source_addr.startswith("+"):
-        return "+" + digits
-    try:
-        return addressing.local_part_to_e164(digits, region)
-    except addressing.AddressError:
-        return "+" + digits
+def _regions(cfg: Config) -> list[str]:
+    """The tenants' regions, first tenant's first: the regions a national form is read in."""
+    out: list[str] = []
+    for t in cfg.tenants:
+        if t.region not in out:
+            out.append(t.region)
+    return out
+
+
+def our_number(cfg: Config, raw: str, ton: int | None) -> tuple[addressing.SmsAddress, str]:
+    """The library number an MO was sent to, canonical, and the region its library reads
+    numbers in. Read with the TON the SMSC gave, then without trusting it (carriers flag
+    national numbers as international), in each tenant's region, and the reading that is one
+    of the configured sending numbers wins; otherwise the first tenant's reading."""
+    ours: dict[str, str] = {}
+    for t in cfg.tenants:
+        ours.setdefault(cfg.source_addr_for(t), t.region)
+    regions = _regions(cfg)
+    for region in regions:
+        for reading in (ton, None):
+            addr = addressing.canonical_address(raw, region, ton=reading)
+            if addr.is_number and addr.value in ours:
+                return addr, ours[addr.value]
+    return addressing.canonical_address(raw, regions[0], ton=ton), regions[0]
+
+
+def mo_addresses(
+    cfg: Config, pdu: DeliverSm
+) -> tuple[addressing.SmsAddress, addressing.SmsAddress]:
+    """(patron, library number) of an MO in canonical form. The patron's number, when the
+    SMSC writes it nationally, is read in the region of the library it wrote to."""
+    dest, region = our_number(cfg, pdu.destination_addr, pdu.dest_addr_ton)
+    sender = addressing.canonical_address(pdu.source_addr, region, ton=pdu.source_addr_ton)
+    return sender, dest
+
+
+def shown(value: str) -> str:
+    """A sender for a log line: masked (bridge.addressing.mask_msisdn); "-" when nothing of it
+    can be shown (a sender id, an empty sender)."""
+    return addressing.mask_msisdn(value) or "-"
+
+
+def _sender_kind(value: str, region: str) -> str:
+    if value == "":
+        return "no sender number"
+    addr = addressing.canonical_address(value, region)
+    return {
+        "alphanumeric": "an alphanumeric sender id",
+        "short_code": "a short code",
+    }.get(addr.kind, "not a valid phone number")
 
 
 class Inbound:
@@ -222,7 +271,9 @@ class Inbound:
             log.warning("receipt without a message id ignored seq=%d", pdu.sequence)
             return
         # SMPP 3.4 §4.6.1: a receipt's source is the original destination, the patron.
-        patron = "".join(c for c in pdu.source_addr if c.isdigit())
+        patron = addressing.canonical_address(
+            pdu.source_addr, self.cfg.tenants[0].region, ton=pdu.source_addr_ton
+        ).value
         raw = receipt.raw_stat or receipt.state
         seg = await self._match(receipt.message_id, patron, variants=False)
         if seg is None:
@@ -366,9 +417,11 @@ class Inbound:
                 pdu.sar_msg_ref_num, pdu.sar_total_segments, pdu.sar_segment_seqnum
             )
         text = decode_payload(pdu.data_coding, body)
-        region = self.cfg.tenants[0].region
-        msisdn = mo_msisdn(pdu, region)
-        dest = "".join(c for c in pdu.destination_addr if c.isalnum())
+        # Canonical forms (bridge.addressing.canonical_address) before anything is compared,
+        # stored or looked up: the opt-out a STOP records must be the one every later notice
+        # from that library's number to that patron is checked against.
+        sender, library = mo_addresses(self.cfg, pdu)
+        msisdn, dest = sender.value, library.value
         now = self.clock()
         digest = hashlib.sha256(
             b"|".join(
@@ -386,12 +439,7 @@ class Inbound:
             group = f"{msisdn}|{dest}|{info.ref_bits}|{info.ref}|{info.total}"
             parts = await self.store.add_mo_part(group, info.seq, info.total, text, now)
             if parts is None:
-                log.info(
-                    "mo part %d/%d from=%s kept",
-                    info.seq,
-                    info.total,
-                    addressing.mask_msisdn(msisdn),
-                )
+                log.info("mo part %d/%d from=%s kept", info.seq, info.total, shown(msisdn))
                 return
             text = "".join(parts)
             digest = hashlib.sha256(f"{group}|{text}".encode()).hexdigest()
@@ -428,11 +476,11 @@ class Inbound:
             )
         if not fresh:
             self.counters.mo_duplicates += 1
-            log.info("mo redelivery from=%s acknowledged again", addressing.mask_msisdn(msisdn))
+            log.info("mo redelivery from=%s acknowledged again", shown(msisdn))
             return
         log.info(
             "mo from=%s to=%s chars=%d emails=%d sms=%d",
-            addressing.mask_msisdn(msisdn),
+            shown(msisdn),
             dest,
             len(text),
             len(outcome.mails),
@@ -448,7 +496,8 @@ class Inbound:
     ) -> tuple[TenantConfig | None, SmsRecord | None]:
         """Which library a reply belongs to: the one whose own number it was sent to; on a
         shared number, the one that texted this patron last within inbound.reply_window_s."""
-        own = [t for t in self.cfg.tenants if t.source_addr and t.source_addr.lstrip("+") == dest]
+        # Both sides canonical: config.py and mo_addresses read numbers the same way.
+        own = [t for t in self.cfg.tenants if t.source_addr and t.source_addr == dest]
         last = await self.store.last_sms_to(msisdn, dest, now - self.cfg.inbound.reply_window_s)
         if len(own) == 1:
             return own[0], last if last and last.tenant_id == own[0].id else None
@@ -457,8 +506,15 @@ class Inbound:
         return None, None
 
     def answer_sms(self, tenant_id: str, msisdn: str, source: str, text: str) -> NewSms:
-        """An SMS the bridge itself sends a patron (canned answers, keyword confirmations).
-        Null envelope sender: nothing bounces back from it."""
+        """An SMS the bridge itself sends a patron (canned answers, keyword confirmations),
+        from the number the patron wrote to (canonical). Null envelope sender: nothing bounces
+        back from it."""
+        cfg = self.cfg
+        if source not in {cfg.source_addr_for(t) for t in cfg.tenants}:
+            # Never from a number the bridge does not send from (an MO destination no reading
+            # of which is a configured number): from the library's own number instead.
+            tenant = cfg.tenant_or_none(tenant_id)
+            source = cfg.source_addr_for(tenant) if tenant is not None else cfg.smpp.source_addr
         return NewSms(
             tenant_id=tenant_id,
             msisdn=msisdn,
@@ -471,9 +527,18 @@ class Inbound:
         )
 
     async def reply_outcome(
-        self, msisdn: str, dest: str, text: str, now: float, *, tag: str | None = None
+        self,
+        msisdn: str,
+        dest: str,
+        text: str,
+        now: float,
+        *,
+        tag: str | None = None,
+        keyword: str | None = None,
     ) -> MoOutcome:
         """A patron's message as an email to the library that texted them (or the fallback)."""
+        if not addressing.is_msisdn(msisdn):
+            return await self._unnumbered_reply(msisdn, dest, text, now, tag, keyword)
         cfg = self.cfg
         tenant, last = await self.route_tenant(msisdn, dest, now)
         when = datetime.fromtimestamp(now, UTC)
@@ -526,6 +591,68 @@ class Inbound:
             conversations=[(mail.message_id, tenant.id, msisdn, dest)],
         )
 
+    async def _unnumbered_reply(
+        self, sender: str, dest: str, text: str, now: float, tag: str | None, keyword: str | None
+    ) -> MoOutcome:
+        """A message from a sender that is not a phone number (empty, an alphanumeric id, "1",
+        twenty digits): accepted, never retried for ever, and passed on to staff like any
+        reply, with the sender as the carrier gave it. Nothing can be texted back to it and no
+        opt-out can be recorded for it, and the mail says so."""
+        cfg = self.cfg
+        tenant, _ = await self.route_tenant(sender, dest, now)
+        to = tenant.reply_to if tenant is not None and tenant.takes_replies else None
+        if tenant is None:
+            to = cfg.inbound.fallback_to
+        what = _sender_kind(sender, cfg.tenants[0].region)
+        if to is None:
+            log.warning(
+                "mo from=%s (%s) to=%s: no library takes replies and inbound.fallback_to is"
+                " not set; acknowledged and dropped",
+                shown(sender),
+                what,
+                dest,
+            )
+            return MoOutcome()
+        if keyword is not None:
+            log.warning(
+                "mo from=%s (%s) to=%s reads as %s, which cannot be recorded as an opt-out"
+                " without a phone number; passed on to staff",
+                shown(sender),
+                what,
+                dest,
+                keyword,
+            )
+        given = sender or "(none)"
+        note = (
+            f"Note from the SMS bridge: the carrier gave the sender as {given!r}"
+            f" ({what}), not a phone number, so this message cannot be answered by text"
+        )
+        if keyword is not None:
+            note += (
+                f". It reads as the keyword {keyword}, but an opt-out (or any other keyword)"
+                " cannot be recorded against a number for such a sender."
+            )
+        else:
+            note += ", and a STOP from it cannot be recorded as an opt-out."
+        local, _, domain = cfg.mail.from_.rpartition("@")
+        mail = build_patron_reply(
+            from_local=local,
+            domain=domain,
+            from_display=f"SMS from {given}",
+            to_addr=to,
+            text=text,
+            note=note,
+            tag=tag,
+            original_sms=None,
+            original_message_id=None,
+            original_subject=None,
+            tenant_name=tenant.name if tenant is not None else "(no library matched)",
+            now=datetime.fromtimestamp(now, UTC),
+            # Null envelope sender: a bounce must not come back as a reply to nobody.
+            envelope_from="",
+        )
+        return MoOutcome(mails=[Outgoing("reply", mail.mail_from, mail.rcpt_to, mail.message)])
+
     def notification(self, to: str, subject: str, body: str, now: float) -> Outgoing:
         mail = build_notification(
             from_addr=self.cfg.mail.from_,
@@ -566,11 +693,17 @@ class Inbound:
         stale = await self.store.stale_mo_groups(now - self.cfg.inbound.reassembly_timeout_s)
         for group, total, parts in stale:
             msisdn, dest = group.split("|")[:2]
+            # Canonical already, except in parts kept by a version before canonical numbers
+            # (the forms are idempotent: a canonical value reads as itself).
+            library, region = our_number(self.cfg, dest, None)
+            dest = library.value
+            if msisdn.startswith("+"):  # a sender id is kept as it came, with its TON 5
+                msisdn = addressing.canonical_address(msisdn, region).value
             text = join_with_gaps(parts, total)
             digest = hashlib.sha256(f"{group}|partial|{text}".encode()).hexdigest()
             log.warning(
                 "mo from=%s incomplete after timeout: passing on %d of %d part(s)",
-                addressing.mask_msisdn(msisdn),
+                shown(msisdn),
                 len(parts),
                 total,
             )

@@ -443,6 +443,7 @@ def build_patron_reply(
     extra_headers: Mapping[str, str] | None = None,
     original_sent_at: datetime | None = None,
     envelope_from: str | None = None,
+    note: str | None = None,
 ) -> OutgoingMail:
     """A patron's SMS reply relayed to library staff.
 
@@ -478,6 +479,10 @@ def build_patron_reply(
         msg[name] = clean_header_value(value, MAX_EXTRA_HEADER)
 
     body = _clean_body(text).rstrip("\n") + "\n"
+    if note:
+        # A word from the bridge about this message (e.g. a sender that is no phone number),
+        # after the patron's text and apart from it.
+        body += "\n-- \n" + _clean_body(note).rstrip("\n") + "\n"
     if original_sms:
         tenant = clean_header_value(tenant_name, MAX_DISPLAY_NAME)
         if original_sent_at is not None:

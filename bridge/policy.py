@@ -43,6 +43,7 @@ __all__ = [
     "duplicate_key",
     "help_text",
     "match_keyword",
+    "match_optout_request",
     "optin_confirmation",
     "optout_confirmation",
     "quiet_until",
@@ -163,6 +164,87 @@ def match_keyword(text: str, keywords: KeywordSet) -> KeywordMatch | None:
             return KeywordMatch(action, kw)
         if first is None:
             first = KeywordMatch(action, kw)
+    return first
+
+
+# Words that add politeness or urgency but no meaning of their own to an opt-out request.
+# Deliberately short: "it", "me", "texts", "the", "don't" are NOT here, so "cancel it" (maybe
+# the hold), "stop texting me" and "don't stop" are not taken for opt-outs (they are forwarded
+# to staff as replies).
+OPTOUT_FILLER: Final = frozenset(
+    {"please", "pls", "plz", "thanks", "thx", "ty", "now", "ok", "okay"}
+)
+# Two-word fillers, dropped as a pair only.
+_FILLER_PAIRS: Final = (("thank", "you"),)
+
+
+def _words(text: str) -> list[str]:
+    """Casefolded words of ``text``: NFKC, format characters dropped, and every run of
+    separators, punctuation and symbols (Z*, C*, P*, S*) is a word break."""
+    text = unicodedata.normalize("NFKC", text)
+    words: list[str] = []
+    current: list[str] = []
+    for ch in text.casefold():
+        category = unicodedata.category(ch)
+        if category == "Cf":
+            continue
+        if category[0] in "ZCPS":
+            if current:
+                words.append("".join(current))
+                current = []
+        else:
+            current.append(ch)
+    if current:
+        words.append("".join(current))
+    return words
+
+
+def match_optout_request(text: str, keywords: KeywordSet) -> KeywordMatch | None:
+    """An opt-out asked for in a few more words than the bare keyword, or None.
+
+    The CTIA Messaging Principles and Best Practices ask that an opt-out be honoured when the
+    consumer uses a keyword or natural language that reasonably conveys a wish to stop. The
+    rule here is deliberately conservative, so that a patron writing *about* stopping something
+    ("don't stop the renewal", "stop the hold") is not opted out: after punctuation and symbols
+    are removed, the message (at most 64 characters) must consist only of
+
+    - one opt-out keyword, possibly repeated ("stop stop", "STOP STOP STOP", "opt out opt out"),
+    - and filler words that add no meaning: please, pls, plz, thanks, thank you, thx, ty, now,
+      ok, okay ("stop please", "Please stop!", "STOP. Thank you", "stop now").
+
+    Only opt-out keywords: START and HELP keep the exact-match rule of ``match_keyword`` (an
+    opt-in must be unambiguous, and a HELP not recognised is still read by staff). Returns the
+    keyword as listed, like ``match_keyword``.
+    """
+    if len(text) > _MAX_KEYWORD_TEXT:
+        return None
+    words = _words(text)
+    kept: list[str] = []
+    i = 0
+    while i < len(words):
+        if any(tuple(words[i : i + len(pair)]) == pair for pair in _FILLER_PAIRS):
+            i += 2
+            continue
+        if words[i] not in OPTOUT_FILLER:
+            kept.append(words[i])
+        i += 1
+    if not kept:
+        return None
+    # The shortest run of words the message repeats: ["opt", "out", "opt", "out"] -> "optout".
+    for period in range(1, len(kept) + 1):
+        if len(kept) % period == 0 and kept == kept[:period] * (len(kept) // period):
+            break
+    squashed = "".join(kept[:period])
+    spaced = " ".join(kept[:period])
+    first: KeywordMatch | None = None
+    for kw in keywords.optout:
+        form = _keyword_form(kw)
+        if form is None or form[1] != squashed:
+            continue
+        if form[0] == spaced:
+            return KeywordMatch("optout", kw)
+        if first is None:
+            first = KeywordMatch("optout", kw)
     return first
 
 

@@ -174,6 +174,9 @@ class DeliverSm:
     sar_msg_ref_num: int | None
     sar_total_segments: int | None
     sar_segment_seqnum: int | None
+    # §5.2.5: how the SMSC wrote destination_addr (international, national, ...); an MO's
+    # destination is the library's number, read in canonical form by bridge.inbound.
+    dest_addr_ton: int = 0
 
 
 @dataclass(frozen=True)
@@ -688,6 +691,7 @@ def parse_deliver_sm(raw: bytes) -> DeliverSm:
         receipted_message_id=_tlv_cstring(fields.tlvs, TAG_RECEIPTED_MESSAGE_ID),
         message_state=_tlv_int(fields.tlvs, TAG_MESSAGE_STATE),
         network_error_code=fields.tlvs.get(TAG_NETWORK_ERROR_CODE),
+        dest_addr_ton=fields.dest_addr_ton,
         sar_msg_ref_num=ref,
         sar_total_segments=total,
         sar_segment_seqnum=seq,

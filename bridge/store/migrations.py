@@ -1,12 +1,113 @@
 """Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 
 Append only: a released migration is never edited, so every store on disk can be brought
-forward from whatever version it is at.
+forward from whatever version it is at. A migration is SQL, or a Python function given the
+open connection and the region national-form numbers are read in (the first tenant's): data
+migrations that need bridge.addressing, such as the canonical numbers of migration 8.
 """
 
 from __future__ import annotations
 
-MIGRATIONS: tuple[str, ...] = (
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeAlias
+
+from bridge import addressing
+
+Canon: TypeAlias = Callable[[str], str]
+
+
+def canonicalisers(region: str) -> tuple[Canon, Canon]:
+    """(patron number, sending number) -> canonical form, for values already in a store.
+
+    Patron numbers stay as they are unless they read as an E.164 number (they were E.164 or
+    "+<digits>" already); sending numbers were stored as configured ("+12025550199"), as the
+    global source_addr ("12025550100") or as an SMSC wrote an MO's destination ("2025550100",
+    "12025550100"): they become E.164, a short code's digits, or stay (sender ids, values no
+    number can be read from)."""
+
+    def patron(value: str) -> str:
+        addr = addressing.canonical_address(value, region)
+        return addr.value if addr.is_e164 else value
+
+    def sending(value: str) -> str:
+        # Read as config.py reads source_addr, so a stored scope equals the configured number.
+        addr = addressing.canonical_address(value, region)
+        return addr.value if addr.is_number else value
+
+    return patron, sending
+
+
+Row: TypeAlias = tuple[Any, ...]
+
+
+def rekey(
+    rows: Iterable[Sequence[Any]],
+    canon: Mapping[int, Canon],
+    key: tuple[int, ...],
+    rank: Callable[[Row], Any],
+) -> tuple[list[Row], list[Row]]:
+    """Rows of a table keyed by numbers, with those numbers made canonical (pure).
+
+    Two rows whose keys become equal merge into one: the one ``rank`` ranks highest. Returns
+    (old keys to delete, rows to insert), both empty when nothing changes, so that a second run
+    is a no-op."""
+    groups: dict[Row, list[tuple[Row, Row]]] = {}
+    for raw in rows:
+        old = tuple(raw)
+        new = tuple(canon[i](v) if i in canon else v for i, v in enumerate(old))
+        groups.setdefault(tuple(new[i] for i in key), []).append((old, new))
+    deletes: list[Row] = []
+    inserts: list[Row] = []
+    for members in groups.values():
+        if len(members) == 1 and members[0][0] == members[0][1]:
+            continue
+        deletes.extend(tuple(old[i] for i in key) for old, _ in members)
+        inserts.append(max(members, key=lambda m: rank(m[1]))[1])
+    return deletes, inserts
+
+
+# (table, column) of numbers that are not part of a unique key: rewritten value by value.
+PATRON_COLUMNS: tuple[tuple[str, str], ...] = (("optout_audit", "msisdn"),)
+SENDING_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("optout_audit", "scope"),
+    ("sms", "source_addr"),
+    ("conversation", "source_addr"),
+)
+
+
+def _canonical_numbers(conn: sqlite3.Connection, region: str) -> None:
+    """Migration 8: every stored patron and sending number used in a lookup in canonical form
+    (bridge.addressing.canonical_address). Before it, an opt-out recorded under the sending
+    number as an SMSC wrote it ("2025550100", "12025550199") was never found by the check for
+    a notice from "+12025550199": the patron's STOP was not honoured."""
+    patron, sending = canonicalisers(region)
+    rows = conn.execute(
+        "SELECT msisdn, scope, opted_out, keyword, changed_at, actor FROM optout"
+    ).fetchall()
+    # An opt-out recorded under two spellings of one number: the newest change stands.
+    deletes, inserts = rekey(rows, {0: patron, 1: sending}, (0, 1), lambda r: r[4])
+    conn.executemany("DELETE FROM optout WHERE msisdn=? AND scope=?", deletes)
+    conn.executemany("INSERT INTO optout VALUES (?,?,?,?,?,?)", inserts)
+    rows = conn.execute("SELECT msisdn, scope, first_at, queue_id FROM first_contact").fetchall()
+    # First contact: the earliest stands.
+    deletes, inserts = rekey(rows, {0: patron, 1: sending}, (0, 1), lambda r: -r[2])
+    conn.executemany("DELETE FROM first_contact WHERE msisdn=? AND scope=?", deletes)
+    conn.executemany("INSERT INTO first_contact VALUES (?,?,?,?)", inserts)
+    for columns, canon in ((PATRON_COLUMNS, patron), (SENDING_COLUMNS, sending)):
+        for table, column in columns:
+            for (value,) in conn.execute(f"SELECT DISTINCT {column} FROM {table}").fetchall():
+                new = canon(value)
+                if new != value:
+                    conn.execute(
+                        f"UPDATE {table} SET {column}=? WHERE {column}=?",
+                        (new, value),
+                    )
+
+
+Migration: TypeAlias = str | Callable[[sqlite3.Connection, str], None]
+
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: outbound SMS queue, per-segment SMSC ids, mail outbox, counters
     """
     CREATE TABLE sms (
@@ -184,4 +285,6 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX sms_awaiting_receipt ON sms (submitted_at) WHERE state = 'submitted'
     """,
+    # 10: patron and sending numbers in canonical form (E.164), opt-outs merged
+    _canonical_numbers,
 )

@@ -9,11 +9,47 @@ references.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
+
+from bridge.store.migrations import PATRON_COLUMNS, SENDING_COLUMNS, canonicalisers, rekey
+
 # Key of the session-level advisory lock held while migrating, so that several instances
 # starting at once do not run the same migration twice (the second waits, then sees it done).
 MIGRATION_LOCK_KEY = 0x5B5_B41D
 
-MIGRATIONS: tuple[str, ...] = (
+
+async def _canonical_numbers(conn: Any, region: str) -> None:
+    """Migration 2: stored patron and sending numbers in canonical form, as SQLite's migration
+    8 does (see there for why); inside the migration's transaction."""
+    patron, sending = canonicalisers(region)
+    rows = await conn.fetch(
+        "SELECT msisdn, scope, opted_out, keyword, changed_at, actor FROM optout"
+    )
+    deletes, inserts = rekey(rows, {0: patron, 1: sending}, (0, 1), lambda r: r[4])
+    if deletes:
+        await conn.executemany("DELETE FROM optout WHERE msisdn=$1 AND scope=$2", deletes)
+        await conn.executemany("INSERT INTO optout VALUES ($1,$2,$3,$4,$5,$6)", inserts)
+    rows = await conn.fetch("SELECT msisdn, scope, first_at, queue_id FROM first_contact")
+    deletes, inserts = rekey(rows, {0: patron, 1: sending}, (0, 1), lambda r: -r[2])
+    if deletes:
+        await conn.executemany("DELETE FROM first_contact WHERE msisdn=$1 AND scope=$2", deletes)
+        await conn.executemany("INSERT INTO first_contact VALUES ($1,$2,$3,$4)", inserts)
+    for columns, canon in ((PATRON_COLUMNS, patron), (SENDING_COLUMNS, sending)):
+        for table, column in columns:
+            for (value,) in await conn.fetch(f"SELECT DISTINCT {column} FROM {table}"):
+                new = canon(value)
+                if new != value:
+                    await conn.execute(
+                        f"UPDATE {table} SET {column}=$1 WHERE {column}=$2",
+                        new,
+                        value,
+                    )
+
+
+Migration: TypeAlias = str | Callable[[Any, str], Awaitable[None]]
+
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: everything SQLite has up to its migration 7, plus leases, heartbeats, a ref sequence
     """
     CREATE TABLE sms (
@@ -178,4 +214,6 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX sms_awaiting_receipt ON sms (submitted_at) WHERE state = 'submitted'
     """,
+    # 4: patron and sending numbers in canonical form (E.164), opt-outs merged
+    _canonical_numbers,
 )

@@ -34,6 +34,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from bridge import defaults
 from bridge.model import (
     EnqueueResult,
     MailRecord,
@@ -162,8 +163,12 @@ class PostgresStore:
         lease_s: float,
         clock: Callable[[], float] = time.time,
         renew_leases: bool = True,
+        region: str = defaults.TENANT_REGION,
     ) -> None:
         self.url = url
+        # Where national-form numbers already in the store are read when a migration makes
+        # them canonical (migration 2): the first tenant's region.
+        self.region = region
         self.instance_id = instance_id
         self.lease_s = lease_s
         self.clock = clock
@@ -221,7 +226,10 @@ class PostgresStore:
                         )
                     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                         async with conn.transaction():
-                            await conn.execute(script)
+                            if callable(script):
+                                await script(conn, self.region)
+                            else:
+                                await conn.execute(script)
                             await conn.execute(
                                 "INSERT INTO schema_version (version) VALUES ($1)", number
                             )

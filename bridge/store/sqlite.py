@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bridge import defaults
 from bridge.model import (
     EnqueueResult,
     MailRecord,
@@ -132,8 +133,11 @@ def _sms(row: sqlite3.Row | tuple[Any, ...]) -> SmsRecord:
 
 
 class SqliteStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, region: str = defaults.TENANT_REGION) -> None:
         self.path = path
+        # Where national-form numbers already in the store are read when a migration makes
+        # them canonical (migration 8): the first tenant's region.
+        self.region = region
         self._q: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -209,9 +213,12 @@ class SqliteStore:
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in script.split(";\n"):
-                    if statement.strip():
-                        conn.execute(statement)
+                if callable(script):
+                    script(conn, self.region)
+                else:
+                    for statement in script.split(";\n"):
+                        if statement.strip():
+                            conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={number}")
                 conn.execute("COMMIT")
             except BaseException:

@@ -226,6 +226,12 @@ class _SimConn:
                 future.set_exception(ConnectionError("session closed"))
 
 
+def _address_as(addr: str, ton: int | None) -> tuple[str, int, int]:
+    if ton is None:
+        return p.source_address(addr)
+    return addr, ton, 0 if ton == 5 else 1
+
+
 class SmscSimulator:
     def __init__(
         self,
@@ -377,11 +383,18 @@ class SmscSimulator:
         *,
         concat: Literal["udh8", "udh16", "sar"] = "udh8",
         data_coding: int | None = None,
+        source_ton: int | None = None,
+        dest_ton: int | None = None,
     ) -> list[int]:
-        """Send a patron's message (split if long) as deliver_sm; return each resp status."""
+        """Send a patron's message (split if long) as deliver_sm; return each resp status.
+
+        Addresses get the TON/NPI a carrier would give them (pdu.source_address); with
+        ``source_ton`` / ``dest_ton`` the address goes out exactly as given with that TON (NPI
+        0 for TON 5, else 1), the way carriers write numbers nationally (TON 2), with unknown
+        TON 0, or send an empty or alphanumeric sender."""
         conn = self._receiver()
-        src, src_ton, src_npi = p.source_address(source)
-        dst, dst_ton, dst_npi = p.source_address(destination)
+        src, src_ton, src_npi = _address_as(source, source_ton)
+        dst, dst_ton, dst_npi = _address_as(destination, dest_ton)
         self._mo_ref = (self._mo_ref + 1) & 0xFFFF
         chunks: list[tuple[bytes, tuple[int, int, int] | None]]
         if data_coding is None:

@@ -16,7 +16,8 @@ from tests.smtp_client import notice, send
 FROM = "ils@riverside.example.org"
 TO = "2025550143@sms.example.org"
 PATRON = "+12025550143"
-NUMBER = "12025550100"
+NUMBER = "12025550100"  # as the simulator writes it in an MO (TON 1)
+SCOPE = "+12025550100"  # as the store keeps it (canonical E.164)
 PROGRAM = "Library text notices"
 
 
@@ -68,7 +69,7 @@ async def test_notice_queued_before_the_opt_out_is_not_sent(env: Env) -> None:
     conv = await send(env.smtp_port, FROM, [TO], notice(Subject="Hold ready"))
     (qid,) = conv.queue_ids
     await env.bridge.store.set_optout(
-        OptoutRecord(PATRON, NUMBER, True, None, time.time(), "admin:test")
+        OptoutRecord(PATRON, SCOPE, True, None, time.time(), "admin:test")
     )
     await env.restart_sim()
     rec = await env.wait_state(qid, SmsState.FAILED)
@@ -81,7 +82,7 @@ async def test_notice_queued_before_the_opt_out_is_not_sent(env: Env) -> None:
 
 async def test_optout_mode_bounce_accepts_and_bounces(env_factory: StartEnv) -> None:
     e = await env_factory({"tenants": [tenant(optout_mode="bounce")]})
-    await e.bridge.store.set_optout(OptoutRecord(PATRON, NUMBER, True, "STOP", 1.0, "patron"))
+    await e.bridge.store.set_optout(OptoutRecord(PATRON, SCOPE, True, "STOP", 1.0, "patron"))
     conv = await send(e.smtp_port, FROM, [TO], notice())
     rec = await e.wait_state(conv.queue_ids[0], SmsState.FAILED)
     assert "opted out" in (rec.reason or "")

@@ -78,7 +78,7 @@ def test_optout_commands(cfg_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     code, out = run(
         capsys, "optout", "-c", str(cfg_path), "add", "202-555-0143", "--reason", "call"
     )
-    assert code == 0 and out.strip() == "+1********43 opted out for sending number 12025550100"
+    assert code == 0 and out.strip() == "+1********43 opted out for sending number +12025550100"
     code, out = run(capsys, "optout", "-c", str(cfg_path), "ls", "--json")
     (row,) = json.loads(out)
     assert row["number"] == "+1********43" and row["by"].startswith("admin:")
@@ -112,7 +112,7 @@ def test_optout_export_csv(cfg_path: Path, capsys: pytest.CaptureFixture[str]) -
     code, out = run(capsys, "optout", "-c", str(cfg_path), "export")
     lines = out.strip().splitlines()
     assert code == 0 and lines[0] == "msisdn,sending_number,opted_out_at,keyword,by"
-    assert lines[1].startswith("+12025550143,12025550100,")
+    assert lines[1].startswith("+12025550143,+12025550100,")
 
 
 def test_json_log_format(capsys: pytest.CaptureFixture[str]) -> None:

@@ -271,12 +271,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _patron_number(number: str, cfg: Config) -> str | None:
+    """A number typed on the command line as E.164, read as the ILS's would be (the first
+    library's region); None after saying on stderr what is wrong with it."""
+    from bridge.addressing import AddressError, local_part_to_e164
+
+    try:
+        return local_part_to_e164(number, cfg.tenants[0].region)
+    except AddressError as exc:
+        print(f"{number}: {exc.reason}", file=sys.stderr)
+        return None
+
+
 def cmd_optout(args: argparse.Namespace) -> int:
     from bridge.addressing import (
-        AddressError,
         canonical_address,
         format_msisdn,
-        local_part_to_e164,
         mask_msisdn,
     )
     from bridge.model import OptoutRecord
@@ -330,10 +340,8 @@ def cmd_optout(args: argparse.Namespace) -> int:
                 else:
                     print("no opt-outs")
                 return EXIT_OK
-            try:
-                msisdn = local_part_to_e164(args.number, cfg.tenants[0].region)
-            except AddressError as exc:
-                print(f"{args.number}: {exc.reason}", file=sys.stderr)
+            msisdn = _patron_number(args.number, cfg)
+            if msisdn is None:
                 return EXIT_PROBLEM
             if args.optout_cmd == "history":
                 for rec, ref in await store.optout_history(msisdn):
@@ -514,7 +522,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Make the bundled SMSC simulator act as a patron's phone (see smsc_sim's control channel)."""
     import socket
 
-    from bridge.addressing import AddressError, local_part_to_e164
     from bridge.testing.smsc_sim import CONTROL_MAGIC
 
     cfg = _load(args.config)
@@ -530,10 +537,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_PROBLEM
-    try:
-        msisdn = local_part_to_e164(args.number, cfg.tenants[0].region)
-    except AddressError as exc:
-        print(f"{args.number}: {exc.reason}", file=sys.stderr)
+    msisdn = _patron_number(args.number, cfg)
+    if msisdn is None:
         return EXIT_PROBLEM
     request: dict[str, object] = {"cmd": args.sim_cmd, "number": msisdn}
     if args.sim_cmd == "reply":

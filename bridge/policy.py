@@ -18,7 +18,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Final, Literal
@@ -110,10 +110,16 @@ def _keyword_form(text: str) -> tuple[str, str] | None:
     core = text[start:end].casefold()
     if not core:
         return None
+    words = _split(core, _is_separator)
+    return " ".join(words), "".join(words)
+
+
+def _split(text: str, is_break: Callable[[str], bool]) -> list[str]:
+    """The non-empty runs of ``text`` between characters for which ``is_break`` is true."""
     words: list[str] = []
     current: list[str] = []
-    for ch in core:
-        if _is_separator(ch):
+    for ch in text:
+        if is_break(ch):
             if current:
                 words.append("".join(current))
                 current = []
@@ -121,7 +127,7 @@ def _keyword_form(text: str) -> tuple[str, str] | None:
             current.append(ch)
     if current:
         words.append("".join(current))
-    return " ".join(words), "".join(words)
+    return words
 
 
 def _listed(keywords: KeywordSet) -> list[tuple[KeywordAction, str]]:
@@ -182,21 +188,8 @@ def _words(text: str) -> list[str]:
     """Casefolded words of ``text``: NFKC, format characters dropped, and every run of
     separators, punctuation and symbols (Z*, C*, P*, S*) is a word break."""
     text = unicodedata.normalize("NFKC", text)
-    words: list[str] = []
-    current: list[str] = []
-    for ch in text.casefold():
-        category = unicodedata.category(ch)
-        if category == "Cf":
-            continue
-        if category[0] in "ZCPS":
-            if current:
-                words.append("".join(current))
-                current = []
-        else:
-            current.append(ch)
-    if current:
-        words.append("".join(current))
-    return words
+    text = "".join(ch for ch in text.casefold() if unicodedata.category(ch) != "Cf")
+    return _split(text, _is_edge_junk)
 
 
 def match_optout_request(text: str, keywords: KeywordSet) -> KeywordMatch | None:

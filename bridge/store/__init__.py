@@ -4,15 +4,30 @@
 from __future__ import annotations
 
 import socket
-from typing import TypeAlias
 
 from bridge import defaults
 from bridge.config import StoreConfig
-from bridge.store.base import CostLintRow, Outgoing, SmsFilter, StoreError
+from bridge.store.base import (
+    CostLintRow,
+    Inbound,
+    MailOutbox,
+    Operations,
+    Optouts,
+    Outgoing,
+    Receipts,
+    SmsFilter,
+    SmsOutbox,
+    Store,
+    StoreError,
+)
 from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
 
-Store: TypeAlias = SqliteStore | PostgresStore
+
+def _both_backends_are_stores(sqlite: SqliteStore, postgres: PostgresStore) -> tuple[Store, Store]:
+    """Never called: mypy proves here that each backend has every method of `Store`, with
+    the same arguments and results (a missing or different one fails the type check)."""
+    return sqlite, postgres
 
 
 def make_store(cfg: StoreConfig, *, region: str = defaults.TENANT_REGION) -> Store:
@@ -31,9 +46,15 @@ def make_store(cfg: StoreConfig, *, region: str = defaults.TENANT_REGION) -> Sto
 
 __all__ = [
     "CostLintRow",
+    "Inbound",
+    "MailOutbox",
+    "Operations",
+    "Optouts",
     "Outgoing",
     "PostgresStore",
+    "Receipts",
     "SmsFilter",
+    "SmsOutbox",
     "SqliteStore",
     "Store",
     "StoreError",

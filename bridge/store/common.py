@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
 from bridge.model import EnqueueResult, MailRecord, NewSms, OptoutRecord, SmsRecord, SmsState
 from bridge.store.base import (
@@ -23,6 +23,7 @@ from bridge.store.base import (
     HeldReceipt,
     LostMail,
     MailInfo,
+    Outgoing,
     ReportData,
     Rollup,
     SmsFilter,
@@ -123,6 +124,101 @@ def enqueue_plan(
     return out
 
 
+# --------------------------------------------------------------------------- new rows
+
+# A row to insert: the columns it names and their values in that order. Each backend writes
+# the INSERT with its own placeholders (and its own ON CONFLICT, where there is one). Flags go
+# as bool: PostgreSQL's columns are boolean, SQLite stores a bool as 0/1.
+NewRow: TypeAlias = tuple[str, tuple[object, ...]]
+
+
+def sms_row(queue_id: str, item: NewSms, now: float) -> NewRow:
+    """A new text, queued and due now."""
+    return (
+        "queue_id, tenant_id, msisdn, rcpt_addr, source_addr, envelope_from, message_id,"
+        " subject, body, in_reply_to, state, attempts, created_at, updated_at, next_attempt_at,"
+        " kind, dup_key, urgent",
+        (
+            queue_id,
+            item.tenant_id,
+            item.msisdn,
+            item.rcpt_addr,
+            item.source_addr,
+            item.envelope_from,
+            item.message_id,
+            item.subject,
+            item.body,
+            item.in_reply_to,
+            SmsState.QUEUED.value,
+            0,
+            now,
+            now,
+            now,
+            item.kind,
+            item.dup_key,
+            item.urgent,
+        ),
+    )
+
+
+def lint_row(step: InsertLint, now: float) -> NewRow:
+    row = step.row
+    return (
+        "queue_id, tenant_id, coding, segments, gsm_segments, culprits, template, created_at",
+        (
+            step.queue_id,
+            step.item.tenant_id,
+            row.coding,
+            row.segments,
+            row.gsm_segments,
+            row.culprits,
+            row.template,
+            now,
+        ),
+    )
+
+
+def mail_row(mail: Outgoing, now: float) -> NewRow:
+    """A new email, queued and due now; its recipients as a JSON list."""
+    return (
+        "kind, mail_from, rcpt_to, data, state, attempts, next_attempt_at, created_at,"
+        " updated_at, ref, tenant_id, fallback_of",
+        (
+            mail.kind,
+            mail.mail_from,
+            json.dumps(list(mail.rcpt_to)),
+            mail.data,
+            "queued",
+            0,
+            now,
+            now,
+            now,
+            mail.ref,
+            mail.tenant_id,
+            mail.fallback_of,
+        ),
+    )
+
+
+def optout_row(rec: OptoutRecord) -> NewRow:
+    """The current opt-out of a number for a sending number (upserted on (msisdn, scope))."""
+    return (
+        "msisdn, scope, opted_out, keyword, changed_at, actor",
+        (rec.msisdn, rec.scope, rec.opted_out, rec.keyword, rec.changed_at, rec.actor),
+    )
+
+
+def optout_audit_row(rec: OptoutRecord, mo_ref: str | None) -> NewRow:
+    """The audit trail's record of the same change, with the MO that made it."""
+    columns, values = optout_row(rec)
+    return columns + ", mo_ref", (*values, mo_ref)
+
+
+def clears_first_contact(rec: OptoutRecord) -> bool:
+    """The first text after an opt-in carries the opt-out footer again."""
+    return not rec.opted_out
+
+
 # --------------------------------------------------------------------------- rows to records
 
 # The column order `sms_record` reads (SELECT {SMS_COLUMNS} FROM sms ...).
@@ -170,11 +266,6 @@ def optout_record(row: Sequence[Any]) -> OptoutRecord:
 # SELECT id, smsc_message_id, patron, state, error, raw_stat, received_at FROM pending_receipt
 def held_receipt(row: Sequence[Any]) -> HeldReceipt:
     return (int(row[0]), row[1], row[2], row[3], row[4], row[5], float(row[6]))
-
-
-# The email outbox keeps its recipients as a JSON list (one column on both backends).
-def rcpt_json(rcpt_to: Sequence[str]) -> str:
-    return json.dumps(list(rcpt_to))
 
 
 # SELECT id, kind, mail_from, rcpt_to, data, attempts (after the claim), ref, tenant_id,

@@ -1070,77 +1070,36 @@ class PostgresStore:
         return common.report_data(states, failed, unconfirmed, changes, costly, lost)
 
 
+async def _insert(conn: Any, table: str, row: common.NewRow, tail: str = "") -> Any:
+    """INSERT one common.NewRow; what `tail` returns (RETURNING ...), else None."""
+    columns, values = row
+    marks = ",".join(f"${i}" for i in range(1, len(values) + 1))
+    return await conn.fetchval(f"INSERT INTO {table} ({columns}) VALUES ({marks}){tail}", *values)
+
+
 async def _insert_sms(conn: Any, item: NewSms, now: float) -> str:
     qid = new_queue_id()
-    await conn.execute(
-        "INSERT INTO sms (queue_id, tenant_id, msisdn, rcpt_addr, source_addr,"
-        " envelope_from, message_id, subject, body, in_reply_to, state, attempts,"
-        " created_at, updated_at, next_attempt_at, kind, dup_key, urgent)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,'queued',0,$11,$11,$11,$12,$13,$14)",
-        qid,
-        item.tenant_id,
-        item.msisdn,
-        item.rcpt_addr,
-        item.source_addr,
-        item.envelope_from,
-        item.message_id,
-        item.subject,
-        item.body,
-        item.in_reply_to,
-        now,
-        item.kind,
-        item.dup_key,
-        item.urgent,
-    )
+    await _insert(conn, "sms", common.sms_row(qid, item, now))
     return qid
 
 
 async def _write_optout(conn: Any, rec: OptoutRecord, mo_ref: str | None) -> None:
-    if not rec.opted_out:
-        # The first text after an opt-in carries the opt-out footer again.
+    if common.clears_first_contact(rec):
         await conn.execute(
             "DELETE FROM first_contact WHERE msisdn=$1 AND scope=$2", rec.msisdn, rec.scope
         )
-    await conn.execute(
-        "INSERT INTO optout (msisdn, scope, opted_out, keyword, changed_at, actor)"
-        " VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (msisdn, scope) DO UPDATE SET"
-        " opted_out=excluded.opted_out, keyword=excluded.keyword,"
-        " changed_at=excluded.changed_at, actor=excluded.actor",
-        rec.msisdn,
-        rec.scope,
-        rec.opted_out,
-        rec.keyword,
-        rec.changed_at,
-        rec.actor,
+    await _insert(
+        conn,
+        "optout",
+        common.optout_row(rec),
+        " ON CONFLICT (msisdn, scope) DO UPDATE SET opted_out=excluded.opted_out,"
+        " keyword=excluded.keyword, changed_at=excluded.changed_at, actor=excluded.actor",
     )
-    await conn.execute(
-        "INSERT INTO optout_audit (msisdn, scope, opted_out, keyword, changed_at, actor, mo_ref)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7)",
-        rec.msisdn,
-        rec.scope,
-        rec.opted_out,
-        rec.keyword,
-        rec.changed_at,
-        rec.actor,
-        mo_ref,
-    )
+    await _insert(conn, "optout_audit", common.optout_audit_row(rec, mo_ref))
 
 
 async def _insert_mail(conn: Any, mail: Outgoing, now: float) -> int:
-    value = await conn.fetchval(
-        "INSERT INTO mail_outbox (kind, mail_from, rcpt_to, data, state, attempts,"
-        " next_attempt_at, created_at, updated_at, ref, tenant_id, fallback_of)"
-        " VALUES ($1,$2,$3,$4,'queued',0,$5,$5,$5,$6,$7,$8) RETURNING id",
-        mail.kind,
-        mail.mail_from,
-        common.rcpt_json(mail.rcpt_to),
-        mail.data,
-        now,
-        mail.ref,
-        mail.tenant_id,
-        mail.fallback_of,
-    )
-    return int(value)
+    return int(await _insert(conn, "mail_outbox", common.mail_row(mail, now), " RETURNING id"))
 
 
 async def _enqueue_step(conn: Any, step: common.EnqueueStep, now: float) -> str | None:
@@ -1171,18 +1130,5 @@ async def _enqueue_step(conn: Any, step: common.EnqueueStep, now: float) -> str 
         return None if row is None else str(row[0])
     if isinstance(step, common.InsertSms):
         return await _insert_sms(conn, step.item, now)
-    row = step.row
-    await conn.execute(
-        "INSERT INTO cost_lint (queue_id, tenant_id, coding, segments,"
-        " gsm_segments, culprits, template, created_at)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-        step.queue_id,
-        step.item.tenant_id,
-        row.coding,
-        row.segments,
-        row.gsm_segments,
-        row.culprits,
-        row.template,
-        now,
-    )
+    await _insert(conn, "cost_lint", common.lint_row(step, now))
     return None

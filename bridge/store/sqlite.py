@@ -1156,74 +1156,37 @@ class SqliteStore:
         return await self._call(fn)
 
 
+def _insert(conn: sqlite3.Connection, table: str, row: common.NewRow, tail: str = "") -> int:
+    """INSERT one common.NewRow; the new row's rowid."""
+    columns, values = row
+    marks = ",".join("?" * len(values))
+    cur = conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks}){tail}", values)
+    return int(cur.lastrowid or 0)
+
+
 def _insert_sms(conn: sqlite3.Connection, item: NewSms, now: float) -> str:
     qid = new_queue_id()
-    conn.execute(
-        "INSERT INTO sms (queue_id, tenant_id, msisdn, rcpt_addr, source_addr,"
-        " envelope_from, message_id, subject, body, in_reply_to, state, attempts,"
-        " created_at, updated_at, next_attempt_at, kind, dup_key, urgent)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,'queued',0,?,?,?,?,?,?)",
-        (
-            qid,
-            item.tenant_id,
-            item.msisdn,
-            item.rcpt_addr,
-            item.source_addr,
-            item.envelope_from,
-            item.message_id,
-            item.subject,
-            item.body,
-            item.in_reply_to,
-            now,
-            now,
-            now,
-            item.kind,
-            item.dup_key,
-            int(item.urgent),
-        ),
-    )
+    _insert(conn, "sms", common.sms_row(qid, item, now))
     return qid
 
 
 def _write_optout(conn: sqlite3.Connection, rec: OptoutRecord, mo_ref: str | None) -> None:
-    if not rec.opted_out:
-        # The first text after an opt-in carries the opt-out footer again.
+    if common.clears_first_contact(rec):
         conn.execute(
             "DELETE FROM first_contact WHERE msisdn=? AND scope=?", (rec.msisdn, rec.scope)
         )
-    conn.execute(
-        "INSERT INTO optout (msisdn, scope, opted_out, keyword, changed_at, actor)"
-        " VALUES (?,?,?,?,?,?) ON CONFLICT (msisdn, scope) DO UPDATE SET"
-        " opted_out=excluded.opted_out, keyword=excluded.keyword,"
-        " changed_at=excluded.changed_at, actor=excluded.actor",
-        (rec.msisdn, rec.scope, int(rec.opted_out), rec.keyword, rec.changed_at, rec.actor),
+    _insert(
+        conn,
+        "optout",
+        common.optout_row(rec),
+        " ON CONFLICT (msisdn, scope) DO UPDATE SET opted_out=excluded.opted_out,"
+        " keyword=excluded.keyword, changed_at=excluded.changed_at, actor=excluded.actor",
     )
-    conn.execute(
-        "INSERT INTO optout_audit (msisdn, scope, opted_out, keyword, changed_at, actor, mo_ref)"
-        " VALUES (?,?,?,?,?,?,?)",
-        (rec.msisdn, rec.scope, int(rec.opted_out), rec.keyword, rec.changed_at, rec.actor, mo_ref),
-    )
+    _insert(conn, "optout_audit", common.optout_audit_row(rec, mo_ref))
 
 
 def _insert_mail(conn: sqlite3.Connection, mail: Outgoing, now: float) -> int:
-    cur = conn.execute(
-        "INSERT INTO mail_outbox (kind, mail_from, rcpt_to, data, state, attempts,"
-        " next_attempt_at, created_at, updated_at, ref, tenant_id, fallback_of)"
-        " VALUES (?,?,?,?,'queued',0,?,?,?,?,?,?)",
-        (
-            mail.kind,
-            mail.mail_from,
-            common.rcpt_json(mail.rcpt_to),
-            mail.data,
-            now,
-            now,
-            now,
-            mail.ref,
-            mail.tenant_id,
-            mail.fallback_of,
-        ),
-    )
-    return int(cur.lastrowid or 0)
+    return _insert(conn, "mail_outbox", common.mail_row(mail, now))
 
 
 def _enqueue_step(conn: sqlite3.Connection, step: common.EnqueueStep, now: float) -> str | None:
@@ -1247,20 +1210,5 @@ def _enqueue_step(conn: sqlite3.Connection, step: common.EnqueueStep, now: float
         return None if row is None else str(row[0])
     if isinstance(step, common.InsertSms):
         return _insert_sms(conn, step.item, now)
-    row = step.row
-    conn.execute(
-        "INSERT INTO cost_lint (queue_id, tenant_id, coding, segments,"
-        " gsm_segments, culprits, template, created_at)"
-        " VALUES (?,?,?,?,?,?,?,?)",
-        (
-            step.queue_id,
-            step.item.tenant_id,
-            row.coding,
-            row.segments,
-            row.gsm_segments,
-            row.culprits,
-            row.template,
-            now,
-        ),
-    )
+    _insert(conn, "cost_lint", common.lint_row(step, now))
     return None

@@ -14,6 +14,7 @@ import pytest
 
 from bridge.model import NewSms, OptoutRecord, SmsRecord, SmsState
 from bridge.ratebudget import Peer, share
+from bridge.store import common
 from bridge.store.base import ACTIVITY_BUCKET_S, CostLintRow, Outgoing, SmsFilter, Store
 from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
@@ -715,3 +716,30 @@ async def test_tenant_report_lists_unconfirmed(store: Store) -> None:
     data = await store.tenant_report("riverside", "12025550100", since=0.0, until=100.0)
     assert data.states == {"unconfirmed": 1}
     assert data.unconfirmed == [("+12025550143", "Hold", 10.0)] and data.failed == []
+
+
+# --- the shared plan (bridge/store/common.py), without a database --------------------------------
+
+
+def test_enqueue_plan_checks_words_then_message_id_and_places_lint() -> None:
+    first = NewSms(**{**sms(1).__dict__, "dup_key": "k1"})
+    second = sms(2, message_id=None)
+    lint = [CostLintRow(1, "ucs2", 2, 1, "’", "Hold")]
+    plan = common.enqueue_plan([first, second], 100.0, 60.0, 30.0, lint)
+    asked: list[common.EnqueueStep] = []
+    answers = {"dup_key": None, "message_id": "q-old"}
+
+    def do(step: common.EnqueueStep) -> str | None:
+        asked.append(step)
+        if isinstance(step, common.FindDuplicate):
+            return answers[step.by]
+        return "q-new" if isinstance(step, common.InsertSms) else None
+
+    results = common.run_plan(plan, do)
+    assert [(r.queue_id, r.duplicate) for r in results] == [("q-old", True), ("q-new", False)]
+    assert asked == [
+        common.FindDuplicate(first, "dup_key", 70.0),
+        common.FindDuplicate(first, "message_id", 40.0),
+        common.InsertSms(second),  # no key of either kind: no lookup
+        common.InsertLint("q-new", second, lint[0]),
+    ]

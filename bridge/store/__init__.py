@@ -1,5 +1,14 @@
 """Durable state behind one interface: SQLite (store.path, the embedded default) or PostgreSQL
-(store.url: several bridge instances sharing one queue)."""
+(store.url: several bridge instances sharing one queue).
+
+base.py      the interface: one Protocol per area (SmsOutbox, Receipts, Inbound, Optouts,
+             MailOutbox, Operations) and `Store`, all of them; the types they speak in
+common.py    what both backends decide alike: duplicate checks, receipt outcomes, purge
+             states, new rows, rows to records
+sqlite.py, postgres.py   SQL and connection handling only
+migrations.py, pg_migrations.py   the two schemas (tests/unit/test_schema_agreement.py
+             checks they agree)
+"""
 
 from __future__ import annotations
 

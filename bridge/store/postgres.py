@@ -1,7 +1,8 @@
 """PostgreSQL store: several bridge instances sharing one queue (store.url).
 
-Same methods, arguments and results as SqliteStore (bridge/store/sqlite.py), so the intake,
-dispatcher, inbound router and mailer do not know which one they talk to. Every method is one
+Same methods, arguments and results as SqliteStore (bridge/store/sqlite.py): both are a
+`Store` (bridge/store/base.py), so the intake, dispatcher, inbound router and mailer do not
+know which one they talk to. Every method is one
 transaction on a connection from a small asyncpg pool; PostgreSQL's own group commit does what
 the SQLite writer thread does by hand.
 

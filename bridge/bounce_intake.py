@@ -30,7 +30,7 @@ from bridge import verp
 from bridge.config import Config
 from bridge.dsnparse import parse_bounce
 from bridge.mailbuild import build_reply_fallback
-from bridge.store import Outgoing, Store
+from bridge.store import MailOutbox, Outgoing
 from bridge.store.base import MailInfo
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def bounce_domains(cfg: Config) -> tuple[str, ...]:
     return tuple(dict.fromkeys((bounce_domain(cfg), *cfg.smtp.domains)))
 
 
-async def load_secret(cfg: Config, store: Store) -> bytes:
+async def load_secret(cfg: Config, store: MailOutbox) -> bytes:
     """mail.verp_secret, or the one kept in the store (made on first use; on PostgreSQL the
     first instance to ask makes it and every other reads the same)."""
     if cfg.mail.verp_secret:
@@ -109,7 +109,7 @@ def fallback_copy(cfg: Config, info: MailInfo, reason: str, now: float) -> Outgo
 
 async def record_lost(
     cfg: Config,
-    store: Store,
+    store: MailOutbox,
     info: MailInfo,
     state: str,
     reason: str,
@@ -143,7 +143,7 @@ class BounceIntake:
     def __init__(
         self,
         cfg: Config,
-        store: Store,
+        store: MailOutbox,
         *,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,

@@ -26,7 +26,7 @@ from bridge.config import Config, TenantConfig
 from bridge.dispatcher import Decision
 from bridge.inbound import Inbound, MoOutcome
 from bridge.model import NewSms, OptoutRecord, SmsRecord
-from bridge.store import Outgoing, Store
+from bridge.store import Optouts, Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _day(ts: float) -> str:
 
 
 class Compliance:
-    def __init__(self, cfg: Config, store: Store, inbound: Inbound, locks: NumberLocks) -> None:
+    def __init__(self, cfg: Config, store: Optouts, inbound: Inbound, locks: NumberLocks) -> None:
         self.cfg = cfg
         self.store = store
         self.inbound = inbound

@@ -30,7 +30,7 @@ from bridge.mail_transport import (
 )
 from bridge.mailbuild import OutgoingMail
 from bridge.model import MailRecord
-from bridge.store import Store, StoreError
+from bridge.store import MailOutbox, StoreError
 from bridge.store.base import MailInfo
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class Mailer:
     def __init__(
         self,
         cfg: Config,
-        store: Store,
+        store: MailOutbox,
         transport: MailTransport,
         *,
         clock: Callable[[], float] = time.time,

@@ -27,11 +27,11 @@ from typing import Protocol, TypeVar
 from bridge import statuspage
 from bridge.addressing import mask_msisdn
 from bridge.metrics import CONTENT_TYPE, MAIL_STATES, QUEUE_STATES, Metrics
-from bridge.model import OptoutRecord, SmsRecord
+from bridge.model import SmsRecord
 from bridge.receipt_watch import ReceiptHealth
 from bridge.statuspage import LibraryInput, LibraryStats
-from bridge.store import SmsFilter
-from bridge.store.base import Activity, LostMail
+from bridge.store import SmsFilter, Store
+from bridge.store.base import LostMail
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ __all__ = [
     "BridgeView",
     "Health",
     "SessionView",
-    "StoreView",
     "check_health",
     "render_status_page",
 ]
@@ -80,26 +79,6 @@ _HTML_HEADERS = (("Content-Security-Policy", _CSP), ("Referrer-Policy", "no-refe
 # ----------------------------------------------------------------------------- what we read
 
 
-class StoreView(Protocol):
-    """The store calls the admin listener makes (bridge.store.SqliteStore has them all)."""
-
-    async def counts(self) -> dict[str, int]: ...
-
-    async def mail_counts(self) -> dict[str, int]: ...
-
-    async def list_sms(self, flt: SmsFilter, now: float) -> list[SmsRecord]: ...
-
-    async def list_optouts(self, scope: str | None = None) -> list[OptoutRecord]: ...
-
-    async def lost_mail(
-        self, since: float, tenant_id: str | None = None, limit: int = 20
-    ) -> list[LostMail]: ...
-
-    async def ping(self) -> int: ...
-
-    async def activity(self, since: float) -> Activity: ...
-
-
 class SessionView(Protocol):
     @property
     def bound(self) -> bool: ...
@@ -118,7 +97,7 @@ class BridgeView(Protocol):
     """Read-only properties, so a real ``Bridge`` (plain attributes) satisfies it."""
 
     @property
-    def store(self) -> StoreView: ...
+    def store(self) -> Store: ...
 
     @property
     def session(self) -> SessionView | None: ...

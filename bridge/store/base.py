@@ -1,10 +1,14 @@
-"""Types the store speaks in, independent of the backend."""
+"""Types the store speaks in, independent of the backend, and the interface both backends
+(bridge/store/sqlite.py, bridge/store/postgres.py) implement: one Protocol per area, and
+`Store`, all of them together. A consumer names the narrowest area it uses."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, TypeAlias
 
-from bridge.model import SmsState
+from bridge.model import EnqueueResult, MailRecord, NewSms, OptoutRecord, SmsRecord, SmsState
 
 
 class StoreError(Exception):
@@ -121,3 +125,234 @@ class Activity:
     replies: list[tuple[str, int, int]]  # tenant_id, bucket, count (replies mailed to staff)
     optouts: list[tuple[str, int, bool, int]]  # scope, bucket, opted_out, count
     to_fix: list[tuple[str, str, str, int]]  # tenant_id, msisdn, reason, failed notices
+
+
+# A receipt kept until its message's submit_sm_resp is committed:
+# (row id, smsc id, patron, state, error, raw stat, received_at).
+HeldReceipt: TypeAlias = tuple[int, str, str, str, str | None, str | None, float]
+
+# How a receipt's segment states decide the message's state (bridge/inbound.py), and the bounce
+# emails a new final failure produces: both pure, run inside the receipt's transaction.
+Rollup: TypeAlias = Callable[[SmsRecord, list[str]], tuple[SmsState, str | None] | None]
+Bouncer: TypeAlias = Callable[[SmsRecord, SmsState, str | None], Sequence[Outgoing]]
+
+
+# --------------------------------------------------------------------------- the interface
+
+
+class Lifecycle(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class SmsOutbox(Protocol):
+    """The outbound SMS queue: enqueue, claim, record the outcome, retry; admin listing."""
+
+    async def enqueue_sms(
+        self,
+        items: Sequence[NewSms],
+        now: float,
+        dedup_window_s: float,
+        dup_window_s: float = 0.0,
+        lint: Sequence[CostLintRow] = (),
+    ) -> list[EnqueueResult]: ...
+
+    async def backlog(self) -> int: ...
+
+    async def requeue_inflight(self, now: float) -> int: ...
+
+    async def claim_sms(self, now: float, limit: int) -> list[SmsRecord]: ...
+
+    async def next_due(self) -> float | None: ...
+
+    async def next_concat_ref(self) -> int: ...
+
+    async def record_submitted(
+        self,
+        queue_id: str,
+        smsc_ids: Sequence[str],
+        segments: int,
+        coding: str,
+        now: float,
+        *,
+        first_contact: tuple[str, str] | None = None,
+        shaped: str | None = None,
+        settle: tuple[SmsState, str] | None = None,
+    ) -> None: ...
+
+    async def record_retry(
+        self, queue_id: str, reason: str, next_at: float, now: float, *, count: bool = True
+    ) -> None: ...
+
+    async def record_final(
+        self,
+        queue_id: str,
+        state: SmsState,
+        reason: str | None,
+        now: float,
+        mails: Sequence[Outgoing] = (),
+    ) -> None: ...
+
+    async def get_sms(self, queue_id: str) -> SmsRecord | None: ...
+
+    async def list_sms(self, flt: SmsFilter, now: float) -> list[SmsRecord]: ...
+
+    async def retry_sms(self, queue_id: str, now: float) -> bool: ...
+
+    async def drop_sms(self, queue_id: str, now: float) -> bool: ...
+
+    async def counts(self) -> dict[str, int]: ...
+
+
+class Receipts(Protocol):
+    """Delivery receipts: segments by SMSC id, the roll-up, held receipts, the deadline."""
+
+    async def find_segments(self, smsc_ids: Sequence[str]) -> list[SegmentRef]: ...
+
+    async def apply_receipt(
+        self,
+        queue_id: str,
+        seq: int,
+        segment_state: str,
+        error: str | None,
+        now: float,
+        rollup: Rollup,
+        bounces: Bouncer,
+    ) -> SmsState | None: ...
+
+    async def settle_overdue(
+        self, submitted_before: float, state: SmsState, reason: str, now: float, limit: int = 500
+    ) -> list[tuple[str, str, str]]: ...
+
+    async def hold_receipt(
+        self, smsc_id: str, patron: str, state: str, error: str | None, raw: str | None, now: float
+    ) -> None: ...
+
+    async def held_for(self, smsc_id: str) -> list[HeldReceipt]: ...
+
+    async def held_receipts(self, older_than: float) -> list[HeldReceipt]: ...
+
+    async def drop_held_receipt(self, row_id: int) -> None: ...
+
+
+class Inbound(Protocol):
+    """Patron messages (MO): concatenated parts, the atomic commit of what one causes, and the
+    conversations replies are routed by."""
+
+    async def add_mo_part(
+        self, group_key: str, seq: int, total: int, text: str, now: float
+    ) -> list[str] | None: ...
+
+    async def stale_mo_groups(
+        self, older_than: float
+    ) -> list[tuple[str, int, list[tuple[int, str]]]]: ...
+
+    async def commit_mo(
+        self,
+        dedup_key: str,
+        now: float,
+        window_s: float,
+        *,
+        mails: Sequence[Outgoing] = (),
+        sms: Sequence[NewSms] = (),
+        conversations: Sequence[tuple[str, str, str, str]] = (),
+        done_group: str | None = None,
+        optout: OptoutRecord | None = None,
+    ) -> bool: ...
+
+    async def last_sms_to(
+        self, msisdn: str, source_addr: str, since: float
+    ) -> SmsRecord | None: ...
+
+    async def conversation_for(self, message_ids: Sequence[str]) -> tuple[str, str] | None: ...
+
+
+class Optouts(Protocol):
+    """Compliance: opt-outs and their audit trail, first contact (the footer), frequency caps."""
+
+    async def optout_status(self, msisdn: str, scope: str) -> OptoutRecord | None: ...
+
+    async def set_optout(self, record: OptoutRecord, mo_ref: str | None = None) -> None: ...
+
+    async def list_optouts(self, scope: str | None = None) -> list[OptoutRecord]: ...
+
+    async def optout_history(self, msisdn: str) -> list[tuple[OptoutRecord, str | None]]: ...
+
+    async def had_first_contact(self, msisdn: str, scope: str) -> bool: ...
+
+    async def mark_first_contact(
+        self, msisdn: str, scope: str, queue_id: str, now: float
+    ) -> None: ...
+
+    async def sent_times(self, msisdn: str, tenant_id: str, since: float) -> list[float]: ...
+
+
+class MailOutbox(Protocol):
+    """The outbound email queue, lost emails and their fallback copies, bridge-wide settings."""
+
+    async def enqueue_mail(self, mail: Outgoing, now: float) -> int: ...
+
+    async def claim_mail(self, now: float, limit: int) -> list[MailRecord]: ...
+
+    async def mail_done(
+        self, mail_id: int, state: str, reason: str | None, now: float, next_at: float = 0.0
+    ) -> None: ...
+
+    async def get_mail(self, mail_id: int) -> MailInfo | None: ...
+
+    async def mail_lost(
+        self,
+        mail_id: int,
+        state: str,
+        reason: str,
+        now: float,
+        fallback: Outgoing | None = None,
+    ) -> int | None: ...
+
+    async def lost_mail(
+        self, since: float, tenant_id: str | None = None, limit: int = 20
+    ) -> list[LostMail]: ...
+
+    async def meta_setdefault(self, key: str, value: str) -> str: ...
+
+    async def mail_counts(self) -> dict[str, int]: ...
+
+    async def next_mail_due(self) -> float | None: ...
+
+
+class Operations(Protocol):
+    """What operators and scheduled work read and do: health, figures, reports, the privacy
+    purge, once-per-period jobs, the IMAP high-water mark."""
+
+    async def ping(self) -> int: ...
+
+    async def counts(self) -> dict[str, int]: ...
+
+    async def mail_counts(self) -> dict[str, int]: ...
+
+    async def activity(self, since: float) -> Activity: ...
+
+    async def tenant_report(
+        self, tenant_id: str, scope: str, since: float, until: float
+    ) -> ReportData: ...
+
+    async def cost_report(self, since: float) -> list[tuple[str, str, int, int, int, str]]: ...
+
+    async def purge(
+        self, bodies_before: float, records_before: float, now: float
+    ) -> PurgeCounts: ...
+
+    async def job_due(self, name: str, now: float, every_s: float) -> bool: ...
+
+    async def imap_state(self, mailbox: str) -> tuple[int, int] | None: ...
+
+    async def set_imap_state(
+        self, mailbox: str, uidvalidity: int, last_uid: int, now: float
+    ) -> None: ...
+
+
+class Store(Lifecycle, SmsOutbox, Receipts, Inbound, Optouts, MailOutbox, Operations, Protocol):
+    """Everything the bridge keeps: SqliteStore and PostgresStore both are one (checked by
+    mypy in bridge/store/__init__.py). What only several instances on PostgreSQL need
+    (leases, heartbeats, leadership) is PostgresStore's own."""

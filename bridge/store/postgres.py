@@ -1,7 +1,8 @@
 """PostgreSQL store: several bridge instances sharing one queue (store.url).
 
-Same methods, arguments and results as SqliteStore (bridge/store/sqlite.py), so the intake,
-dispatcher, inbound router and mailer do not know which one they talk to. Every method is one
+Same methods, arguments and results as SqliteStore (bridge/store/sqlite.py): both are a
+`Store` (bridge/store/base.py), so the intake, dispatcher, inbound router and mailer do not
+know which one they talk to. Every method is one
 transaction on a connection from a small asyncpg pool; PostgreSQL's own group commit does what
 the SQLite writer thread does by hand.
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import urllib.parse
@@ -45,19 +45,24 @@ from bridge.model import (
     new_queue_id,
 )
 from bridge.ratebudget import ALIVE_S, Peer
+from bridge.store import common
 from bridge.store.base import (
     ACTIVITY_BUCKET_S,
     Activity,
+    Bouncer,
     CostLintRow,
+    HeldReceipt,
     LostMail,
     MailInfo,
     Outgoing,
     PurgeCounts,
     ReportData,
+    Rollup,
     SegmentRef,
     SmsFilter,
     StoreError,
 )
+from bridge.store.common import LOST_SELECT, SMS_COLUMNS, sms_record
 from bridge.store.pg_migrations import MIGRATION_LOCK_KEY, MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -74,15 +79,7 @@ _CONNECT_TIMEOUT_S = 10.0
 # Heartbeat rows of instances gone this long are deleted (they no longer count anyway).
 _FORGET_INSTANCE_S = 3600.0
 
-_SMS_COLUMNS = (
-    "queue_id, tenant_id, msisdn, rcpt_addr, source_addr, envelope_from, message_id, subject,"
-    " body, state, attempts, reason, created_at, updated_at, next_attempt_at, segments, coding,"
-    " kind, urgent"
-)
-
 _Errors = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
-
-HeldReceipt = tuple[int, str, str, str, str | None, str | None, float]
 
 
 def safe_url(url: str) -> str:
@@ -115,38 +112,6 @@ def open_problem(url: str, exc: BaseException) -> str:
     if isinstance(exc, asyncpg.PostgresError):
         return f"{where}: {exc} (check store.url: user, database, and pg_hba.conf)"
     return f"{where}: {exc}"
-
-
-def _sms(row: Any) -> SmsRecord:
-    return SmsRecord(
-        queue_id=row[0],
-        tenant_id=row[1],
-        msisdn=row[2],
-        rcpt_addr=row[3],
-        source_addr=row[4],
-        envelope_from=row[5],
-        message_id=row[6],
-        subject=row[7],
-        body=row[8],
-        state=SmsState(row[9]),
-        attempts=int(row[10]),
-        reason=row[11],
-        created_at=float(row[12]),
-        updated_at=float(row[13]),
-        next_attempt_at=float(row[14]),
-        segments=row[15],
-        coding=row[16],
-        kind=row[17],
-        urgent=bool(row[18]),
-    )
-
-
-def _optout(row: Any) -> OptoutRecord:
-    return OptoutRecord(row[0], row[1], bool(row[2]), row[3], float(row[4]), row[5])
-
-
-def _held(row: Any) -> HeldReceipt:
-    return (int(row[0]), row[1], row[2], row[3], row[4], row[5], float(row[6]))
 
 
 def _rowcount(status: str) -> int:
@@ -323,55 +288,9 @@ class PostgresStore:
 
         The dedup checks hold an advisory lock on their key for the transaction: the same
         email retried to two instances at once must still be queued once."""
+        plan = common.enqueue_plan(items, now, dedup_window_s, dup_window_s, lint)
         async with self._tx() as conn:
-            out: list[EnqueueResult] = []
-            for item in items:
-                if item.dup_key and dup_window_s > 0:
-                    await conn.execute(
-                        "SELECT pg_advisory_xact_lock(hashtext($1))", "dup:" + item.dup_key
-                    )
-                    row = await conn.fetchrow(
-                        "SELECT queue_id FROM sms WHERE dup_key=$1 AND created_at>=$2 LIMIT 1",
-                        item.dup_key,
-                        now - dup_window_s,
-                    )
-                    if row is not None:
-                        out.append(EnqueueResult(row[0], duplicate=True))
-                        continue
-                if item.message_id and dedup_window_s > 0:
-                    await conn.execute(
-                        "SELECT pg_advisory_xact_lock(hashtext($1))",
-                        f"mid:{item.message_id}:{item.msisdn}",
-                    )
-                    row = await conn.fetchrow(
-                        "SELECT queue_id FROM sms WHERE message_id=$1 AND msisdn=$2"
-                        " AND tenant_id=$3 AND created_at>=$4 LIMIT 1",
-                        item.message_id,
-                        item.msisdn,
-                        item.tenant_id,
-                        now - dedup_window_s,
-                    )
-                    if row is not None:
-                        out.append(EnqueueResult(row[0], duplicate=True))
-                        continue
-                qid = await _insert_sms(conn, item, now)
-                for lrow in lint:
-                    if lrow.item_index == len(out):
-                        await conn.execute(
-                            "INSERT INTO cost_lint (queue_id, tenant_id, coding, segments,"
-                            " gsm_segments, culprits, template, created_at)"
-                            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-                            qid,
-                            item.tenant_id,
-                            lrow.coding,
-                            lrow.segments,
-                            lrow.gsm_segments,
-                            lrow.culprits,
-                            lrow.template,
-                            now,
-                        )
-                out.append(EnqueueResult(qid, duplicate=False))
-            return out
+            return await common.run_plan_async(plan, lambda step: _enqueue_step(conn, step, now))
 
     async def backlog(self) -> int:
         async with self._tx() as conn:
@@ -400,13 +319,13 @@ class PostgresStore:
                 " ORDER BY next_attempt_at, created_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
                 " UPDATE sms SET state='sending', attempts=sms.attempts+1, updated_at=$1,"
                 " claimed_by=$3, lease_until=$4 FROM due WHERE sms.queue_id=due.queue_id"
-                f" RETURNING {', '.join('sms.' + c.strip() for c in _SMS_COLUMNS.split(','))}",
+                f" RETURNING {', '.join('sms.' + c.strip() for c in SMS_COLUMNS.split(','))}",
                 now,
                 limit,
                 self.instance_id,
                 now + self.lease_s,
             )
-        out = [_sms(r) for r in rows]
+        out = [sms_record(r) for r in rows]
         # RETURNING has no order: keep the queue's (due time, then arrival).
         out.sort(key=lambda r: (r.next_attempt_at, r.created_at))
         return out
@@ -515,29 +434,18 @@ class PostgresStore:
 
     async def get_sms(self, queue_id: str) -> SmsRecord | None:
         async with self._tx() as conn:
-            row = await conn.fetchrow(f"SELECT {_SMS_COLUMNS} FROM sms WHERE queue_id=$1", queue_id)
-        return None if row is None else _sms(row)
+            row = await conn.fetchrow(f"SELECT {SMS_COLUMNS} FROM sms WHERE queue_id=$1", queue_id)
+        return None if row is None else sms_record(row)
 
     async def list_sms(self, flt: SmsFilter, now: float) -> list[SmsRecord]:
-        where: list[str] = ["TRUE"]
-        args: list[str | float | int] = []
-        if flt.state:
-            args.append(flt.state)
-            where.append(f"state=${len(args)}")
-        if flt.tenant_id:
-            args.append(flt.tenant_id)
-            where.append(f"tenant_id=${len(args)}")
-        if flt.older_than_s is not None:
-            args.append(now - flt.older_than_s)
-            where.append(f"created_at<=${len(args)}")
-        args.append(flt.limit)
+        where, args = common.sms_filter(flt, now, lambda n: f"${n}")
         async with self._tx() as conn:
             rows = await conn.fetch(
-                f"SELECT {_SMS_COLUMNS} FROM sms WHERE {' AND '.join(where)}"
+                f"SELECT {SMS_COLUMNS} FROM sms WHERE {where}"
                 f" ORDER BY created_at DESC LIMIT ${len(args)}",
                 *args,
             )
-        return [_sms(r) for r in rows]
+        return [sms_record(r) for r in rows]
 
     async def retry_sms(self, queue_id: str, now: float) -> bool:
         """Admin: put a failed/expired (or stuck) message back in the queue, attempts reset."""
@@ -587,17 +495,12 @@ class PostgresStore:
                 " GROUP BY tenant_id, msisdn, reason ORDER BY count(*) DESC LIMIT 100",
                 since,
             )
-        return Activity(
-            [(str(r[0]), int(r[1]), str(r[2]), int(r[3])) for r in texts],
-            [(str(r[0]), int(r[1]), int(r[2])) for r in replies],
-            [(str(r[0]), int(r[1]), bool(r[2]), int(r[3])) for r in optouts],
-            [(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in to_fix],
-        )
+        return common.activity(texts, replies, optouts, to_fix)
 
     async def counts(self) -> dict[str, int]:
         async with self._tx() as conn:
             rows = await conn.fetch("SELECT state, count(*) FROM sms GROUP BY state")
-        return {str(r[0]): int(r[1]) for r in rows}
+        return common.state_counts(rows)
 
     # --- delivery receipts ---------------------------------------------------------------------
 
@@ -621,8 +524,8 @@ class PostgresStore:
         segment_state: str,
         error: str | None,
         now: float,
-        rollup: Callable[[SmsRecord, list[str]], tuple[SmsState, str | None] | None],
-        bounces: Callable[[SmsRecord, SmsState, str | None], Sequence[Outgoing]],
+        rollup: Rollup,
+        bounces: Bouncer,
     ) -> SmsState | None:
         """Record one segment's receipt and roll the segments up (SqliteStore.apply_receipt).
 
@@ -630,7 +533,7 @@ class PostgresStore:
         two instances' binds at once, and each must see the other's segment state."""
         async with self._tx() as conn:
             row = await conn.fetchrow(
-                f"SELECT {_SMS_COLUMNS} FROM sms WHERE queue_id=$1 FOR UPDATE", queue_id
+                f"SELECT {SMS_COLUMNS} FROM sms WHERE queue_id=$1 FOR UPDATE", queue_id
             )
             await conn.execute(
                 "UPDATE sms_segment SET state=$1, error=$2, updated_at=$3"
@@ -643,17 +546,17 @@ class PostgresStore:
             )
             if row is None:
                 return None
-            rec = _sms(row)
+            rec = sms_record(row)
             states = [
                 str(r[0])
                 for r in await conn.fetch(
                     "SELECT state FROM sms_segment WHERE queue_id=$1 ORDER BY seq", queue_id
                 )
             ]
-            decided = rollup(rec, states)
-            if decided is None or decided[0] == rec.state or _settled(rec.state):
+            change = common.receipt_change(rec, states, rollup)
+            if change is None:
                 return None
-            state, reason = decided
+            state, reason = change
             await conn.execute(
                 "UPDATE sms SET state=$1, reason=$2, final_at=$3, updated_at=$4 WHERE queue_id=$5",
                 state.value,
@@ -662,7 +565,7 @@ class PostgresStore:
                 now,
                 queue_id,
             )
-            if state in (SmsState.FAILED, SmsState.EXPIRED):
+            if common.bounces_on(state):
                 for mail in bounces(rec, state, reason):
                     await _insert_mail(conn, mail, now)
             return state
@@ -709,7 +612,7 @@ class PostgresStore:
                 " FROM pending_receipt WHERE smsc_message_id=$1 ORDER BY id",
                 smsc_id,
             )
-        return [_held(r) for r in rows]
+        return [common.held_receipt(r) for r in rows]
 
     async def held_receipts(self, older_than: float) -> list[HeldReceipt]:
         """Held receipts received before `older_than`:
@@ -720,7 +623,7 @@ class PostgresStore:
                 " FROM pending_receipt WHERE received_at<$1 ORDER BY id LIMIT 1000",
                 older_than,
             )
-        return [_held(r) for r in rows]
+        return [common.held_receipt(r) for r in rows]
 
     async def drop_held_receipt(self, row_id: int) -> None:
         async with self._tx() as conn:
@@ -749,9 +652,7 @@ class PostgresStore:
             rows = await conn.fetch(
                 "SELECT seq, text FROM mo_part WHERE group_key=$1 ORDER BY seq", group_key
             )
-        if len(rows) < total:
-            return None
-        return [str(r[1]) for r in rows]
+        return common.reassembled(rows, total)
 
     async def stale_mo_groups(
         self, older_than: float
@@ -817,13 +718,13 @@ class PostgresStore:
         """The most recent text to this patron from this sending number (reply routing)."""
         async with self._tx() as conn:
             row = await conn.fetchrow(
-                f"SELECT {_SMS_COLUMNS} FROM sms WHERE msisdn=$1 AND source_addr=$2"
+                f"SELECT {SMS_COLUMNS} FROM sms WHERE msisdn=$1 AND source_addr=$2"
                 " AND created_at>=$3 ORDER BY created_at DESC LIMIT 1",
                 msisdn,
                 source_addr,
                 since,
             )
-        return None if row is None else _sms(row)
+        return None if row is None else sms_record(row)
 
     async def conversation_for(self, message_ids: Sequence[str]) -> tuple[str, str] | None:
         """(tenant_id, msisdn) of a reply email the bridge sent, by its Message-ID."""
@@ -847,7 +748,7 @@ class PostgresStore:
                 msisdn,
                 scope,
             )
-        return None if row is None else _optout(row)
+        return None if row is None else common.optout_record(row)
 
     async def set_optout(self, record: OptoutRecord, mo_ref: str | None = None) -> None:
         async with self._tx() as conn:
@@ -858,7 +759,7 @@ class PostgresStore:
         sql += " WHERE opted_out" + (" AND scope=$1" if scope else "")
         async with self._tx() as conn:
             rows = await conn.fetch(sql + " ORDER BY changed_at", *((scope,) if scope else ()))
-        return [_optout(r) for r in rows]
+        return [common.optout_record(r) for r in rows]
 
     async def optout_history(self, msisdn: str) -> list[tuple[OptoutRecord, str | None]]:
         async with self._tx() as conn:
@@ -867,7 +768,7 @@ class PostgresStore:
                 " FROM optout_audit WHERE msisdn=$1 ORDER BY id",
                 msisdn,
             )
-        return [(_optout(r), r[6]) for r in rows]
+        return [(common.optout_record(r), r[6]) for r in rows]
 
     async def had_first_contact(self, msisdn: str, scope: str) -> bool:
         async with self._tx() as conn:
@@ -909,7 +810,7 @@ class PostgresStore:
                 " ORDER BY sum(segments) DESC",
                 since,
             )
-        return [(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), r[5] or "") for r in rows]
+        return common.cost_rows(rows)
 
     # --- IMAP intake ---------------------------------------------------------------------------
 
@@ -959,20 +860,7 @@ class PostgresStore:
                 limit,
                 now + self.lease_s,
             )
-        out = [
-            MailRecord(
-                id=int(r[0]),
-                kind=r[1],
-                mail_from=r[2],
-                rcpt_to=tuple(json.loads(r[3])),
-                data=bytes(r[4]),
-                attempts=int(r[5]),
-                ref=r[6],
-                tenant_id=r[7],
-                fallback_of=None if r[8] is None else int(r[8]),
-            )
-            for r in rows
-        ]
+        out = [common.mail_record(r) for r in rows]
         out.sort(key=lambda m: m.id)
         return out
 
@@ -1008,18 +896,7 @@ class PostgresStore:
                 " FROM mail_outbox WHERE id=$1",
                 mail_id,
             )
-        if row is None:
-            return None
-        return MailInfo(
-            int(row[0]),
-            row[1],
-            row[2],
-            tuple(json.loads(row[3])),
-            bytes(row[4]),
-            row[5],
-            row[6],
-            None if row[7] is None else int(row[7]),
-        )
+        return None if row is None else common.mail_info(row)
 
     async def mail_lost(
         self,
@@ -1050,14 +927,14 @@ class PostgresStore:
         """Emails lost since `since`, newest first (all libraries when tenant_id is None)."""
         async with self._tx() as conn:
             rows = await conn.fetch(
-                _LOST_SELECT + " WHERE m.lost_at IS NOT NULL AND m.lost_at>=$1"
+                LOST_SELECT + " WHERE m.lost_at IS NOT NULL AND m.lost_at>=$1"
                 " AND ($2::text IS NULL OR m.tenant_id=$2)"
                 " ORDER BY m.lost_at DESC, m.id DESC LIMIT $3",
                 since,
                 tenant_id,
                 limit,
             )
-        return [_lost(r) for r in rows]
+        return [common.lost_mail(r) for r in rows]
 
     async def meta_setdefault(self, key: str, value: str) -> str:
         """See SqliteStore.meta_setdefault; every instance reads the same value."""
@@ -1070,7 +947,7 @@ class PostgresStore:
     async def mail_counts(self) -> dict[str, int]:
         async with self._tx() as conn:
             rows = await conn.fetch("SELECT state, count(*) FROM mail_outbox GROUP BY state")
-        return {str(r[0]): int(r[1]) for r in rows}
+        return common.state_counts(rows)
 
     async def next_mail_due(self) -> float | None:
         async with self._tx() as conn:
@@ -1084,7 +961,8 @@ class PostgresStore:
     async def purge(self, bodies_before: float, records_before: float, now: float) -> PurgeCounts:
         """Patron privacy (SqliteStore.purge). Segments go with their message (ON DELETE
         CASCADE); opt-out records and their audit trail are kept."""
-        done = "('delivered','failed','expired','unconfirmed','submitted')"
+        done = common.sql_list(common.PURGED_SMS_STATES)
+        gone = common.sql_list(common.PURGED_MAIL_STATES)
         async with self._tx() as conn:
             bodies = _rowcount(
                 await conn.execute(
@@ -1105,8 +983,7 @@ class PostgresStore:
             )
             mails = _rowcount(
                 await conn.execute(
-                    "DELETE FROM mail_outbox WHERE state IN ('sent','dead','bounced')"
-                    " AND updated_at<$1",
+                    f"DELETE FROM mail_outbox WHERE state IN {gone} AND updated_at<$1",
                     bodies_before,
                 )
             )
@@ -1185,109 +1062,74 @@ class PostgresStore:
                 until,
             )
             lost = await conn.fetch(
-                _LOST_SELECT + " WHERE m.tenant_id=$1 AND m.lost_at>=$2 AND m.lost_at<$3"
+                LOST_SELECT + " WHERE m.tenant_id=$1 AND m.lost_at>=$2 AND m.lost_at<$3"
                 " ORDER BY m.lost_at",
                 tenant_id,
                 since,
                 until,
             )
-        return ReportData(
-            {str(r[0]): int(r[1]) for r in states},
-            [(r[0], r[1] or "", r[2] or "", float(r[3])) for r in failed],
-            [(r[0], bool(r[1]), r[2], float(r[3])) for r in changes],
-            [(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] or "") for r in costly],
-            lost_mail=[_lost(r) for r in lost],
-            unconfirmed=[(r[0], r[1] or "", float(r[2])) for r in unconfirmed],
-        )
+        return common.report_data(states, failed, unconfirmed, changes, costly, lost)
+
+
+async def _insert(conn: Any, table: str, row: common.NewRow, tail: str = "") -> Any:
+    """INSERT one common.NewRow; what `tail` returns (RETURNING ...), else None."""
+    columns, values = row
+    marks = ",".join(f"${i}" for i in range(1, len(values) + 1))
+    return await conn.fetchval(f"INSERT INTO {table} ({columns}) VALUES ({marks}){tail}", *values)
 
 
 async def _insert_sms(conn: Any, item: NewSms, now: float) -> str:
     qid = new_queue_id()
-    await conn.execute(
-        "INSERT INTO sms (queue_id, tenant_id, msisdn, rcpt_addr, source_addr,"
-        " envelope_from, message_id, subject, body, in_reply_to, state, attempts,"
-        " created_at, updated_at, next_attempt_at, kind, dup_key, urgent)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,'queued',0,$11,$11,$11,$12,$13,$14)",
-        qid,
-        item.tenant_id,
-        item.msisdn,
-        item.rcpt_addr,
-        item.source_addr,
-        item.envelope_from,
-        item.message_id,
-        item.subject,
-        item.body,
-        item.in_reply_to,
-        now,
-        item.kind,
-        item.dup_key,
-        item.urgent,
-    )
+    await _insert(conn, "sms", common.sms_row(qid, item, now))
     return qid
 
 
 async def _write_optout(conn: Any, rec: OptoutRecord, mo_ref: str | None) -> None:
-    if not rec.opted_out:
-        # The first text after an opt-in carries the opt-out footer again.
+    if common.clears_first_contact(rec):
         await conn.execute(
             "DELETE FROM first_contact WHERE msisdn=$1 AND scope=$2", rec.msisdn, rec.scope
         )
-    await conn.execute(
-        "INSERT INTO optout (msisdn, scope, opted_out, keyword, changed_at, actor)"
-        " VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (msisdn, scope) DO UPDATE SET"
-        " opted_out=excluded.opted_out, keyword=excluded.keyword,"
-        " changed_at=excluded.changed_at, actor=excluded.actor",
-        rec.msisdn,
-        rec.scope,
-        rec.opted_out,
-        rec.keyword,
-        rec.changed_at,
-        rec.actor,
+    await _insert(
+        conn,
+        "optout",
+        common.optout_row(rec),
+        " ON CONFLICT (msisdn, scope) DO UPDATE SET opted_out=excluded.opted_out,"
+        " keyword=excluded.keyword, changed_at=excluded.changed_at, actor=excluded.actor",
     )
-    await conn.execute(
-        "INSERT INTO optout_audit (msisdn, scope, opted_out, keyword, changed_at, actor, mo_ref)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7)",
-        rec.msisdn,
-        rec.scope,
-        rec.opted_out,
-        rec.keyword,
-        rec.changed_at,
-        rec.actor,
-        mo_ref,
-    )
-
-
-# A lost email and the state of its fallback copy (bridge/store/base.py LostMail).
-_LOST_SELECT = (
-    "SELECT m.id, m.kind, m.state, m.rcpt_to, m.tenant_id, m.reason, m.lost_at,"
-    " (SELECT f.state FROM mail_outbox f WHERE f.fallback_of=m.id ORDER BY f.id LIMIT 1)"
-    " FROM mail_outbox m"
-)
-
-
-def _lost(r: Any) -> LostMail:
-    return LostMail(
-        int(r[0]), r[1], r[2], tuple(json.loads(r[3])), r[4], r[5] or "", float(r[6]), r[7]
-    )
+    await _insert(conn, "optout_audit", common.optout_audit_row(rec, mo_ref))
 
 
 async def _insert_mail(conn: Any, mail: Outgoing, now: float) -> int:
-    value = await conn.fetchval(
-        "INSERT INTO mail_outbox (kind, mail_from, rcpt_to, data, state, attempts,"
-        " next_attempt_at, created_at, updated_at, ref, tenant_id, fallback_of)"
-        " VALUES ($1,$2,$3,$4,'queued',0,$5,$5,$5,$6,$7,$8) RETURNING id",
-        mail.kind,
-        mail.mail_from,
-        json.dumps(list(mail.rcpt_to)),
-        mail.data,
-        now,
-        mail.ref,
-        mail.tenant_id,
-        mail.fallback_of,
-    )
-    return int(value)
+    return int(await _insert(conn, "mail_outbox", common.mail_row(mail, now), " RETURNING id"))
 
 
-def _settled(state: SmsState) -> bool:
-    """Final for a receipt (see bridge/store/sqlite.py): a late receipt settles `unconfirmed`."""
-    return state.final and state is not SmsState.UNCONFIRMED
+async def _enqueue_step(conn: Any, step: common.EnqueueStep, now: float) -> str | None:
+    """One step of common.enqueue_plan. Each duplicate check holds an advisory lock on its key
+    for the transaction: the same email retried to two instances at once is queued once."""
+    if isinstance(step, common.FindDuplicate):
+        item = step.item
+        if step.by == "dup_key":
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"dup:{item.dup_key}")
+            row = await conn.fetchrow(
+                "SELECT queue_id FROM sms WHERE dup_key=$1 AND created_at>=$2 LIMIT 1",
+                item.dup_key,
+                step.since,
+            )
+        else:
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                f"mid:{item.message_id}:{item.msisdn}",
+            )
+            row = await conn.fetchrow(
+                "SELECT queue_id FROM sms WHERE message_id=$1 AND msisdn=$2"
+                " AND tenant_id=$3 AND created_at>=$4 LIMIT 1",
+                item.message_id,
+                item.msisdn,
+                item.tenant_id,
+                step.since,
+            )
+        return None if row is None else str(row[0])
+    if isinstance(step, common.InsertSms):
+        return await _insert_sms(conn, step.item, now)
+    await _insert(conn, "cost_lint", common.lint_row(step, now))
+    return None

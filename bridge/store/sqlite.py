@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import logging
 import queue
 import sqlite3
@@ -33,19 +32,24 @@ from bridge.model import (
     SmsState,
     new_queue_id,
 )
+from bridge.store import common
 from bridge.store.base import (
     ACTIVITY_BUCKET_S,
     Activity,
+    Bouncer,
     CostLintRow,
+    HeldReceipt,
     LostMail,
     MailInfo,
     Outgoing,
     PurgeCounts,
     ReportData,
+    Rollup,
     SegmentRef,
     SmsFilter,
     StoreError,
 )
+from bridge.store.common import LOST_SELECT, SMS_COLUMNS, sms_record
 from bridge.store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -99,37 +103,6 @@ def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
             fut.set_result(value)
         else:
             fut.set_exception(value)
-
-
-_SMS_COLUMNS = (
-    "queue_id, tenant_id, msisdn, rcpt_addr, source_addr, envelope_from, message_id, subject,"
-    " body, state, attempts, reason, created_at, updated_at, next_attempt_at, segments, coding,"
-    " kind, urgent"
-)
-
-
-def _sms(row: sqlite3.Row | tuple[Any, ...]) -> SmsRecord:
-    return SmsRecord(
-        queue_id=row[0],
-        tenant_id=row[1],
-        msisdn=row[2],
-        rcpt_addr=row[3],
-        source_addr=row[4],
-        envelope_from=row[5],
-        message_id=row[6],
-        subject=row[7],
-        body=row[8],
-        state=SmsState(row[9]),
-        attempts=row[10],
-        reason=row[11],
-        created_at=row[12],
-        updated_at=row[13],
-        next_attempt_at=row[14],
-        segments=row[15],
-        coding=row[16],
-        kind=row[17],
-        urgent=bool(row[18]),
-    )
 
 
 class SqliteStore:
@@ -363,48 +336,8 @@ class SqliteStore:
         """
 
         def fn(conn: sqlite3.Connection) -> list[EnqueueResult]:
-            out = []
-            for item in items:
-                if item.dup_key and dup_window_s > 0:
-                    row = conn.execute(
-                        "SELECT queue_id FROM sms INDEXED BY sms_dup_key"
-                        " WHERE dup_key=? AND created_at>=? LIMIT 1",
-                        (item.dup_key, now - dup_window_s),
-                    ).fetchone()
-                    if row is not None:
-                        out.append(EnqueueResult(row[0], duplicate=True))
-                        continue
-                if item.message_id and dedup_window_s > 0:
-                    row = conn.execute(
-                        # INDEXED BY: without statistics the planner picked the
-                        # (msisdn, tenant) index and scanned a patron's whole history.
-                        "SELECT queue_id FROM sms INDEXED BY sms_dedup WHERE message_id=?"
-                        " AND msisdn=? AND tenant_id=? AND created_at>=? LIMIT 1",
-                        (item.message_id, item.msisdn, item.tenant_id, now - dedup_window_s),
-                    ).fetchone()
-                    if row is not None:
-                        out.append(EnqueueResult(row[0], duplicate=True))
-                        continue
-                qid = _insert_sms(conn, item, now)
-                for row in lint:
-                    if row.item_index == len(out):
-                        conn.execute(
-                            "INSERT INTO cost_lint (queue_id, tenant_id, coding, segments,"
-                            " gsm_segments, culprits, template, created_at)"
-                            " VALUES (?,?,?,?,?,?,?,?)",
-                            (
-                                qid,
-                                item.tenant_id,
-                                row.coding,
-                                row.segments,
-                                row.gsm_segments,
-                                row.culprits,
-                                row.template,
-                                now,
-                            ),
-                        )
-                out.append(EnqueueResult(qid, duplicate=False))
-            return out
+            plan = common.enqueue_plan(items, now, dedup_window_s, dup_window_s, lint)
+            return common.run_plan(plan, lambda step: _enqueue_step(conn, step, now))
 
         return await self._call(fn)
 
@@ -431,29 +364,17 @@ class SqliteStore:
     async def claim_sms(self, now: float, limit: int) -> list[SmsRecord]:
         def fn(conn: sqlite3.Connection) -> list[SmsRecord]:
             rows = conn.execute(
-                f"SELECT {_SMS_COLUMNS} FROM sms WHERE state='queued' AND next_attempt_at<=?"
+                f"SELECT {SMS_COLUMNS} FROM sms WHERE state='queued' AND next_attempt_at<=?"
                 " ORDER BY next_attempt_at, created_at LIMIT ?",
                 (now, limit),
             ).fetchall()
-            out = []
             for row in rows:
                 conn.execute(
                     "UPDATE sms SET state='sending', attempts=attempts+1, updated_at=?"
                     " WHERE queue_id=?",
                     (now, row[0]),
                 )
-                rec = _sms(row)
-                out.append(
-                    SmsRecord(
-                        **{
-                            **rec.__dict__,
-                            "state": SmsState.SENDING,
-                            "attempts": rec.attempts + 1,
-                            "updated_at": now,
-                        }
-                    )
-                )
-            return out
+            return [common.as_claimed(sms_record(row), now) for row in rows]
 
         return await self._call(fn)
 
@@ -563,32 +484,21 @@ class SqliteStore:
     async def get_sms(self, queue_id: str) -> SmsRecord | None:
         def fn(conn: sqlite3.Connection) -> SmsRecord | None:
             row = conn.execute(
-                f"SELECT {_SMS_COLUMNS} FROM sms WHERE queue_id=?", (queue_id,)
+                f"SELECT {SMS_COLUMNS} FROM sms WHERE queue_id=?", (queue_id,)
             ).fetchone()
-            return None if row is None else _sms(row)
+            return None if row is None else sms_record(row)
 
         return await self._read(fn)
 
     async def list_sms(self, flt: SmsFilter, now: float) -> list[SmsRecord]:
+        where, args = common.sms_filter(flt, now, lambda n: "?")
+
         def fn(conn: sqlite3.Connection) -> list[SmsRecord]:
-            where: list[str] = ["1=1"]
-            args: list[str | float | int] = []
-            if flt.state:
-                where.append("state=?")
-                args.append(flt.state)
-            if flt.tenant_id:
-                where.append("tenant_id=?")
-                args.append(flt.tenant_id)
-            if flt.older_than_s is not None:
-                where.append("created_at<=?")
-                args.append(now - flt.older_than_s)
-            args.append(flt.limit)
             rows = conn.execute(
-                f"SELECT {_SMS_COLUMNS} FROM sms WHERE {' AND '.join(where)}"
-                " ORDER BY created_at DESC LIMIT ?",
+                f"SELECT {SMS_COLUMNS} FROM sms WHERE {where} ORDER BY created_at DESC LIMIT ?",
                 args,
             ).fetchall()
-            return [_sms(r) for r in rows]
+            return [sms_record(r) for r in rows]
 
         return await self._read(fn)
 
@@ -620,7 +530,7 @@ class SqliteStore:
     async def counts(self) -> dict[str, int]:
         def fn(conn: sqlite3.Connection) -> dict[str, int]:
             rows = conn.execute("SELECT state, count(*) FROM sms GROUP BY state").fetchall()
-            return {str(s): int(n) for s, n in rows}
+            return common.state_counts(rows)
 
         return await self._read(fn)
 
@@ -648,8 +558,8 @@ class SqliteStore:
         segment_state: str,
         error: str | None,
         now: float,
-        rollup: Callable[[SmsRecord, list[str]], tuple[SmsState, str | None] | None],
-        bounces: Callable[[SmsRecord, SmsState, str | None], Sequence[Outgoing]],
+        rollup: Rollup,
+        bounces: Bouncer,
     ) -> SmsState | None:
         """Record one segment's receipt; roll every segment's state up into the message's.
 
@@ -665,26 +575,26 @@ class SqliteStore:
                 (segment_state, error, now, queue_id, seq),
             )
             row = conn.execute(
-                f"SELECT {_SMS_COLUMNS} FROM sms WHERE queue_id=?", (queue_id,)
+                f"SELECT {SMS_COLUMNS} FROM sms WHERE queue_id=?", (queue_id,)
             ).fetchone()
             if row is None:
                 return None
-            rec = _sms(row)
+            rec = sms_record(row)
             states = [
                 r[0]
                 for r in conn.execute(
                     "SELECT state FROM sms_segment WHERE queue_id=? ORDER BY seq", (queue_id,)
                 )
             ]
-            decided = rollup(rec, states)
-            if decided is None or decided[0] == rec.state or _settled(rec.state):
+            change = common.receipt_change(rec, states, rollup)
+            if change is None:
                 return None
-            state, reason = decided
+            state, reason = change
             conn.execute(
                 "UPDATE sms SET state=?, reason=?, final_at=?, updated_at=? WHERE queue_id=?",
                 (state.value, reason, now if state.final else None, now, queue_id),
             )
-            if state in (SmsState.FAILED, SmsState.EXPIRED):
+            if common.bounces_on(state):
                 for mail in bounces(rec, state, reason):
                     _insert_mail(conn, mail, now)
             return state
@@ -726,36 +636,27 @@ class SqliteStore:
 
         await self._call(fn)
 
-    async def held_for(
-        self, smsc_id: str
-    ) -> list[tuple[int, str, str, str, str | None, str | None, float]]:
-        def fn(
-            conn: sqlite3.Connection,
-        ) -> list[tuple[int, str, str, str, str | None, str | None, float]]:
+    async def held_for(self, smsc_id: str) -> list[HeldReceipt]:
+        def fn(conn: sqlite3.Connection) -> list[HeldReceipt]:
             rows = conn.execute(
                 "SELECT id, smsc_message_id, patron, state, error, raw_stat, received_at"
                 " FROM pending_receipt WHERE smsc_message_id=? ORDER BY id",
                 (smsc_id,),
             ).fetchall()
-            return [(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+            return [common.held_receipt(r) for r in rows]
 
         return await self._call(fn)
 
-    async def held_receipts(
-        self, older_than: float
-    ) -> list[tuple[int, str, str, str, str | None, str | None, float]]:
-        """Held receipts received before `older_than`:
-        (row id, smsc id, patron, state, error, raw stat, received_at)."""
+    async def held_receipts(self, older_than: float) -> list[HeldReceipt]:
+        """Held receipts received before `older_than` (HeldReceipt)."""
 
-        def fn(
-            conn: sqlite3.Connection,
-        ) -> list[tuple[int, str, str, str, str | None, str | None, float]]:
+        def fn(conn: sqlite3.Connection) -> list[HeldReceipt]:
             rows = conn.execute(
                 "SELECT id, smsc_message_id, patron, state, error, raw_stat, received_at"
                 " FROM pending_receipt WHERE received_at<? ORDER BY id LIMIT 1000",
                 (older_than,),
             ).fetchall()
-            return [(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+            return [common.held_receipt(r) for r in rows]
 
         return await self._call(fn)
 
@@ -780,9 +681,7 @@ class SqliteStore:
             rows = conn.execute(
                 "SELECT seq, text FROM mo_part WHERE group_key=? ORDER BY seq", (group_key,)
             ).fetchall()
-            if len(rows) < total:
-                return None
-            return [r[1] for r in rows]
+            return common.reassembled(rows, total)
 
         return await self._call(fn)
 
@@ -861,11 +760,11 @@ class SqliteStore:
 
         def fn(conn: sqlite3.Connection) -> SmsRecord | None:
             row = conn.execute(
-                f"SELECT {_SMS_COLUMNS} FROM sms WHERE msisdn=? AND source_addr=?"
+                f"SELECT {SMS_COLUMNS} FROM sms WHERE msisdn=? AND source_addr=?"
                 " AND created_at>=? ORDER BY created_at DESC LIMIT 1",
                 (msisdn, source_addr, since),
             ).fetchone()
-            return None if row is None else _sms(row)
+            return None if row is None else sms_record(row)
 
         return await self._read(fn)
 
@@ -894,7 +793,7 @@ class SqliteStore:
                 " WHERE msisdn=? AND scope=?",
                 (msisdn, scope),
             ).fetchone()
-            return None if row is None else _optout(row)
+            return None if row is None else common.optout_record(row)
 
         return await self._point_read(fn)
 
@@ -906,7 +805,7 @@ class SqliteStore:
             sql = "SELECT msisdn, scope, opted_out, keyword, changed_at, actor FROM optout"
             sql += " WHERE opted_out=1" + (" AND scope=?" if scope else "")
             rows = conn.execute(sql + " ORDER BY changed_at", (scope,) if scope else ())
-            return [_optout(r) for r in rows.fetchall()]
+            return [common.optout_record(r) for r in rows.fetchall()]
 
         return await self._read(fn)
 
@@ -917,7 +816,7 @@ class SqliteStore:
                 " FROM optout_audit WHERE msisdn=? ORDER BY id",
                 (msisdn,),
             ).fetchall()
-            return [(_optout(r[:6]), r[6]) for r in rows]
+            return [(common.optout_record(r), r[6]) for r in rows]
 
         return await self._read(fn)
 
@@ -963,7 +862,7 @@ class SqliteStore:
                 " GROUP BY tenant_id, template ORDER BY sum(segments) DESC",
                 (since,),
             )
-            return [(r[0], r[1], r[2], r[3], r[4], r[5] or "") for r in rows.fetchall()]
+            return common.cost_rows(rows.fetchall())
 
         return await self._read(fn)
 
@@ -1002,7 +901,8 @@ class SqliteStore:
     async def claim_mail(self, now: float, limit: int) -> list[MailRecord]:
         def fn(conn: sqlite3.Connection) -> list[MailRecord]:
             rows = conn.execute(
-                "SELECT id, kind, mail_from, rcpt_to, data, attempts, ref, tenant_id,"
+                # attempts+1: as it is once the claim below commits
+                "SELECT id, kind, mail_from, rcpt_to, data, attempts+1, ref, tenant_id,"
                 " fallback_of FROM mail_outbox"
                 " WHERE state='queued' AND next_attempt_at<=? ORDER BY id LIMIT ?",
                 (now, limit),
@@ -1012,20 +912,7 @@ class SqliteStore:
                     "UPDATE mail_outbox SET attempts=attempts+1, updated_at=? WHERE id=?",
                     (now, row[0]),
                 )
-            return [
-                MailRecord(
-                    id=r[0],
-                    kind=r[1],
-                    mail_from=r[2],
-                    rcpt_to=tuple(json.loads(r[3])),
-                    data=bytes(r[4]),
-                    attempts=r[5] + 1,
-                    ref=r[6],
-                    tenant_id=r[7],
-                    fallback_of=r[8],
-                )
-                for r in rows
-            ]
+            return [common.mail_record(r) for r in rows]
 
         return await self._call(fn)
 
@@ -1061,18 +948,7 @@ class SqliteStore:
                 " FROM mail_outbox WHERE id=?",
                 (mail_id,),
             ).fetchone()
-            if row is None:
-                return None
-            return MailInfo(
-                int(row[0]),
-                row[1],
-                row[2],
-                tuple(json.loads(row[3])),
-                bytes(row[4]),
-                row[5],
-                row[6],
-                row[7],
-            )
+            return None if row is None else common.mail_info(row)
 
         return await self._read(fn)
 
@@ -1110,14 +986,14 @@ class SqliteStore:
         """Emails lost since `since`, newest first (all libraries when tenant_id is None)."""
 
         def fn(conn: sqlite3.Connection) -> list[LostMail]:
-            sql = _LOST_SELECT + " WHERE m.lost_at IS NOT NULL AND m.lost_at>=?"
+            sql = LOST_SELECT + " WHERE m.lost_at IS NOT NULL AND m.lost_at>=?"
             args: list[Any] = [since]
             if tenant_id is not None:
                 sql += " AND m.tenant_id=?"
                 args.append(tenant_id)
             sql += " ORDER BY m.lost_at DESC, m.id DESC LIMIT ?"
             args.append(limit)
-            return [_lost(r) for r in conn.execute(sql, args).fetchall()]
+            return [common.lost_mail(r) for r in conn.execute(sql, args).fetchall()]
 
         return await self._read(fn)
 
@@ -1136,7 +1012,7 @@ class SqliteStore:
     async def mail_counts(self) -> dict[str, int]:
         def fn(conn: sqlite3.Connection) -> dict[str, int]:
             rows = conn.execute("SELECT state, count(*) FROM mail_outbox GROUP BY state")
-            return {str(s): int(n) for s, n in rows.fetchall()}
+            return common.state_counts(rows.fetchall())
 
         return await self._read(fn)
 
@@ -1155,24 +1031,23 @@ class SqliteStore:
         message records created before `records_before`, and drop delivered emails and old
         bookkeeping. Opt-out records and their audit trail are kept."""
 
+        done = common.sql_list(common.PURGED_SMS_STATES)
+        gone = common.sql_list(common.PURGED_MAIL_STATES)
+
         def fn(conn: sqlite3.Connection) -> PurgeCounts:
             bodies = conn.execute(
                 "UPDATE sms SET body=NULL WHERE body IS NOT NULL AND final_at IS NOT NULL"
                 " AND final_at<=?",
                 (bodies_before,),
             ).rowcount
-            old = "SELECT queue_id FROM sms WHERE created_at<? AND state IN"
-            old += " ('delivered','failed','expired','unconfirmed','submitted')"
+            old = f"SELECT queue_id FROM sms WHERE created_at<? AND state IN {done}"
             conn.execute(f"DELETE FROM sms_segment WHERE queue_id IN ({old})", (records_before,))
             conn.execute(f"DELETE FROM cost_lint WHERE queue_id IN ({old})", (records_before,))
             records = conn.execute(
-                "DELETE FROM sms WHERE created_at<? AND state IN"
-                " ('delivered','failed','expired','unconfirmed','submitted')",
-                (records_before,),
+                f"DELETE FROM sms WHERE created_at<? AND state IN {done}", (records_before,)
             ).rowcount
             mails = conn.execute(
-                "DELETE FROM mail_outbox WHERE state IN ('sent','dead','bounced') AND updated_at<?",
-                (bodies_before,),
+                f"DELETE FROM mail_outbox WHERE state IN {gone} AND updated_at<?", (bodies_before,)
             ).rowcount
             conn.execute("DELETE FROM conversation WHERE created_at<?", (records_before,))
             conn.execute("DELETE FROM mo_seen WHERE received_at<?", (bodies_before,))
@@ -1202,64 +1077,42 @@ class SqliteStore:
         """What a library's periodic report shows, for texts created in [since, until)."""
 
         def fn(conn: sqlite3.Connection) -> ReportData:
-            states = dict(
-                conn.execute(
+            args = (tenant_id, since, until)
+            return common.report_data(
+                states=conn.execute(
                     "SELECT state, count(*) FROM sms WHERE tenant_id=? AND kind='notice'"
                     " AND created_at>=? AND created_at<? GROUP BY state",
-                    (tenant_id, since, until),
-                ).fetchall()
-            )
-            failed = [
-                (r[0], r[1] or "", r[2] or "", float(r[3]))
-                for r in conn.execute(
+                    args,
+                ).fetchall(),
+                failed=conn.execute(
                     "SELECT msisdn, reason, subject, created_at FROM sms WHERE tenant_id=?"
                     " AND kind='notice' AND state IN ('failed','expired')"
                     " AND created_at>=? AND created_at<? ORDER BY created_at",
-                    (tenant_id, since, until),
-                )
-            ]
-            unconfirmed = [
-                (r[0], r[1] or "", float(r[2]))
-                for r in conn.execute(
+                    args,
+                ).fetchall(),
+                unconfirmed=conn.execute(
                     "SELECT msisdn, subject, created_at FROM sms WHERE tenant_id=?"
                     " AND kind='notice' AND state='unconfirmed'"
                     " AND created_at>=? AND created_at<? ORDER BY created_at",
-                    (tenant_id, since, until),
-                )
-            ]
-            changes = [
-                (r[0], bool(r[1]), r[2], float(r[3]))
-                for r in conn.execute(
+                    args,
+                ).fetchall(),
+                changes=conn.execute(
                     "SELECT msisdn, opted_out, keyword, changed_at FROM optout_audit"
                     " WHERE scope=? AND changed_at>=? AND changed_at<? ORDER BY changed_at",
                     (scope, since, until),
-                )
-            ]
-            costly = [
-                (r[0], int(r[1]), int(r[2]), int(r[3]), r[4] or "")
-                for r in conn.execute(
+                ).fetchall(),
+                costly=conn.execute(
                     "SELECT template, count(*), sum(coding='ucs2'), sum(segments),"
                     " group_concat(DISTINCT culprits) FROM cost_lint WHERE tenant_id=?"
                     " AND created_at>=? AND created_at<? GROUP BY template"
                     " ORDER BY sum(segments) DESC LIMIT 10",
-                    (tenant_id, since, until),
-                )
-            ]
-            lost = [
-                _lost(r)
-                for r in conn.execute(
-                    _LOST_SELECT + " WHERE m.tenant_id=? AND m.lost_at>=? AND m.lost_at<?"
+                    args,
+                ).fetchall(),
+                lost=conn.execute(
+                    LOST_SELECT + " WHERE m.tenant_id=? AND m.lost_at>=? AND m.lost_at<?"
                     " ORDER BY m.lost_at",
-                    (tenant_id, since, until),
-                )
-            ]
-            return ReportData(
-                {str(k): int(v) for k, v in states.items()},
-                failed,
-                changes,
-                costly,
-                lost_mail=lost,
-                unconfirmed=unconfirmed,
+                    args,
+                ).fetchall(),
             )
 
         return await self._read(fn)
@@ -1290,12 +1143,7 @@ class SqliteStore:
                 " GROUP BY tenant_id, msisdn, reason ORDER BY count(*) DESC LIMIT 100",
                 (since,),
             ).fetchall()
-            return Activity(
-                [(str(t), int(k), str(st), int(n)) for t, k, st, n in texts],
-                [(str(t), int(k), int(n)) for t, k, n in replies],
-                [(str(sc), int(k), bool(o), int(n)) for sc, k, o, n in optouts],
-                [(str(t), str(m), str(r), int(n)) for t, m, r, n in to_fix],
-            )
+            return common.activity(texts, replies, optouts, to_fix)
 
         return await self._read(fn)
 
@@ -1308,95 +1156,59 @@ class SqliteStore:
         return await self._call(fn)
 
 
-def _insert_sms(conn: sqlite3.Connection, item: NewSms, now: float) -> str:
-    qid = new_queue_id()
-    conn.execute(
-        "INSERT INTO sms (queue_id, tenant_id, msisdn, rcpt_addr, source_addr,"
-        " envelope_from, message_id, subject, body, in_reply_to, state, attempts,"
-        " created_at, updated_at, next_attempt_at, kind, dup_key, urgent)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,'queued',0,?,?,?,?,?,?)",
-        (
-            qid,
-            item.tenant_id,
-            item.msisdn,
-            item.rcpt_addr,
-            item.source_addr,
-            item.envelope_from,
-            item.message_id,
-            item.subject,
-            item.body,
-            item.in_reply_to,
-            now,
-            now,
-            now,
-            item.kind,
-            item.dup_key,
-            int(item.urgent),
-        ),
-    )
-    return qid
-
-
-def _optout(row: sqlite3.Row | tuple[Any, ...]) -> OptoutRecord:
-    return OptoutRecord(row[0], row[1], bool(row[2]), row[3], float(row[4]), row[5])
-
-
-def _write_optout(conn: sqlite3.Connection, rec: OptoutRecord, mo_ref: str | None) -> None:
-    if not rec.opted_out:
-        # The first text after an opt-in carries the opt-out footer again.
-        conn.execute(
-            "DELETE FROM first_contact WHERE msisdn=? AND scope=?", (rec.msisdn, rec.scope)
-        )
-    conn.execute(
-        "INSERT INTO optout (msisdn, scope, opted_out, keyword, changed_at, actor)"
-        " VALUES (?,?,?,?,?,?) ON CONFLICT (msisdn, scope) DO UPDATE SET"
-        " opted_out=excluded.opted_out, keyword=excluded.keyword,"
-        " changed_at=excluded.changed_at, actor=excluded.actor",
-        (rec.msisdn, rec.scope, int(rec.opted_out), rec.keyword, rec.changed_at, rec.actor),
-    )
-    conn.execute(
-        "INSERT INTO optout_audit (msisdn, scope, opted_out, keyword, changed_at, actor, mo_ref)"
-        " VALUES (?,?,?,?,?,?,?)",
-        (rec.msisdn, rec.scope, int(rec.opted_out), rec.keyword, rec.changed_at, rec.actor, mo_ref),
-    )
-
-
-# A lost email and the state of its fallback copy (bridge/store/base.py LostMail).
-_LOST_SELECT = (
-    "SELECT m.id, m.kind, m.state, m.rcpt_to, m.tenant_id, m.reason, m.lost_at,"
-    " (SELECT f.state FROM mail_outbox f WHERE f.fallback_of=m.id ORDER BY f.id LIMIT 1)"
-    " FROM mail_outbox m"
-)
-
-
-def _lost(r: sqlite3.Row | tuple[Any, ...]) -> LostMail:
-    return LostMail(
-        int(r[0]), r[1], r[2], tuple(json.loads(r[3])), r[4], r[5] or "", float(r[6]), r[7]
-    )
-
-
-def _insert_mail(conn: sqlite3.Connection, mail: Outgoing, now: float) -> int:
-    cur = conn.execute(
-        "INSERT INTO mail_outbox (kind, mail_from, rcpt_to, data, state, attempts,"
-        " next_attempt_at, created_at, updated_at, ref, tenant_id, fallback_of)"
-        " VALUES (?,?,?,?,'queued',0,?,?,?,?,?,?)",
-        (
-            mail.kind,
-            mail.mail_from,
-            json.dumps(list(mail.rcpt_to)),
-            mail.data,
-            now,
-            now,
-            now,
-            mail.ref,
-            mail.tenant_id,
-            mail.fallback_of,
-        ),
-    )
+def _insert(conn: sqlite3.Connection, table: str, row: common.NewRow, tail: str = "") -> int:
+    """INSERT one common.NewRow; the new row's rowid."""
+    columns, values = row
+    marks = ",".join("?" * len(values))
+    cur = conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks}){tail}", values)
     return int(cur.lastrowid or 0)
 
 
-def _settled(state: SmsState) -> bool:
-    """Final for a receipt: `unconfirmed` is the one final state a late receipt may still
-    settle (the carrier did answer after all)."""
-    return state.final and state is not SmsState.UNCONFIRMED
+def _insert_sms(conn: sqlite3.Connection, item: NewSms, now: float) -> str:
+    qid = new_queue_id()
+    _insert(conn, "sms", common.sms_row(qid, item, now))
+    return qid
+
+
+def _write_optout(conn: sqlite3.Connection, rec: OptoutRecord, mo_ref: str | None) -> None:
+    if common.clears_first_contact(rec):
+        conn.execute(
+            "DELETE FROM first_contact WHERE msisdn=? AND scope=?", (rec.msisdn, rec.scope)
+        )
+    _insert(
+        conn,
+        "optout",
+        common.optout_row(rec),
+        " ON CONFLICT (msisdn, scope) DO UPDATE SET opted_out=excluded.opted_out,"
+        " keyword=excluded.keyword, changed_at=excluded.changed_at, actor=excluded.actor",
+    )
+    _insert(conn, "optout_audit", common.optout_audit_row(rec, mo_ref))
+
+
+def _insert_mail(conn: sqlite3.Connection, mail: Outgoing, now: float) -> int:
+    return _insert(conn, "mail_outbox", common.mail_row(mail, now))
+
+
+def _enqueue_step(conn: sqlite3.Connection, step: common.EnqueueStep, now: float) -> str | None:
+    """One step of common.enqueue_plan."""
+    if isinstance(step, common.FindDuplicate):
+        item = step.item
+        if step.by == "dup_key":
+            row = conn.execute(
+                "SELECT queue_id FROM sms INDEXED BY sms_dup_key"
+                " WHERE dup_key=? AND created_at>=? LIMIT 1",
+                (item.dup_key, step.since),
+            ).fetchone()
+        else:
+            row = conn.execute(
+                # INDEXED BY: without statistics the planner picked the
+                # (msisdn, tenant) index and scanned a patron's whole history.
+                "SELECT queue_id FROM sms INDEXED BY sms_dedup WHERE message_id=?"
+                " AND msisdn=? AND tenant_id=? AND created_at>=? LIMIT 1",
+                (item.message_id, item.msisdn, item.tenant_id, step.since),
+            ).fetchone()
+        return None if row is None else str(row[0])
+    if isinstance(step, common.InsertSms):
+        return _insert_sms(conn, step.item, now)
+    _insert(conn, "cost_lint", common.lint_row(step, now))
+    return None

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.metrics import Metrics
 from bridge.model import OptoutRecord, SmsRecord, SmsState
 from bridge.statuspage import LibraryInput
-from bridge.store import SmsFilter, StoreError
+from bridge.store import SmsFilter, Store, StoreError
 from bridge.store.base import Activity
 from bridge.web import (
     HEAD_LIMIT,
@@ -152,14 +152,14 @@ class _HungStore(_BrokenStore):
 
 @dataclass
 class _FakeBridge:
-    store: Any
+    store: Store  # a fake answering only what the admin listener asks: cast(Store, ...)
     session: Any = None
     clock: Callable[[], float] = lambda: 1_700_000_000.0
     libraries: list[LibraryInput] = field(default_factory=list)
 
 
 async def test_healthz_503_when_store_fails() -> None:
-    server = AdminServer("127.0.0.1", 0, _FakeBridge(_BrokenStore()))
+    server = AdminServer("127.0.0.1", 0, _FakeBridge(cast(Store, _BrokenStore())))
     await server.start()
     try:
         r = await get(server.port, "/healthz")
@@ -178,7 +178,9 @@ async def test_healthz_503_when_store_fails() -> None:
 
 
 async def test_health_times_out_on_a_hung_store() -> None:
-    health = await asyncio.wait_for(check_health(_FakeBridge(_HungStore()), timeout_s=0.2), 5)
+    health = await asyncio.wait_for(
+        check_health(_FakeBridge(cast(Store, _HungStore())), timeout_s=0.2), 5
+    )
     assert health == Health(store="no answer within 0.2 s", smsc="not started")
     assert not health.ok
 

@@ -9,31 +9,31 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bridge.model import NewSms, OptoutRecord, SmsRecord, SmsState
 from bridge.ratebudget import Peer, share
-from bridge.store.base import ACTIVITY_BUCKET_S, CostLintRow, Outgoing, SmsFilter
+from bridge.store import common
+from bridge.store.base import ACTIVITY_BUCKET_S, CostLintRow, Outgoing, SmsFilter, Store
 from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
 from tests.pg import create_database, drop_database, url_for
 
-AnyStore = Any  # SqliteStore | PostgresStore: the same methods
-Opener = Callable[..., Awaitable[AnyStore]]
+Opener = Callable[..., Awaitable[Store]]
+PgOpener = Callable[..., Awaitable[PostgresStore]]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
     """Opens stores on one shared backend: `await open_store(instance_id="a")`."""
-    opened: list[AnyStore] = []
+    opened: list[Store] = []
     db: str | None = None
     if request.param == "postgres":
         db = await create_database()
 
-    async def opener(instance_id: str = "a", lease_s: float = 30.0) -> AnyStore:
-        s: AnyStore
+    async def opener(instance_id: str = "a", lease_s: float = 30.0) -> Store:
+        s: Store
         if db is None:
             s = SqliteStore(tmp_path / "store.db")
         else:
@@ -54,12 +54,12 @@ async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 
 
 @pytest.fixture
-async def store(open_store: Opener) -> AnyStore:
+async def store(open_store: Opener) -> Store:
     return await open_store()
 
 
 @pytest.fixture
-async def pg(tmp_path: Path) -> AsyncIterator[Opener]:
+async def pg(tmp_path: Path) -> AsyncIterator[PgOpener]:
     """PostgreSQL only: stores of several instances on one database."""
     db = await create_database()
     opened: list[PostgresStore] = []
@@ -97,7 +97,7 @@ BOUNCE = Outgoing("dsn", "", ("ils@riverside.example.org",), b"Subject: x\r\n\r\
 # --- outbound queue ------------------------------------------------------------------------------
 
 
-async def test_enqueue_claim_submit(store: AnyStore) -> None:
+async def test_enqueue_claim_submit(store: Store) -> None:
     (res,) = await store.enqueue_sms([sms()], now=100.0, dedup_window_s=60)
     assert not res.duplicate
     assert await store.backlog() == 1
@@ -113,7 +113,7 @@ async def test_enqueue_claim_submit(store: AnyStore) -> None:
     assert await store.backlog() == 0
 
 
-async def test_claim_order_and_limit(store: AnyStore) -> None:
+async def test_claim_order_and_limit(store: Store) -> None:
     a, b, c = await store.enqueue_sms(
         [sms(1, None), sms(2, None), sms(3, None)], now=10.0, dedup_window_s=0
     )
@@ -126,7 +126,7 @@ async def test_claim_order_and_limit(store: AnyStore) -> None:
     assert {r.queue_id for r in got + rest} == {a.queue_id, b.queue_id, c.queue_id, late.queue_id}
 
 
-async def test_dedup_window(store: AnyStore) -> None:
+async def test_dedup_window(store: Store) -> None:
     (a,) = await store.enqueue_sms([sms()], now=100.0, dedup_window_s=60)
     (b,) = await store.enqueue_sms([sms()], now=130.0, dedup_window_s=60)
     assert b.duplicate and b.queue_id == a.queue_id
@@ -136,7 +136,7 @@ async def test_dedup_window(store: AnyStore) -> None:
     assert not d.duplicate
 
 
-async def test_duplicate_words_window_and_cost_lint(store: AnyStore) -> None:
+async def test_duplicate_words_window_and_cost_lint(store: Store) -> None:
     item = NewSms(**{**sms(1, None).__dict__, "dup_key": "k1"})
     lint = [CostLintRow(0, "ucs2", 2, 1, "’", "Hold ready: Your")]
     (a,) = await store.enqueue_sms([item], now=10.0, dedup_window_s=0, dup_window_s=50, lint=lint)
@@ -148,7 +148,7 @@ async def test_duplicate_words_window_and_cost_lint(store: AnyStore) -> None:
     assert await store.cost_report(since=11.0) == []
 
 
-async def test_requeue_inflight_and_retry_counting(store: AnyStore) -> None:
+async def test_requeue_inflight_and_retry_counting(store: Store) -> None:
     await store.enqueue_sms([sms()], now=1.0, dedup_window_s=0)
     (rec,) = await store.claim_sms(now=1.0, limit=1)
     assert await store.requeue_inflight(now=2.0) == 1
@@ -160,7 +160,7 @@ async def test_requeue_inflight_and_retry_counting(store: AnyStore) -> None:
     assert got.reason == "link down" and await store.next_due() == 5.0
 
 
-async def test_final_state_queues_bounce_in_same_transaction(store: AnyStore) -> None:
+async def test_final_state_queues_bounce_in_same_transaction(store: Store) -> None:
     await store.enqueue_sms([sms()], now=1.0, dedup_window_s=0)
     (rec,) = await store.claim_sms(now=1.0, limit=1)
     await store.record_final(rec.queue_id, SmsState.FAILED, "bad number", 2.0, [BOUNCE])
@@ -180,7 +180,7 @@ async def test_final_state_queues_bounce_in_same_transaction(store: AnyStore) ->
     assert await store.enqueue_mail(BOUNCE, now=12.0) > again.id
 
 
-async def test_admin_retry_drop_and_list(store: AnyStore) -> None:
+async def test_admin_retry_drop_and_list(store: Store) -> None:
     r1, r2 = await store.enqueue_sms(
         [sms(1, msisdn="+12025550143"), sms(2, msisdn="+12025550167")], now=1.0, dedup_window_s=0
     )
@@ -197,7 +197,7 @@ async def test_admin_retry_drop_and_list(store: AnyStore) -> None:
     assert await store.counts() == {"queued": 2}
 
 
-async def test_privacy_purge(store: AnyStore) -> None:
+async def test_privacy_purge(store: Store) -> None:
     await store.enqueue_sms([sms()], now=1.0, dedup_window_s=0)
     (rec,) = await store.claim_sms(now=1.0, limit=1)
     await store.record_submitted(rec.queue_id, ["p1"], 1, "gsm7", now=1.5)
@@ -213,7 +213,7 @@ async def test_privacy_purge(store: AnyStore) -> None:
     assert await store.find_segments(["p1"]) == []
 
 
-async def test_jobs_run_once_per_period(store: AnyStore) -> None:
+async def test_jobs_run_once_per_period(store: Store) -> None:
     assert not await store.job_due("report:x", now=0.0, every_s=100)  # starts the clock
     assert not await store.job_due("report:x", now=50.0, every_s=100)
     assert await store.job_due("report:x", now=100.0, every_s=100)
@@ -228,7 +228,7 @@ async def test_concat_ref_is_persistent(open_store: Opener) -> None:
     assert refs == [1, 2, 3] and await s.next_concat_ref() == 4
 
 
-async def test_many_concurrent_writers(store: AnyStore) -> None:
+async def test_many_concurrent_writers(store: Store) -> None:
     results = await asyncio.gather(
         *(
             store.enqueue_sms([sms(i, message_id=f"<m{i}@lib>")], now=1.0, dedup_window_s=60)
@@ -254,7 +254,7 @@ def _bounces(rec: SmsRecord, state: SmsState, reason: str | None) -> Sequence[Ou
     return [Outgoing("dsn", "", (rec.envelope_from,), f"{state.value}: {reason}".encode())]
 
 
-async def test_receipts_roll_up_and_bounce(store: AnyStore) -> None:
+async def test_receipts_roll_up_and_bounce(store: Store) -> None:
     await store.enqueue_sms([sms(1, None), sms(2, None)], now=1.0, dedup_window_s=0)
     a, b = await store.claim_sms(now=1.0, limit=2)
     await store.record_submitted(a.queue_id, ["10", "11"], 2, "gsm7", now=2.0)
@@ -281,7 +281,7 @@ async def test_receipts_roll_up_and_bounce(store: AnyStore) -> None:
     assert await store.apply_receipt("nope", 0, "delivered", None, *args) is None
 
 
-async def test_held_receipts(store: AnyStore) -> None:
+async def test_held_receipts(store: Store) -> None:
     await store.hold_receipt("77", "12025550143", "delivered", None, "DELIVRD", now=5.0)
     await store.hold_receipt("78", "12025550143", "undelivered", "001", None, now=6.0)
     (held,) = await store.held_for("77")
@@ -296,7 +296,7 @@ async def test_held_receipts(store: AnyStore) -> None:
 # --- inbound -------------------------------------------------------------------------------------
 
 
-async def test_mo_parts_reassemble_and_go_stale(store: AnyStore) -> None:
+async def test_mo_parts_reassemble_and_go_stale(store: Store) -> None:
     assert await store.add_mo_part("g1", 2, 2, "world", now=1.0) is None
     assert await store.add_mo_part("g1", 2, 2, "world", now=1.5) is None  # redelivered part
     assert await store.add_mo_part("g1", 1, 2, "hello ", now=2.0) == ["hello ", "world"]
@@ -307,7 +307,7 @@ async def test_mo_parts_reassemble_and_go_stale(store: AnyStore) -> None:
     assert stale == [("g1", 2, [(1, "hello "), (2, "world")]), ("g2", 3, [(1, "a"), (3, "c")])]
 
 
-async def test_commit_mo_is_atomic_and_deduplicated(store: AnyStore) -> None:
+async def test_commit_mo_is_atomic_and_deduplicated(store: Store) -> None:
     await store.add_mo_part("g", 1, 1, "STOP", now=1.0)
     reply = Outgoing("reply", "sms-bridge@x", ("circ@lib",), b"reply", ref="mo1")
     optout = OptoutRecord("+12025550143", "12025550100", True, "STOP", 1.0, "patron")
@@ -338,7 +338,7 @@ async def test_commit_mo_is_atomic_and_deduplicated(store: AnyStore) -> None:
     assert await store.commit_mo("mo1", now=700.0, window_s=600)
 
 
-async def test_last_sms_to(store: AnyStore) -> None:
+async def test_last_sms_to(store: Store) -> None:
     (a,) = await store.enqueue_sms([sms(1, None)], now=1.0, dedup_window_s=0)
     (b,) = await store.enqueue_sms([sms(2, None)], now=2.0, dedup_window_s=0)
     got = await store.last_sms_to("+12025550143", "12025550100", since=0.0)
@@ -351,7 +351,7 @@ async def test_last_sms_to(store: AnyStore) -> None:
 # --- compliance ----------------------------------------------------------------------------------
 
 
-async def test_optouts_first_contact_and_caps(store: AnyStore) -> None:
+async def test_optouts_first_contact_and_caps(store: Store) -> None:
     num, scope = "+12025550143", "12025550100"
     assert await store.optout_status(num, scope) is None
     await store.enqueue_sms([sms(1, None)], now=1.0, dedup_window_s=0)
@@ -378,7 +378,7 @@ async def test_optouts_first_contact_and_caps(store: AnyStore) -> None:
     assert await store.had_first_contact(num, scope)
 
 
-async def test_tenant_report(store: AnyStore) -> None:
+async def test_tenant_report(store: Store) -> None:
     lint = [CostLintRow(0, "ucs2", 3, 2, "“”", "Overdue: Your")]
     await store.enqueue_sms([sms(1, None)], now=10.0, dedup_window_s=0, lint=lint)
     await store.enqueue_sms([sms(2, None)], now=11.0, dedup_window_s=0)
@@ -398,7 +398,7 @@ async def test_tenant_report(store: AnyStore) -> None:
 # --- IMAP ----------------------------------------------------------------------------------------
 
 
-async def test_imap_state(store: AnyStore) -> None:
+async def test_imap_state(store: Store) -> None:
     assert await store.imap_state("INBOX") is None
     await store.set_imap_state("INBOX", 1234, 7, now=1.0)
     await store.set_imap_state("INBOX", 1234, 9, now=2.0)
@@ -410,7 +410,7 @@ REPLY = Outgoing(
 )
 
 
-async def test_lost_mail_is_recorded_once_with_its_fallback(store: AnyStore) -> None:
+async def test_lost_mail_is_recorded_once_with_its_fallback(store: Store) -> None:
     rid = await store.enqueue_mail(REPLY, now=1.0)
     (rec,) = await store.claim_mail(now=1.0, limit=5)
     assert (rec.kind, rec.tenant_id, rec.fallback_of) == ("reply", "riverside", None)
@@ -471,15 +471,20 @@ async def test_lost_mail_is_recorded_once_with_its_fallback(store: AnyStore) -> 
     assert await store.get_mail(999) is None
 
 
-async def test_meta_value_is_made_once(store: AnyStore) -> None:
+async def test_meta_value_is_made_once(store: Store) -> None:
     assert await store.meta_setdefault("verp_secret", "first") == "first"
     assert await store.meta_setdefault("verp_secret", "second") == "first"
+
+
+async def test_ping_answers_one_while_open(open_store: Opener) -> None:
+    s = await open_store()
+    assert await s.ping() == 1
 
 
 # --- several instances on PostgreSQL -------------------------------------------------------------
 
 
-async def test_instances_share_one_generated_secret(pg: Opener) -> None:
+async def test_instances_share_one_generated_secret(pg: PgOpener) -> None:
     a, b = await pg("a"), await pg("b")
     values = await asyncio.gather(
         *(s.meta_setdefault("verp_secret", f"made-by-{i}") for i, s in enumerate((a, b, a, b)))
@@ -487,7 +492,7 @@ async def test_instances_share_one_generated_secret(pg: Opener) -> None:
     assert len(set(values)) == 1
 
 
-async def test_one_instance_records_a_bounce_seen_by_two(pg: Opener) -> None:
+async def test_one_instance_records_a_bounce_seen_by_two(pg: PgOpener) -> None:
     a, b = await pg("a"), await pg("b")
     rid = await a.enqueue_mail(REPLY, now=1.0)
     copy = Outgoing("fallback", "", ("d@x.example",), b"c", fallback_of=rid)
@@ -498,7 +503,7 @@ async def test_one_instance_records_a_bounce_seen_by_two(pg: Opener) -> None:
     assert (await a.mail_counts()) == {"bounced": 1, "queued": 1}
 
 
-async def test_instances_never_claim_the_same_message(pg: Opener) -> None:
+async def test_instances_never_claim_the_same_message(pg: PgOpener) -> None:
     a, b, c = (await pg("a"), await pg("b"), await pg("c"))
     await a.enqueue_sms([sms(i, None) for i in range(60)], now=1.0, dedup_window_s=0)
 
@@ -515,7 +520,7 @@ async def test_instances_never_claim_the_same_message(pg: Opener) -> None:
     assert len(owners) == 60
 
 
-async def test_lease_expiry_hands_work_to_a_survivor(pg: Opener) -> None:
+async def test_lease_expiry_hands_work_to_a_survivor(pg: PgOpener) -> None:
     a, b = await pg("a", lease_s=10.0), await pg("b", lease_s=10.0)
     await a.enqueue_sms([sms(1, None)], now=1.0, dedup_window_s=0)
     (rec,) = await a.claim_sms(now=1.0, limit=5)
@@ -533,7 +538,7 @@ async def test_lease_expiry_hands_work_to_a_survivor(pg: Opener) -> None:
     assert await a.renew_leases(now=19.0) == 0
 
 
-async def test_requeue_inflight_takes_only_own_and_expired(pg: Opener) -> None:
+async def test_requeue_inflight_takes_only_own_and_expired(pg: PgOpener) -> None:
     a, b = await pg("a", lease_s=10.0), await pg("b", lease_s=10.0)
     await a.enqueue_sms([sms(i, None) for i in range(3)], now=1.0, dedup_window_s=0)
     await a.claim_sms(now=1.0, limit=1)
@@ -546,7 +551,7 @@ async def test_requeue_inflight_takes_only_own_and_expired(pg: Opener) -> None:
     assert await a.counts() == {"queued": 3}
 
 
-async def test_receipt_matched_by_another_instance(pg: Opener) -> None:
+async def test_receipt_matched_by_another_instance(pg: PgOpener) -> None:
     a, b = await pg("a"), await pg("b")
     await a.enqueue_sms([sms(1, None)], now=1.0, dedup_window_s=0)
     (rec,) = await a.claim_sms(now=1.0, limit=1)
@@ -557,7 +562,7 @@ async def test_receipt_matched_by_another_instance(pg: Opener) -> None:
     assert state is SmsState.DELIVERED
 
 
-async def test_concurrent_mo_parts_on_two_instances(pg: Opener) -> None:
+async def test_concurrent_mo_parts_on_two_instances(pg: PgOpener) -> None:
     a, b = await pg("a"), await pg("b")
     results = await asyncio.gather(
         a.add_mo_part("g", 1, 2, "one ", now=1.0), b.add_mo_part("g", 2, 2, "two", now=1.0)
@@ -565,7 +570,7 @@ async def test_concurrent_mo_parts_on_two_instances(pg: Opener) -> None:
     assert sorted(results, key=lambda r: r is None) == [["one ", "two"], None]
 
 
-async def test_once_only_jobs_and_leader(pg: Opener) -> None:
+async def test_once_only_jobs_and_leader(pg: PgOpener) -> None:
     stores = [await pg(name) for name in "abc"]
     assert not any(await asyncio.gather(*(s.job_due("purge", 0.0, 60) for s in stores)))
     wins = await asyncio.gather(*(s.job_due("purge", 60.0, 60) for s in stores))
@@ -576,13 +581,13 @@ async def test_once_only_jobs_and_leader(pg: Opener) -> None:
     assert await stores[1].try_lead("report", 60.0, 60)
 
 
-async def test_concat_refs_distinct_across_instances(pg: Opener) -> None:
+async def test_concat_refs_distinct_across_instances(pg: PgOpener) -> None:
     a, b = await pg("a"), await pg("b")
     refs = await asyncio.gather(*(s.next_concat_ref() for s in (a, b) * 20))
     assert sorted(refs) == list(range(1, 41))
 
 
-async def test_duplicate_email_to_two_instances_queued_once(pg: Opener) -> None:
+async def test_duplicate_email_to_two_instances_queued_once(pg: PgOpener) -> None:
     a, b = await pg("a"), await pg("b")
     (ra,), (rb,) = await asyncio.gather(
         a.enqueue_sms([sms(1, "<same@lib>")], now=1.0, dedup_window_s=60),
@@ -592,7 +597,7 @@ async def test_duplicate_email_to_two_instances_queued_once(pg: Opener) -> None:
     assert await a.backlog() == 1
 
 
-async def test_mail_claimed_by_one_instance_only(pg: Opener) -> None:
+async def test_mail_claimed_by_one_instance_only(pg: PgOpener) -> None:
     a, b = await pg("a", lease_s=30.0), await pg("b", lease_s=30.0)
     mid = await a.enqueue_mail(BOUNCE, now=1.0)
     (mail,) = await a.claim_mail(now=1.0, limit=5)
@@ -602,7 +607,7 @@ async def test_mail_claimed_by_one_instance_only(pg: Opener) -> None:
     assert again.id == mid and again.attempts == 2
 
 
-async def test_heartbeat_and_shares(pg: Opener) -> None:
+async def test_heartbeat_and_shares(pg: PgOpener) -> None:
     a, b = await pg("a"), await pg("b")
     now_a, peers = await a.heartbeat()
     assert [p.instance_id for p in peers] == ["a"]
@@ -620,7 +625,7 @@ async def test_heartbeat_and_shares(pg: Opener) -> None:
     assert await a.ping() == 1
 
 
-async def test_bounce_recorded_before_the_mailer_records_sent_stays(store: AnyStore) -> None:
+async def test_bounce_recorded_before_the_mailer_records_sent_stays(store: Store) -> None:
     # A local relay can bounce faster than the mailer commits "sent" for the same email.
     rid = await store.enqueue_mail(REPLY, now=1.0)
     await store.claim_mail(now=1.0, limit=5)
@@ -635,7 +640,7 @@ async def test_bounce_recorded_before_the_mailer_records_sent_stays(store: AnySt
 # --- status page ---------------------------------------------------------------------------------
 
 
-async def test_activity_counts_notices_replies_and_optouts_by_bucket(store: AnyStore) -> None:
+async def test_activity_counts_notices_replies_and_optouts_by_bucket(store: Store) -> None:
     bucket = ACTIVITY_BUCKET_S
     _, b = await store.enqueue_sms([sms(1, None), sms(2, None)], now=10 * bucket, dedup_window_s=0)
     await store.enqueue_sms([sms(3, None)], now=1.0, dedup_window_s=0)  # before `since`
@@ -660,7 +665,7 @@ async def test_activity_counts_notices_replies_and_optouts_by_bucket(store: AnyS
 # --- receipt deadline ----------------------------------------------------------------------------
 
 
-async def test_receipt_deadline_settles_only_overdue_submitted(store: AnyStore) -> None:
+async def test_receipt_deadline_settles_only_overdue_submitted(store: Store) -> None:
     await store.enqueue_sms([sms(i, None) for i in range(4)], now=1.0, dedup_window_s=0)
     a, b, c, d = await store.claim_sms(now=1.0, limit=4)
     await store.record_submitted(a.queue_id, ["20"], 1, "gsm7", now=10.0)
@@ -690,7 +695,7 @@ async def test_receipt_deadline_settles_only_overdue_submitted(store: AnyStore) 
     assert listed == []
 
 
-async def test_submitted_and_settled_at_once_without_receipts(store: AnyStore) -> None:
+async def test_submitted_and_settled_at_once_without_receipts(store: Store) -> None:
     await store.enqueue_sms([sms(1, None)], now=1.0, dedup_window_s=0)
     (a,) = await store.claim_sms(now=1.0, limit=1)
     await store.record_submitted(
@@ -703,7 +708,7 @@ async def test_submitted_and_settled_at_once_without_receipts(store: AnyStore) -
     assert await store.counts() == {"unconfirmed": 1}
 
 
-async def test_tenant_report_lists_unconfirmed(store: AnyStore) -> None:
+async def test_tenant_report_lists_unconfirmed(store: Store) -> None:
     await store.enqueue_sms([sms(1, None)], now=10.0, dedup_window_s=0)
     (a,) = await store.claim_sms(now=10.0, limit=1)
     await store.record_submitted(a.queue_id, ["40"], 1, "gsm7", now=11.0)
@@ -711,3 +716,30 @@ async def test_tenant_report_lists_unconfirmed(store: AnyStore) -> None:
     data = await store.tenant_report("riverside", "12025550100", since=0.0, until=100.0)
     assert data.states == {"unconfirmed": 1}
     assert data.unconfirmed == [("+12025550143", "Hold", 10.0)] and data.failed == []
+
+
+# --- the shared plan (bridge/store/common.py), without a database --------------------------------
+
+
+def test_enqueue_plan_checks_words_then_message_id_and_places_lint() -> None:
+    first = NewSms(**{**sms(1).__dict__, "dup_key": "k1"})
+    second = sms(2, message_id=None)
+    lint = [CostLintRow(1, "ucs2", 2, 1, "’", "Hold")]
+    plan = common.enqueue_plan([first, second], 100.0, 60.0, 30.0, lint)
+    asked: list[common.EnqueueStep] = []
+    answers = {"dup_key": None, "message_id": "q-old"}
+
+    def do(step: common.EnqueueStep) -> str | None:
+        asked.append(step)
+        if isinstance(step, common.FindDuplicate):
+            return answers[step.by]
+        return "q-new" if isinstance(step, common.InsertSms) else None
+
+    results = common.run_plan(plan, do)
+    assert [(r.queue_id, r.duplicate) for r in results] == [("q-old", True), ("q-new", False)]
+    assert asked == [
+        common.FindDuplicate(first, "dup_key", 70.0),
+        common.FindDuplicate(first, "message_id", 40.0),
+        common.InsertSms(second),  # no key of either kind: no lookup
+        common.InsertLint("q-new", second, lint[0]),
+    ]

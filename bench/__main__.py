@@ -21,6 +21,7 @@ from bench import (
     report,
     smpp_bench,
     smtp_bench,
+    stages,
 )
 from bench.common import Row
 from bench.procs import REPO
@@ -36,6 +37,7 @@ BENCHES: tuple[tuple[str, Callable[[], Awaitable[list[Row]]]], ...] = (
     ("6. PostgreSQL", pg_bench.postgres),
     ("7. SMTP latency under a deliver_sm flood", flood_bench.smtp_under_flood),
     ("8. Kannel side by side", kannel_bench.side_by_side),
+    ("9. CPU per stage", stages.cpu_per_stage),
 )
 
 # `python -m bench 6` or `python -m bench pg` runs one section (see main()).
@@ -43,6 +45,7 @@ ALIASES: dict[str, str] = {
     "pg": "6. PostgreSQL",
     "flood": "7. SMTP latency",
     "kannel": "8. Kannel side by side",
+    "stages": "9. CPU per stage",
 }
 
 # Per-benchmark ceilings: generous (about 3x a normal run) but bounded, so a hang cannot keep
@@ -57,6 +60,8 @@ LIMITS_S: dict[str, float] = {
     "7. SMTP latency under a deliver_sm flood": 90.0,
     # five cases, two systems each, every phase bounded by kannel_bench.DONE_LIMIT_S
     "8. Kannel side by side": 900.0,
+    # stages in-process (~5 s), two bridge runs of 1,000 texts each, one profiled drain
+    "9. CPU per stage": 180.0,
 }
 
 METHOD_NOTES: tuple[str, ...] = (
@@ -183,7 +188,9 @@ def _select(args: list[str]) -> tuple[tuple[str, Callable[[], Awaitable[list[Row
     chosen = tuple(b for b in BENCHES if any(b[0].startswith(w) for w in wanted))
     if len(chosen) != len(set(wanted)):
         names = ", ".join(n.split(".")[0] for n, _ in BENCHES)
-        raise SystemExit(f"usage: python -m bench [SECTION...]  (sections {names}, or pg, flood)")
+        raise SystemExit(
+            f"usage: python -m bench [SECTION...]  (sections {names}, or pg, flood, kannel, stages)"
+        )
     return chosen
 
 

@@ -138,6 +138,8 @@ async def _drain(store_dir: Path, sim_port: int, n: int) -> tuple[dict[str, Any]
 def main() -> None:
     store_dir, port, n, html = sys.argv[1:5]
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # "cannot connect" until the parent starts the simulator on the port: expected here.
+    logging.getLogger("bridge").setLevel(logging.ERROR)
     report, page = asyncio.run(_drain(Path(store_dir), int(port), int(n)))
     out = Path(html)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,12 +43,13 @@ from bridge.intake import Intake, Recipient
 from bridge.model import NewSms, SmsRecord
 from bridge.policy import duplicate_key
 from bridge.smpp import pdu as p
-from bridge.smpp.encoding import EncodedSms, decode_payload, encode_sms, split_udh
+from bridge.smpp.encoding import decode_payload, encode_sms, split_udh
 from bridge.smpp.receipts import parse_receipt
 from bridge.store import SqliteStore
 
 BENCH = "9. CPU per stage"
 N = 1000  # texts per stage (each store stage is N commits)
+PURE_RUNS = 3  # pure stages: best of this many passes (store stages change state: one pass)
 WARMUP = 20  # texts through every stage first: imports, compiled regexes, SQLite caches
 N_E2E = 1000
 PROFILE_TEXTS = 2000
@@ -88,7 +89,7 @@ class _Texts:
         self.items: list[NewSms] = []
         self.records: list[SmsRecord] = []
         self.texts: list[str] = []
-        self.encoded: list[EncodedSms] = []
+        self.encoded: list[Any] = [None] * n
         self.smsc_ids: list[str] = []
         self.receipt_pdus: list[bytes] = []
         self.receipt_texts: list[str] = []
@@ -96,11 +97,17 @@ class _Texts:
 
 
 def _pure(n: int, fn: Callable[[int], object]) -> tuple[float, float]:
-    """(CPU µs, wall µs) per call of a pure function, on this thread."""
-    c0, w0 = time.thread_time(), time.perf_counter()
-    for i in range(n):
-        fn(i)
-    return 1e6 * (time.thread_time() - c0) / n, 1e6 * (time.perf_counter() - w0) / n
+    """(CPU µs, wall µs) per call of a pure function, on this thread: the best of PURE_RUNS
+    passes over the same n inputs (a pass that a garbage collection or a neighbour's burst on
+    the shared cores lands in reads high)."""
+    best = (float("inf"), float("inf"))
+    for _ in range(PURE_RUNS):
+        c0, w0 = time.thread_time(), time.perf_counter()
+        for i in range(n):
+            fn(i)
+        cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
+        best = min(best, (1e6 * cpu / n, 1e6 * wall / n))
+    return best
 
 
 async def _awaited(n: int, fn: Callable[[int], Awaitable[object]]) -> tuple[float, float]:
@@ -227,14 +234,12 @@ async def _round(cfg: Config, store: SqliteStore, n: int, seq0: int) -> list[Sta
     add("drain", "shape: Dispatcher._shape (bridge/shaping.py)", await _awaited(n, shape))
 
     def encode(i: int) -> None:
-        t.encoded.append(
-            encode_sms(
-                t.texts[i],
-                ref=0,
-                concat=cfg.smpp.concat,
-                max_segments=tenant.max_segments,
-                overflow=tenant.on_too_long,
-            )
+        t.encoded[i] = encode_sms(
+            t.texts[i],
+            ref=0,
+            concat=cfg.smpp.concat,
+            max_segments=tenant.max_segments,
+            overflow=tenant.on_too_long,
         )
 
     add("drain", "encode: smpp.encoding.encode_sms", _pure(n, encode))
@@ -274,24 +279,24 @@ async def _round(cfg: Config, store: SqliteStore, n: int, seq0: int) -> list[Sta
         _receipt_pdu(rec.msisdn.lstrip("+"), t.smsc_ids[i], t.texts[i])
         for i, rec in enumerate(t.records)
     ]
-    delivers: list[p.DeliverSm] = []
+    delivers: list[Any] = [None] * n
 
     def parse_pdu(i: int) -> None:
-        delivers.append(p.parse_deliver_sm(t.receipt_pdus[i]))
+        delivers[i] = p.parse_deliver_sm(t.receipt_pdus[i])
 
     add("drain", "receipt PDU: smpp.pdu.parse_deliver_sm", _pure(n, parse_pdu))
-    receipts: list[Any] = []
-    patrons: list[str] = []
+    receipts: list[Any] = [None] * n
+    patrons: list[Any] = [None] * n
 
     def parse_text(i: int) -> None:
         d = delivers[i]
         text = decode_payload(d.data_coding, d.message_payload or d.short_message)
-        receipts.append(
-            parse_receipt(text, d.receipted_message_id, d.message_state, d.network_error_code)
+        receipts[i] = parse_receipt(
+            text, d.receipted_message_id, d.message_state, d.network_error_code
         )
-        patrons.append(
-            addressing.canonical_address(d.source_addr, tenant.region, ton=d.source_addr_ton).value
-        )
+        patrons[i] = addressing.canonical_address(
+            d.source_addr, tenant.region, ton=d.source_addr_ton
+        ).value
 
     add("drain", "receipt: smpp.receipts.parse_receipt, patron number", _pure(n, parse_text))
     segments: list[Any] = []
@@ -312,14 +317,14 @@ async def _round(cfg: Config, store: SqliteStore, n: int, seq0: int) -> list[Sta
         _mo_pdu(rec.msisdn, f"Can I pick up item {seq0 + i} Monday?")
         for i, rec in enumerate(t.records)
     ]
-    mos: list[tuple[str, str, str]] = []
+    mos: list[Any] = [None] * n
 
     def parse_mo(i: int) -> None:
         d = p.parse_deliver_sm(t.mo_pdus[i])
         payload = d.message_payload or d.short_message
         _, body = split_udh(payload, d.esm_class)
         sender, library = mo_addresses(cfg, d)
-        mos.append((sender.value, library.value, decode_payload(d.data_coding, body)))
+        mos[i] = (sender.value, library.value, decode_payload(d.data_coding, body))
 
     add("replies", "MO: parse_deliver_sm, decode, canonical numbers", _pure(n, parse_mo))
     outcomes: list[Any] = []

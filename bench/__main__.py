@@ -156,9 +156,8 @@ METHOD_NOTES: tuple[str, ...] = (
     "compliance per text, and records each receipt in its store, where Kannel passes it on to "
     "an HTTP URL. A row is a run of each system one after the other on the same 2 cores. "
     'Rows ending "bridge on uvloop" run the same bridge with `run.event_loop: uvloop` '
-    "against the same case's Kannel run, for two of the five cases only (the RTT-bound and "
-    "the CPU-bound queued drain with receipts: kannel_bench.UVLOOP_CASES), to keep the "
-    "section near its old length; every other row is the bridge on asyncio, the default.",
+    "(kannel_bench.UVLOOP_CASES: every case) against the same case's Kannel run, right after "
+    "the row of the bridge on asyncio, the default; the section takes about a third longer.",
     "9: CPU per text for each stage alone, in the bench process, with benchmark 8's bridge "
     "settings and a SQLite store in a temp dir: the real code called 1,000 times, "
     "`time.thread_time()` around pure code (best of 3 passes), `time.process_time()` around "

@@ -466,7 +466,8 @@ def _rows(stages: list[Stage], wholes: list[Whole], prof: dict[str, Any] | None)
         )
     for w in wholes:
         for phase, value in (("intake", w.intake_us), ("drain", w.drain_us)):
-            ref = of_phase.get(phase)
+            # the asyncio rows are the baseline of every other row: no ratio to themselves
+            ref = of_phase.get(phase) if w.loop != "asyncio" else None
             rows.append(
                 Row(
                     bench=BENCH,

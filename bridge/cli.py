@@ -88,9 +88,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     bridge = Bridge(cfg, config_path=Path(args.config))
     factory, loop_name = loop_factory(cfg.run.event_loop)
-    logging.getLogger("bridge").info(
-        "event loop %s (run.event_loop: %s)", loop_name, cfg.run.event_loop
-    )
+    if factory is not None:  # the standard library's loop, the default, goes unsaid
+        logging.getLogger("bridge").info(
+            "event loop %s (run.event_loop: %s)", loop_name, cfg.run.event_loop
+        )
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(bridge.serve())

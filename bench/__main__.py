@@ -21,6 +21,7 @@ from bench import (
     report,
     smpp_bench,
     smtp_bench,
+    stages,
 )
 from bench.common import Row
 from bench.procs import REPO
@@ -36,6 +37,7 @@ BENCHES: tuple[tuple[str, Callable[[], Awaitable[list[Row]]]], ...] = (
     ("6. PostgreSQL", pg_bench.postgres),
     ("7. SMTP latency under a deliver_sm flood", flood_bench.smtp_under_flood),
     ("8. Kannel side by side", kannel_bench.side_by_side),
+    ("9. CPU per stage", stages.cpu_per_stage),
 )
 
 # `python -m bench 6` or `python -m bench pg` runs one section (see main()).
@@ -43,6 +45,7 @@ ALIASES: dict[str, str] = {
     "pg": "6. PostgreSQL",
     "flood": "7. SMTP latency",
     "kannel": "8. Kannel side by side",
+    "stages": "9. CPU per stage",
 }
 
 # Per-benchmark ceilings: generous (about 3x a normal run) but bounded, so a hang cannot keep
@@ -57,6 +60,8 @@ LIMITS_S: dict[str, float] = {
     "7. SMTP latency under a deliver_sm flood": 90.0,
     # five cases, two systems each, every phase bounded by kannel_bench.DONE_LIMIT_S
     "8. Kannel side by side": 900.0,
+    # stages in-process (~5 s), two bridge runs of 1,000 texts each, one profiled drain
+    "9. CPU per stage": 180.0,
 }
 
 METHOD_NOTES: tuple[str, ...] = (
@@ -149,7 +154,34 @@ METHOD_NOTES: tuple[str, ...] = (
     "notice and every state change to disk before answering (Kannel's spool store writes "
     "without fsync and keeps its queue and DLR table in memory), parses MIME email and applies "
     "compliance per text, and records each receipt in its store, where Kannel passes it on to "
-    "an HTTP URL. A row is a run of each system one after the other on the same 2 cores.",
+    "an HTTP URL. A row is a run of each system one after the other on the same 2 cores. "
+    'Rows ending "bridge on uvloop" run the same bridge with `run.event_loop: uvloop` '
+    "(kannel_bench.UVLOOP_CASES: every case) against the same case's Kannel run, right after "
+    "the row of the bridge on asyncio, the default; the section takes about a third longer.",
+    "9: CPU per text for each stage alone, in the bench process, with benchmark 8's bridge "
+    "settings and a SQLite store in a temp dir: the real code called 1,000 times, "
+    "`time.thread_time()` around pure code (best of 3 passes), `time.process_time()` around "
+    "store calls (the store's writer and reader threads included); 20 texts go through "
+    "every stage first. Texts flow through the stages in order, so each stage gets its "
+    "input from the one before (claimed records, encoded parts, recorded SMSC ids, "
+    "receipts for them, a patron reply to each). The whole is `python -m bridge run` "
+    "(benchmark 8's runner, CPU of the process from /proc, every thread): 1,000 notices by "
+    "SMTP over 4 connections while the SMSC is away (intake), then their drain against the "
+    "simulator (`ok`, receipts on), on asyncio and on uvloop, interleaved, best of 2 per loop "
+    "and phase; a stage's ratio is its share "
+    "of its phase's whole on asyncio, and the uvloop rows' ratio is uvloop over asyncio. "
+    "What no stage covers is the rest of the whole: aiosmtpd's SMTP dialogue, the SMPP "
+    "session's reads, writes and window, the event loop, logging and metrics. Store stages "
+    "pay a transaction (and an fsync) each here because they run one at a time; in a drain "
+    "the writer thread commits whatever calls are waiting as one group, so the drain's "
+    "store rows add up to more than the drain's whole. Replies have no whole (no MO load "
+    "in this section). The claim row claims one text per call, as a steady drain does when "
+    "one window slot frees at a time. The pyinstrument row profiles a separate drain of "
+    "2,000 queued texts (bench/profile_child.py: the bridge in-process, receipts on, "
+    "sampling every 1 ms with async_mode disabled, so every task's stack is seen); only the "
+    "event loop's thread is sampled (the store's threads are not), time waiting in epoll is "
+    "left out of the shares, and the CPU per text of that row includes the profiler's own "
+    "overhead. The HTML report is bench/results/profile-drain.html (git-ignored).",
     "All benchmark configs set `quiet_hours: null` so that results do not depend on the time "
     "of day the bench runs.",
 )
@@ -183,7 +215,9 @@ def _select(args: list[str]) -> tuple[tuple[str, Callable[[], Awaitable[list[Row
     chosen = tuple(b for b in BENCHES if any(b[0].startswith(w) for w in wanted))
     if len(chosen) != len(set(wanted)):
         names = ", ".join(n.split(".")[0] for n, _ in BENCHES)
-        raise SystemExit(f"usage: python -m bench [SECTION...]  (sections {names}, or pg, flood)")
+        raise SystemExit(
+            f"usage: python -m bench [SECTION...]  (sections {names}, or pg, flood, kannel, stages)"
+        )
     return chosen
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import os
 import shutil
 import socket
@@ -34,6 +35,7 @@ import yaml
 
 from bench import procs
 from bench.common import BASE, FAKE_NUMBERS, Row, merge, rate_from_times
+from bridge.eventloop import uvloop_available
 
 N = 2000
 WINDOW = 10
@@ -45,6 +47,10 @@ CASES: tuple[tuple[str, bool, bool], ...] = (
     ("ok", True, True),
     ("ok", False, True),
 )
+# The bridge runs a second time on uvloop (run.event_loop) in these cases, so both loops'
+# ratios are reported against the same Kannel run. Every case: a bridge run takes 5-10 s here,
+# so the section grows by about a third. Trim this tuple if the section has to be shorter.
+UVLOOP_CASES: tuple[tuple[str, bool, bool], ...] = CASES
 DONE_LIMIT_S = 90.0  # one system's phase; a stall is reported, not waited out
 INJECT_CONNECTIONS = 4
 BEARERBOX = "/usr/sbin/bearerbox"
@@ -291,30 +297,40 @@ def _text(i: int) -> str:
     return f"Item {i} you placed on hold is ready at Main Branch until Friday. Riverside Library"
 
 
+def bridge_overrides(
+    sim_port: int, smtp_port: int, receipts: bool, event_loop: str = "asyncio"
+) -> dict[str, Any]:
+    """What the bridge's config changes from bench.common.BASE for these runs (also used by
+    benchmark 9, bench/stages.py, so its per-stage figures come from the same settings)."""
+    tenant = copy.deepcopy(BASE["tenants"][0])
+    tenant.update(footer=None, quiet_hours=None)
+    over: dict[str, Any] = {
+        "smtp": {"listen": f"127.0.0.1:{smtp_port}"},
+        "smpp": {
+            "port": sim_port,
+            "window": WINDOW,
+            "max_tps": 100_000,
+        },
+        "admin": {"listen": None},
+        "tenants": [tenant],
+    }
+    if "registered_delivery" in _smpp_keys():
+        over["smpp"]["registered_delivery"] = "all" if receipts else "none"
+    # (Before `smpp.registered_delivery` existed every text asked for a receipt; the
+    # simulator's --no-receipts keeps the link free of them all the same.)
+    if event_loop != "asyncio":
+        over["run"] = {"event_loop": event_loop}
+    return over
+
+
 class _Bridge:
-    def __init__(self, tmp: Path, sim_port: int, receipts: bool) -> None:
+    def __init__(
+        self, tmp: Path, sim_port: int, receipts: bool, event_loop: str = "asyncio"
+    ) -> None:
         self.tmp = tmp
         self.receipts = receipts
         self.smtp_port = _free_port()
-        tenant = copy.deepcopy(BASE["tenants"][0])
-        tenant.update(footer=None, quiet_hours=None)
-        cfg = merge(
-            BASE,
-            {
-                "smtp": {"listen": f"127.0.0.1:{self.smtp_port}"},
-                "smpp": {
-                    "port": sim_port,
-                    "window": WINDOW,
-                    "max_tps": 100_000,
-                },
-                "admin": {"listen": None},
-                "tenants": [tenant],
-            },
-        )
-        if "registered_delivery" in _smpp_keys():
-            cfg["smpp"]["registered_delivery"] = "all" if receipts else "none"
-        # (Before `smpp.registered_delivery` existed every text asked for a receipt; the
-        # simulator's --no-receipts keeps the link free of them all the same.)
+        cfg = merge(BASE, bridge_overrides(sim_port, self.smtp_port, receipts, event_loop))
         self.config = tmp / "config.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
         self.proc: asyncio.subprocess.Process | None = None
@@ -446,32 +462,60 @@ async def side_by_side() -> list[Row]:
             )
         ]
     rows: list[Row] = []
+    uvloop = uvloop_available()
     for scenario, receipts, queued in CASES:
         kannel = await _measure(_Kannel, scenario, receipts, queued)
         bridge = await _measure(_Bridge, scenario, receipts, queued)
-        ratio = bridge.rate / kannel.rate if kannel.rate > 0 else None
-        unfinished = [name for name, m in (("Kannel", kannel), ("bridge", bridge)) if not m.done]
-        rows.append(
-            Row(
-                bench="8. Kannel side by side",
-                case=(
-                    f"{scenario}, receipts {'on' if receipts else 'off'}, "
-                    f"{'queued first' if queued else 'injected while sending'}, "
-                    f"{N} texts, window {WINDOW}"
-                ),
-                value=round(bridge.rate, 1),
-                unit="msg/s",
-                baseline=round(kannel.rate, 1),
-                baseline_label="Kannel 1.4.5, same simulator",
-                ratio=round(ratio, 2) if ratio is not None else None,
-                aim="ratio >= 1.0",
-                meets=ratio is not None and ratio >= 1.0,
-                notes=(
-                    f"CPU per text: bridge {bridge.cpu_per_text_ms:.2f} ms, Kannel "
-                    f"{kannel.cpu_per_text_ms:.2f} ms (bearerbox + smsbox)"
-                    + (f"; not finished in {DONE_LIMIT_S:g} s: {', '.join(unfinished)}"
-                       if unfinished else "")
-                ),
-            )
-        )  # fmt: skip
+        case = (
+            f"{scenario}, receipts {'on' if receipts else 'off'}, "
+            f"{'queued first' if queued else 'injected while sending'}, "
+            f"{N} texts, window {WINDOW}"
+        )
+        rows.append(_row(case, bridge, kannel, "asyncio"))
+        if (scenario, receipts, queued) not in UVLOOP_CASES:
+            continue
+        if not uvloop:
+            rows.append(_row(case + ", bridge on uvloop", None, kannel, "uvloop"))
+            continue
+        on_uvloop = await _measure(
+            functools.partial(_Bridge, event_loop="uvloop"), scenario, receipts, queued
+        )
+        rows.append(_row(case + ", bridge on uvloop", on_uvloop, kannel, "uvloop"))
     return rows
+
+
+def _row(case: str, bridge: Measured | None, kannel: Measured, loop: str) -> Row:
+    if bridge is None:
+        return Row(
+            bench="8. Kannel side by side",
+            case=case,
+            value=float("nan"),
+            unit="msg/s",
+            baseline=round(kannel.rate, 1),
+            baseline_label="Kannel 1.4.5, same simulator",
+            ratio=None,
+            aim="ratio >= 1.0",
+            meets=None,
+            notes="skipped: uvloop is not installed (pip install '.[uvloop]')",
+        )
+    ratio = bridge.rate / kannel.rate if kannel.rate > 0 else None
+    unfinished = [name for name, m in (("Kannel", kannel), ("bridge", bridge)) if not m.done]
+    return Row(
+        bench="8. Kannel side by side",
+        case=case,
+        value=round(bridge.rate, 1),
+        unit="msg/s",
+        baseline=round(kannel.rate, 1),
+        baseline_label="Kannel 1.4.5, same simulator",
+        ratio=round(ratio, 2) if ratio is not None else None,
+        aim="ratio >= 1.0",
+        meets=ratio is not None and ratio >= 1.0,
+        notes=(
+            f"event loop {loop}; CPU per text: bridge {bridge.cpu_per_text_ms:.2f} ms, Kannel "
+            f"{kannel.cpu_per_text_ms:.2f} ms (bearerbox + smsbox), ratio "
+            f"{bridge.cpu_per_text_ms / kannel.cpu_per_text_ms:.1f}"
+            if kannel.cpu_per_text_ms > 0
+            else f"event loop {loop}; CPU per text: bridge {bridge.cpu_per_text_ms:.2f} ms"
+        )
+        + (f"; not finished in {DONE_LIMIT_S:g} s: {', '.join(unfinished)}" if unfinished else ""),
+    )

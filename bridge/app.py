@@ -238,7 +238,7 @@ class Bridge:
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration:\n%s", exc)
             return
-        changed = [n for n in ("smpp", "store") if getattr(new, n) != getattr(self.cfg, n)]
+        changed = [n for n in ("smpp", "store", "run") if getattr(new, n) != getattr(self.cfg, n)]
         if new.smtp.listen != self.cfg.smtp.listen or new.smtp.tls != self.cfg.smtp.tls:
             changed.append("smtp.listen/smtp.tls")
         if [b.name for b in new.imap] != [i.box.name for i in self.imap]:

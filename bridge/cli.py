@@ -84,10 +84,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     setup_logging(args.log_level or cfg.log.level, cfg.log.format)
     from bridge.app import Bridge
+    from bridge.eventloop import loop_factory
 
     bridge = Bridge(cfg, config_path=Path(args.config))
+    factory, loop_name = loop_factory(cfg.run.event_loop)
+    if factory is not None:  # the standard library's loop, the default, goes unsaid
+        logging.getLogger("bridge").info(
+            "event loop %s (run.event_loop: %s)", loop_name, cfg.run.event_loop
+        )
     try:
-        asyncio.run(bridge.serve())
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(bridge.serve())
     except OSError as exc:
         logging.getLogger("bridge").error("cannot start: %s", exc)
         return EXIT_PROBLEM

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from bridge import addressing, defaults, gateways
+from bridge.eventloop import UVLOOP_MISSING, EventLoopChoice, uvloop_available
 from bridge.smpp.pdu import source_ton_npi
 
 
@@ -501,6 +502,20 @@ class LogConfig(_Model):
     format: Literal["text", "json"] = "text"
 
 
+class RunConfig(_Model):
+    """The process itself. event_loop: asyncio (default), uvloop, or auto (uvloop when it is
+    installed); see bridge/eventloop.py. Read at start only."""
+
+    event_loop: EventLoopChoice = defaults.EVENT_LOOP
+
+    @field_validator("event_loop")
+    @classmethod
+    def _installed(cls, value: EventLoopChoice) -> EventLoopChoice:
+        if value == "uvloop" and not uvloop_available():
+            raise ValueError(UVLOOP_MISSING)
+        return value
+
+
 _NOREPLY = re.compile(r"^(no-?reply|do-?not-?reply|donotreply|mailer-daemon)[@+.-]", re.I)
 _HASH = re.compile(r"scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+")
 
@@ -631,6 +646,7 @@ class Config(_Model):
     privacy: PrivacyConfig = PrivacyConfig()
     reports: ReportsConfig = ReportsConfig()
     log: LogConfig = LogConfig()
+    run: RunConfig = RunConfig()
     tenants: tuple[TenantConfig, ...] = Field(min_length=1)
 
     @model_validator(mode="before")
@@ -638,7 +654,16 @@ class Config(_Model):
     def _empty_sections(cls, data: Any) -> Any:
         # A section whose keys are all commented out is YAML null: it means "all defaults".
         if isinstance(data, dict):
-            for key in ("store", "inbound", "compliance", "log", "admin", "privacy", "reports"):
+            for key in (
+                "store",
+                "inbound",
+                "compliance",
+                "log",
+                "admin",
+                "privacy",
+                "reports",
+                "run",
+            ):
                 if key in data and data[key] is None:
                     data = {**data, key: {}}
             if data.get("imap", ()) is None:

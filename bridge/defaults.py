@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Final
 
+# --- process -------------------------------------------------------------------------------------
+# run.event_loop: the standard library's loop unless uvloop is asked for (bridge/eventloop.py).
+EVENT_LOOP: Final = "asyncio"
+
 # --- SMTP intake ---------------------------------------------------------------------------------
 SMTP_LISTEN = "127.0.0.1:2525"
 # RFC 5321 §4.5.3.1.7 asks servers to take at least 64 KiB; notices are a few KiB, and an HTML

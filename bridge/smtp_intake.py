@@ -77,6 +77,24 @@ def _is_loopback(ip: str) -> bool:
         return False
 
 
+class _FairReader(asyncio.StreamReader):
+    """A StreamReader that lets the event loop run every few hundred lines.
+
+    aiosmtpd reads DATA one line at a time, and readuntil() does not yield while whole lines are
+    buffered; one socket read is up to 256 KiB, so a message of very short lines (80,000 to a
+    read) held the loop for most of a second per read: SMPP enquire_link, the systemd watchdog
+    and every other client's commands waited (issue 14). Yielding every 256 lines bounds that to
+    about a millisecond, for the cost of one loop turn per 256 lines."""
+
+    _lines = 0
+
+    async def readuntil(self, separator: Any = b"\n") -> bytes:
+        self._lines += 1
+        if not self._lines % 256:
+            await asyncio.sleep(0)
+        return await super().readuntil(separator)
+
+
 class BridgeSMTP(SMTP):
     """aiosmtpd's protocol with three additions: a connection cap, AUTH over TLS except from
     loopback, and a growing delay before AUTH from an address that keeps failing."""
@@ -84,6 +102,9 @@ class BridgeSMTP(SMTP):
     def __init__(self, server: SmtpIntake, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._bridge = server
+        reader = getattr(self, "_stream_reader", None)  # the one aiosmtpd's __init__ made
+        if type(reader) is asyncio.StreamReader:
+            reader.__class__ = _FairReader
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._bridge.connections >= self._bridge.cfg.smtp.max_connections:

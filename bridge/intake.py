@@ -7,12 +7,16 @@ SMTP edge (smtp_intake.py) and the IMAP edge turn `Rejected` into protocol repli
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from email.message import Message
 
 from bridge import addressing, defaults
 from bridge.config import Config, TenantConfig
@@ -82,6 +86,9 @@ def text_options(tenant: TenantConfig) -> TextOptions:
 _PARSE_POOL = ThreadPoolExecutor(
     max_workers=defaults.PARSE_WORKERS, thread_name_prefix="sms-bridge-parse"
 )
+
+# The end of the header section (RFC 5322 §2.1: the first empty line).
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 ERR_451_PARSE_BUDGET = "Temporary overload: the notice could not be read in time; try again later"
 
@@ -234,6 +241,18 @@ class Intake:
                 self.parse_budget_s,
             )
             raise Rejected(451, "4.3.0", ERR_451_PARSE_BUDGET) from None
+
+    async def read_headers(self, raw: bytes) -> Message:
+        """The header section of `raw` as a compat32 Message (no body), parsed in a worker
+        thread: IMAP intake reads From/To/Return-Path before it knows the tenant, and even
+        that must not hold the event loop for a large message. Cut at the first empty line
+        (RFC 5322 §2.1) so the stdlib parser never walks the body."""
+        end = _HEADER_END.search(raw)
+        head = raw if end is None else raw[: end.end()]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            _PARSE_POOL, lambda: email.message_from_bytes(head, policy=email.policy.compat32)
+        )
 
     async def _check_thread(
         self, tenant: TenantConfig, notice: ParsedNotice, recipients: Sequence[Recipient]

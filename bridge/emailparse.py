@@ -9,10 +9,10 @@ one of the ``ParseLimits``).
 Cost: every pass is linear in the input, and the input is bounded before the stdlib parser sees
 it (size, header section, header field, multipart count), because the caller runs this in a
 worker thread that cannot be interrupted: its guarantee of finishing soon is this module's
-linearity. The stdlib paths that are not linear are kept away from hostile input: html.parser's
-``close()`` rescans the rest of the document for every unterminated ``<a`` or ``<!--``
-(``html_to_text`` never calls it), and the feed parser checks every line against every open
-multipart boundary (``PARSE_MAX_MULTIPARTS``).
+linearity. The stdlib paths that are not linear are kept away from hostile input: HTML goes
+through this module's own tokenizer, not html.parser (see ``_HTML_TOKEN``), and the feed parser,
+which checks every line against every open multipart boundary, gets at most
+``PARSE_MAX_MULTIPARTS`` of them.
 
 Text rules, in order:
 

@@ -18,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from bridge import defaults
 from bridge.model import SmsState
 from bridge.testing.smsc_sim import SmscSimulator
@@ -83,6 +85,7 @@ WORST: list[tuple[str, bytes]] = [
 ]
 
 
+@pytest.mark.slow
 async def test_worst_notices_do_not_stall_other_libraries_smpp_or_watchdog(
     tmp_path: Path,
 ) -> None:

@@ -213,7 +213,8 @@ class Intake:
     # --- the message -------------------------------------------------------------------------
 
     async def parse(self, tenant: TenantConfig, raw: bytes) -> ParsedNotice:
-        """The notice's text, parsed in a worker thread within `parse_budget_s`.
+        """The notice's text, parsed in a worker thread within `parse_budget_s` (or inline
+        when it is at most PARSE_INLINE_MAX_BYTES: see bridge/defaults.py).
 
         Over a ParseLimits bound: 554 (permanent; the reason says what to change). No text: 550.
         Over the time budget: 451, not 554. With bounded, linear parsing a notice takes
@@ -224,9 +225,13 @@ class Intake:
         left to finish in the background (threads cannot be stopped) and its result dropped.
         """
         limits = ParseLimits(max_bytes=self.cfg.smtp.max_message_bytes)
-        loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(_PARSE_POOL, parse_notice, raw, text_options(tenant), limits)
         try:
+            if len(raw) <= defaults.PARSE_INLINE_MAX_BYTES:
+                return parse_notice(raw, text_options(tenant), limits)
+            loop = asyncio.get_running_loop()
+            work = loop.run_in_executor(
+                _PARSE_POOL, parse_notice, raw, text_options(tenant), limits
+            )
             async with asyncio.timeout(self.parse_budget_s):
                 return await work
         except NoticeLimitError as exc:

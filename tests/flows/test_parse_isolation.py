@@ -224,12 +224,14 @@ async def test_notice_over_a_limit_gets_554_with_the_reason(env: Env) -> None:
 
 async def test_parse_over_its_time_budget_is_deferred_with_451(env: Env) -> None:
     env.bridge.intake.parse_budget_s = 0.0
-    conv = await send(env.smtp_port, FROM, [TO], notice())
+    # Over PARSE_INLINE_MAX_BYTES, so it goes to a worker (smaller ones are parsed inline).
+    big = notice("Your hold is ready.\r\n" * (defaults.PARSE_INLINE_MAX_BYTES // 20))
+    conv = await send(env.smtp_port, FROM, [TO], big)
     assert conv.data is not None
     assert conv.data[0] == 451 and conv.data[1].startswith("4.3.0 Temporary overload")
     assert await env.bridge.store.counts() == {}
     env.bridge.intake.parse_budget_s = defaults.PARSE_TIME_BUDGET_S
-    ok = await send(env.smtp_port, FROM, [TO], notice())
+    ok = await send(env.smtp_port, FROM, [TO], big)
     await env.wait_state(ok.queue_ids[0], SmsState.SUBMITTED, SmsState.DELIVERED)
 
 

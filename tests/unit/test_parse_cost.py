@@ -140,6 +140,17 @@ def test_deep_multipart_nesting_is_refused_before_parsing() -> None:
     assert took < 0.5
 
 
+@pytest.mark.parametrize("piece", ["< ", "<p>", "<br>", "x\n", "<blockquote></blockquote>"])
+def test_notices_small_enough_to_parse_inline_take_milliseconds(piece: str) -> None:
+    # Intake parses these on the event loop (defaults.PARSE_INLINE_MAX_BYTES): their worst case
+    # must stay around the 5 ms a worker thread may hold the GIL for anyway.
+    head = html_mail("")
+    raw = head + (piece * 2000).encode()[: defaults.PARSE_INLINE_MAX_BYTES - len(head)]
+    parse_notice(raw)  # warm caches
+    took = min(cpu(lambda: parse_notice(raw))[1] for _ in range(5))
+    assert took < 0.02
+
+
 # ------------------------------------------------------------------------------------------
 # The other bounds: each refusal names the limit and what to change.
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bridge import defaults
@@ -238,7 +238,30 @@ BODY_PIECES = [
     header_pieces=st.lists(st.sampled_from(HEADER_PIECES), min_size=1, max_size=4),
     header_repeat=st.integers(min_value=1, max_value=1_500),
     body_pieces=st.lists(st.sampled_from(BODY_PIECES), min_size=1, max_size=4),
-    body_repeat=st.integers(min_value=1, max_value=5_000),
+    body_repeat=st.integers(min_value=1, max_value=30_000),
+)
+# The known quadratic shapes always run: body lines repeating the sender's name (signature
+# check), multiparts nested in multiparts (feed parser), a From display name folded 16,000 times.
+@example(
+    header=b"Subject",
+    header_pieces=[b"a"],
+    header_repeat=1,
+    body_pieces=[b"Ann\r\n"],
+    body_repeat=30_000,
+)
+@example(
+    header=b"Subject",
+    header_pieces=[b"a"],
+    header_repeat=1,
+    body_pieces=[b"--b\r\n", b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"],
+    body_repeat=5_000,
+)
+@example(
+    header=b"From",
+    header_pieces=[b"\r\n", b" w"],
+    header_repeat=16_000,
+    body_pieces=[b"x"],
+    body_repeat=1,
 )
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_fuzz_pathological_mime_is_linear(

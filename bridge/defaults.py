@@ -175,3 +175,31 @@ ADMIN_LISTEN = "127.0.0.1:9125"
 # --- dispatcher ----------------------------------------------------------------------------------
 DISPATCH_BATCH = 50
 DISPATCH_IDLE_POLL_S = 0.5
+
+# --- notice parsing (SMTP and IMAP intake) -------------------------------------------------------
+# Parsing runs in worker threads, never on the event loop; these bounds keep each parse linear in
+# its input and short, so the loop (SMPP enquire_link, the systemd watchdog, other libraries'
+# sessions) keeps turning whatever a notice contains. A notice over a limit is refused with
+# `554 5.6.0` (over SMTP) or bounced (IMAP) with a sentence saying what to change.
+# Threads, not processes: a parse is a few hundred microseconds and a process hop would cost
+# more than the parse (see bridge/intake.py). Two cores; more threads only thin the loop's share.
+PARSE_WORKERS = 4
+# A notice this small is parsed on the loop itself: its worst case (about 2.5 ms, measured on
+# pathological HTML) is shorter than the 5 ms GIL switch interval a worker thread holds the
+# interpreter for anyway, and the hand-off to a thread would cost more than the parse. Typical ILS
+# notices are 0.4-2 KB.
+PARSE_INLINE_MAX_BYTES = 2048
+# Wall-clock budget for one parse, waiting for a worker included. The bounds below keep the worst
+# parse near a second on an idle machine; past this the machine is overloaded, so the answer is
+# `451 4.3.0` (retry later), not a refusal (see Intake.parse).
+PARSE_TIME_BUDGET_S = 15.0
+# Header section and one header field (folded lines included). RFC 5322 §2.1.1 caps a line at 998
+# octets; a long References or To field in a thread stays well under these.
+PARSE_MAX_HEADER_BYTES = 262_144
+PARSE_MAX_HEADER_FIELD_BYTES = 32_768
+# Multipart sections (each adds a boundary the stdlib parser checks every line against, so the
+# cost of a message is its line count times this) and MIME parts in all.
+PARSE_MAX_MULTIPARTS = 16
+PARSE_MAX_MIME_PARTS = 100
+# Nested <blockquote> levels in an HTML body (each level prefixes its lines with "> ").
+PARSE_MAX_HTML_QUOTE_DEPTH = 50

@@ -3,7 +3,16 @@
 ``parse_notice`` takes the raw bytes an ILS (or a staff mail client) sent and returns the text a
 patron should see, plus the few headers the rest of the bridge needs. It never raises anything
 but ``NoTextError``: the bytes come from outside, and a crash here would turn into a retry loop
-instead of a clear ``550 5.6.0`` answer.
+instead of a clear ``550 5.6.0`` answer (``NoticeLimitError``, a ``NoTextError``, for a notice over
+one of the ``ParseLimits``).
+
+Cost: every pass is linear in the input, and the input is bounded before the stdlib parser sees
+it (size, header section, header field, multipart count), because the caller runs this in a
+worker thread that cannot be interrupted: its guarantee of finishing soon is this module's
+linearity. The stdlib paths that are not linear are kept away from hostile input: HTML goes
+through this module's own tokenizer, not html.parser (see ``_HTML_TOKEN``), and the feed parser,
+which checks every line against every open multipart boundary, gets at most
+``PARSE_MAX_MULTIPARTS`` of them.
 
 Text rules, in order:
 
@@ -36,12 +45,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import Message
 from functools import lru_cache
-from html.parser import HTMLParser
+from html import unescape as html_unescape
 from types import MappingProxyType
 from typing import Literal
 
+from bridge import defaults
+
 __all__ = [
     "NoTextError",
+    "NoticeLimitError",
+    "ParseLimits",
     "ParsedNotice",
     "SubjectMode",
     "TextOptions",
@@ -105,7 +118,31 @@ class NoTextError(ValueError):
         super().__init__(self.reason)
 
 
+class NoticeLimitError(NoTextError):
+    """The notice is over one of the ``ParseLimits``; the edge answers ``554 <status> <reason>``.
+
+    A permanent refusal: the same bytes would be refused again, and the reason says what to
+    change (RFC 3463 §3.6 5.6.0 "other media error"; 5.3.4 "message too big for system")."""
+
+    def __init__(self, reason: str, status: str = "5.6.0") -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """Input bounds that keep one parse short (see the module docstring and bridge/defaults.py)."""
+
+    max_bytes: int = defaults.SMTP_MAX_MESSAGE_BYTES
+    max_header_bytes: int = defaults.PARSE_MAX_HEADER_BYTES
+    max_header_field_bytes: int = defaults.PARSE_MAX_HEADER_FIELD_BYTES
+    max_multiparts: int = defaults.PARSE_MAX_MULTIPARTS
+    max_mime_parts: int = defaults.PARSE_MAX_MIME_PARTS
+    max_html_quote_depth: int = defaults.PARSE_MAX_HTML_QUOTE_DEPTH
+
+
 _DEFAULT_OPTIONS = TextOptions()
+_DEFAULT_LIMITS = ParseLimits()
 
 # Exceptions the stdlib email and html packages have been seen to raise on malformed input
 # instead of recording a defect (e.g. IndexError/AttributeError from the header value parser,
@@ -125,7 +162,15 @@ _PARSER_ERRORS: tuple[type[BaseException], ...] = (
 # A notice is a few hundred characters; anything beyond this is cut before the text passes
 # are run, so a multi-megabyte body costs bounded time.
 _MAX_WORK_CHARS = 500_000
+# A second guard behind PARSE_MAX_MULTIPARTS (which counts what the raw bytes declare).
 _MAX_MIME_DEPTH = 20
+
+# The end of the header section (RFC 5322 §2.1: the first empty line), a field boundary (a line
+# break not followed by folding whitespace, §2.2.3), and a multipart Content-Type field, folded
+# or not, in any case (RFC 2045 §5.1: type names are case-insensitive).
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_FIELD_BREAK = re.compile(rb"\r?\n(?![ \t])")
+_MULTIPART_FIELD = re.compile(rb"content-type[ \t]*:\s*multipart/", re.IGNORECASE)
 
 # --------------------------------------------------------------------------------------------
 # GSM 03.38 alphabet (3GPP TS 23.038 §6.2.1): basic set and the extension table (each of those
@@ -214,10 +259,14 @@ _QP_OCTET = re.compile(rb"=([0-9A-F]{2})")
 # Public API
 
 
-def parse_notice(raw: bytes, opts: TextOptions = _DEFAULT_OPTIONS) -> ParsedNotice:
-    """Parse a notice email into SMS text and headers; raises ``NoTextError`` only."""
+def parse_notice(
+    raw: bytes, opts: TextOptions = _DEFAULT_OPTIONS, limits: ParseLimits = _DEFAULT_LIMITS
+) -> ParsedNotice:
+    """Parse a notice email into SMS text and headers; raises ``NoTextError`` only
+    (``NoticeLimitError`` when the notice is over one of ``limits``)."""
     try:
-        return _parse(raw, opts)
+        _check_bounds(raw, limits)
+        return _parse(raw, opts, limits)
     except NoTextError:
         raise
     except _PARSER_ERRORS as exc:
@@ -251,26 +300,85 @@ def normalise_text(text: str, opts: TextOptions) -> str:
     return _fold_whitespace(text)
 
 
-def html_to_text(html: str) -> str:
+def html_to_text(html: str, max_quote_depth: int = defaults.PARSE_MAX_HTML_QUOTE_DEPTH) -> str:
     """Render HTML as plain text: block elements become paragraph breaks (a blank line),
     ``<br>`` a line break; ``<style>``, ``<script>``, ``<head>`` and ``<title>`` are dropped;
     entities are decoded and ``&nbsp;`` becomes a space; ``<blockquote>`` lines get a ``"> "``
-    prefix so the quoted-reply rules can recognise them. Never raises."""
-    parser = _TextExtractor()
+    prefix so the quoted-reply rules can recognise them. Never raises; linear in the input.
+    Quotes nested deeper than ``max_quote_depth`` end the text there."""
+    text, _ = _html_text(html, max_quote_depth)
+    return text
+
+
+def _html_text(html: str, max_quote_depth: int) -> tuple[str, bool]:
+    """``html_to_text``, and whether the quote nesting went over ``max_quote_depth`` (the text
+    is then what came before)."""
+    out = _TextExtractor(max_quote_depth)
+    pos = 0
     try:
-        parser.feed(html)
-        parser.close()
-    except (AssertionError, ValueError, IndexError) as exc:
-        # html.parser has raised on some malformed declarations; keep what was read so far.
-        logger.debug("html parser stopped early: %s", type(exc).__name__)
-    return parser.text()
+        while True:
+            match = _HTML_TOKEN.search(html, pos)
+            if match is None:
+                break
+            pos = match.end()
+            if match.lastgroup == "text":
+                out.data(html_unescape(match.group(0)))
+            elif match.lastgroup == "start":
+                tag = match.group("start").lower()
+                out.start(tag, self_closing=match.group(0).endswith("/>"))
+                if tag in _RAW_TEXT_TAGS:
+                    # Script and style content is not markup (WHATWG §13.2.5.3, raw text
+                    # state): it runs to the matching end tag, or to the end.
+                    end = _RAW_TEXT_END[tag].search(html, pos)
+                    if end is None:
+                        break
+                    pos = end.start()
+            elif match.lastgroup == "end":
+                out.end(match.group("end").lower())
+            elif match.lastgroup == "lt":
+                out.data("<")
+            # comments, declarations, processing instructions: nothing to show
+    except _QuoteTooDeep:
+        return out.text(), True
+    return out.text(), False
 
 
 # ============================================================================================
 # Parsing
 
 
-def _parse(raw: bytes, opts: TextOptions) -> ParsedNotice:
+def _check_bounds(raw: bytes, limits: ParseLimits) -> None:
+    """Refuse, before the stdlib parser sees them, the inputs that would make it slow."""
+    if len(raw) > limits.max_bytes:
+        raise NoticeLimitError(
+            f"the message is {len(raw)} bytes, over this bridge's limit of {limits.max_bytes};"
+            " send the notice text without attachments or embedded images",
+            status="5.3.4",
+        )
+    end = _HEADER_END.search(raw)
+    head = raw if end is None else raw[: end.start()]
+    if len(head) > limits.max_header_bytes:
+        raise NoticeLimitError(
+            f"the header section is {len(head)} bytes, over the limit of"
+            f" {limits.max_header_bytes}; send fewer or shorter header fields"
+        )
+    longest = max(_FIELD_BREAK.split(head), key=len, default=b"")
+    if len(longest) > limits.max_header_field_bytes:
+        name = longest.split(b":", 1)[0][:40].decode("ascii", "replace").strip() or "a"
+        raise NoticeLimitError(
+            f"the {name} header field is {len(longest)} bytes, over the limit of"
+            f" {limits.max_header_field_bytes}; shorten it (e.g. the display name or the"
+            " list of addresses)"
+        )
+    multiparts = len(_MULTIPART_FIELD.findall(raw))
+    if multiparts > limits.max_multiparts:
+        raise NoticeLimitError(
+            f"the message has {multiparts} multipart sections, over the limit of"
+            f" {limits.max_multiparts}; send the notice as a plain text or HTML body"
+        )
+
+
+def _parse(raw: bytes, opts: TextOptions, limits: ParseLimits) -> ParsedNotice:
     # compat32, not policy.default: the structured-header machinery of policy.default costs
     # ~2 ms a message (measured: 2.4 ms against 0.1 ms for a Koha notice), most of the
     # intake's time; we decode the few headers we need ourselves (RFC 2047, RFC 6532).
@@ -287,7 +395,7 @@ def _parse(raw: bytes, opts: TextOptions) -> ParsedNotice:
 
     subject = " ".join(decoded_headers.get("subject", "").split())
     from_addr, from_name = _from_header(decoded_headers.get("from"))
-    body, had_attachment = _body_text(msg, opts, from_name)
+    body, had_attachment = _body_text(msg, opts, from_name, limits)
     subject_text = normalise_text(subject, opts).replace("\n", " ")
 
     if opts.subject == "only":
@@ -452,15 +560,22 @@ def _is_attachment(part: Message) -> bool:
     return disposition == "attachment" or (filename is not None and disposition != "inline")
 
 
-def _text_parts(msg: Message) -> tuple[list[Message], list[Message], bool]:
+def _text_parts(msg: Message, max_parts: int) -> tuple[list[Message], list[Message], bool]:
     """Non-attachment text/plain and text/html leaves in document order, and whether a text
     attachment was seen."""
     plain: list[Message] = []
     html: list[Message] = []
     had_text_attachment = False
     stack: list[tuple[Message, int]] = [(msg, 0)]
+    seen = 0
     while stack:
         part, depth = stack.pop()
+        seen += 1
+        if seen > max_parts:
+            raise NoticeLimitError(
+                f"the message has more than {max_parts} MIME parts; send the notice as a plain"
+                " text or HTML body with few attachments"
+            )
         maintype, subtype = _content_type(part)
         if maintype == "message":
             continue  # an attached message (forward, bounce report) is not this notice
@@ -504,10 +619,12 @@ def _part_text(part: Message) -> str:
     return _decode_bytes(payload, charset)[:_MAX_WORK_CHARS]
 
 
-def _body_text(msg: Message, opts: TextOptions, from_name: str) -> tuple[str, bool]:
+def _body_text(
+    msg: Message, opts: TextOptions, from_name: str, limits: ParseLimits
+) -> tuple[str, bool]:
     """Cleaned text of the first usable body part ('' when none), and whether a text
     attachment was seen."""
-    plain, html, had_attachment = _text_parts(msg)
+    plain, html, had_attachment = _text_parts(msg, limits.max_mime_parts)
     candidates = [(part, False) for part in plain[:1]] + [(part, True) for part in html[:1]]
     for part, is_html in candidates:
         try:
@@ -516,7 +633,13 @@ def _body_text(msg: Message, opts: TextOptions, from_name: str) -> tuple[str, bo
             logger.debug("unreadable body part: %s", type(exc).__name__)
             continue
         if is_html:
-            text = html_to_text(text)
+            text, too_deep = _html_text(text, limits.max_html_quote_depth)
+            if too_deep:
+                raise NoticeLimitError(
+                    "the HTML body nests quotes (<blockquote>) more than"
+                    f" {limits.max_html_quote_depth} levels deep; send the notice without the"
+                    " quoted thread, or as plain text"
+                )
         cleaned = _clean_body(text, opts, from_name)
         if cleaned:
             return cleaned, had_attachment
@@ -615,13 +738,15 @@ def _strip_named_signature(lines: list[str], from_name: str) -> list[str]:
     nonblank = [index for index, line in enumerate(lines) if line.strip()]
     if len(nonblank) < 2:
         return lines
-    for index in nonblank[1:]:
+    # Only the last few non-blank lines can open a block short enough to be a signature;
+    # looking further back would rescan the tail once per line (quadratic on a body that
+    # repeats the sender's name).
+    for position in range(max(1, len(nonblank) - _MAX_SIGNATURE_LINES), len(nonblank)):
+        index = nonblank[position]
         if lines[index].strip().rstrip(",.").casefold() not in forms:
             continue
-        block = [line for line in lines[index:] if line.strip()]
-        if len(block) > _MAX_SIGNATURE_LINES or any(
-            len(line.strip()) > _MAX_SIGNATURE_LINE_CHARS for line in block
-        ):
+        block = [lines[i] for i in nonblank[position:]]
+        if any(len(line.strip()) > _MAX_SIGNATURE_LINE_CHARS for line in block):
             continue
         previous = lines[index - 1].strip()
         if previous and _VALEDICTION.fullmatch(previous):
@@ -681,65 +806,120 @@ _HTML_SPACE = re.compile(r"[ \t\n\r\f]+")  # HTML's ASCII whitespace (HTML5 §2.
 _PARAGRAPH = "\n\n"
 
 
-class _TextExtractor(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
+# HTML tokens, after the WHATWG HTML tokenizer (§13.2.5) as far as text extraction needs it.
+# Written for this module rather than html.parser because html.parser is quadratic on hostile
+# input before CPython 3.11.13/3.12.11/3.13.4 (close() rescans the rest of the document for
+# every unterminated "<a" or "<!--": 100,000 "<!--" took 180 s) and its start-tag regex costs
+# ~0.5 us a character inside one C call that holds the GIL, stalling the event loop from a
+# worker thread. Here every alternative either fails on its first characters or matches to its
+# terminator or the end of the input (an unterminated comment or tag runs to the end, as in
+# WHATWG "EOF in comment"/"EOF in tag"), so one search never looks at a character twice and
+# the whole tokenization is linear.
+_HTML_TOKEN = re.compile(
+    r"""
+    (?P<text>[^<]+)
+    | <!--(?:-?>|.*?(?:--!?>|\Z))                       # comment; "<!-->" closes at once
+    | </(?P<end>[A-Za-z][^\t\n\f\r />]*)[^>]*(?:>|\Z)   # end tag (attributes ignored)
+    | <(?P<start>[A-Za-z][^\t\n\f\r />]*)              # start tag, then its attributes:
+      (?:[^>=]|=[\t\n\f\r ]*"[^"]*(?:"|\Z)|=[\t\n\f\r ]*'[^']*(?:'|\Z)|=)*(?:>|\Z)
+    | <[!?/][^>]*(?:>|\Z)                               # declaration, PI, "</>": bogus comment
+    | (?P<lt><)                                         # any other "<" is text
+    """,
+    re.DOTALL | re.VERBOSE,
+)
+_RAW_TEXT_TAGS = frozenset({"script", "style"})
+_RAW_TEXT_END = {tag: re.compile(rf"</{tag}[\t\n\f\r />]", re.IGNORECASE) for tag in _RAW_TEXT_TAGS}
+
+
+class _QuoteTooDeep(Exception):
+    """Raised from inside the extractor to stop at the first quote over the depth limit."""
+
+
+class _TextExtractor:
+    """Text of an HTML body, from its tokens in document order.
+
+    A ``<blockquote>`` does not re-render what it encloses when it closes (that was quadratic in
+    the nesting depth): the text is kept as runs of one depth each, every run is tidied once, and
+    the "> " prefixes are added when the text is read out."""
+
+    def __init__(self, max_quote_depth: int) -> None:
         self._skip_depth = 0
         self._pre_depth = 0
-        # One buffer per open <blockquote>, so its lines can be prefixed when it closes.
-        self._buffers: list[list[str]] = [[]]
+        self._max_quote_depth = max_quote_depth
+        self._quote_depth = 0
+        # (quote depth, chunks): a new run starts at every <blockquote> and </blockquote>.
+        self._runs: list[tuple[int, list[str]]] = [(0, [])]
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "body":
+    def _out(self, chunk: str) -> None:
+        self._runs[-1][1].append(chunk)
+
+    def _set_depth(self, depth: int) -> None:
+        self._quote_depth = depth
+        self._runs.append((depth, []))
+
+    def start(self, tag: str, *, self_closing: bool) -> None:
+        if tag == "br":
+            self._out("\n")
+        elif self_closing:
+            if tag in _BLOCK_TAGS:  # <hr/>, <p/>
+                self._out(_PARAGRAPH)
+        elif tag == "body":
             self._skip_depth = 0  # an unclosed <head> ends where <body> starts
         elif tag in _SKIP_TAGS:
             self._skip_depth += 1
-        elif tag == "br":
-            self._buffers[-1].append("\n")
         elif tag == "blockquote":
-            self._buffers.append([])
+            if self._quote_depth >= self._max_quote_depth:
+                raise _QuoteTooDeep
+            self._set_depth(self._quote_depth + 1)
         elif tag in _BLOCK_TAGS:
-            self._buffers[-1].append(_PARAGRAPH)
+            self._out(_PARAGRAPH)
             if tag == "pre":
                 self._pre_depth += 1
         elif tag in _CELL_TAGS:
-            self._buffers[-1].append(" ")
+            self._out(" ")
 
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "br":
-            self._buffers[-1].append("\n")
-        elif tag in _BLOCK_TAGS:  # <hr/>, <p/>
-            self._buffers[-1].append(_PARAGRAPH)
-
-    def handle_endtag(self, tag: str) -> None:
+    def end(self, tag: str) -> None:
         if tag in _SKIP_TAGS:
             self._skip_depth = max(self._skip_depth - 1, 0)
         elif tag == "blockquote":
-            self._close_quote()
+            if self._quote_depth > 0:  # else a stray </blockquote>
+                self._set_depth(self._quote_depth - 1)
         elif tag in _BLOCK_TAGS:
-            self._buffers[-1].append(_PARAGRAPH)
+            self._out(_PARAGRAPH)
             if tag == "pre":
                 self._pre_depth = max(self._pre_depth - 1, 0)
 
-    def handle_data(self, data: str) -> None:
+    def data(self, data: str) -> None:
         if self._skip_depth:
             return
         data = data.replace("\xa0", " ")
         if not self._pre_depth:
             data = _HTML_SPACE.sub(" ", data)
-        self._buffers[-1].append(data)
-
-    def _close_quote(self) -> None:
-        if len(self._buffers) < 2:
-            return  # a stray </blockquote>
-        quoted = _tidy("".join(self._buffers.pop()))
-        prefixed = "\n".join(f"> {line}" if line else ">" for line in quoted.split("\n"))
-        self._buffers[-1].extend((_PARAGRAPH, prefixed, _PARAGRAPH))
+        self._out(data)
 
     def text(self) -> str:
-        while len(self._buffers) > 1:
-            self._close_quote()
-        return _tidy("".join(self._buffers[0]))
+        """Runs with text, tidied, prefixed with "> " per level, and separated by one blank
+        line at the shallowest depth between them (so a quote is a paragraph of its own)."""
+        lines: list[str] = []
+        gap_depth: int | None = None  # shallowest depth since the last run with text
+        for depth, chunks in self._runs:
+            gap_depth = depth if gap_depth is None else min(gap_depth, depth)
+            tidy = _tidy("".join(chunks))
+            if not tidy:
+                continue
+            if lines:
+                lines.append(_quote_prefix(gap_depth, ""))
+            lines.extend(_quote_prefix(depth, line) for line in tidy.split("\n"))
+            gap_depth = depth
+        return "\n".join(lines)
+
+
+def _quote_prefix(depth: int, line: str) -> str:
+    if not depth:
+        return line
+    if line:
+        return "> " * depth + line
+    return "> " * (depth - 1) + ">"
 
 
 def _tidy(text: str) -> str:

@@ -502,7 +502,7 @@ class ImapIntake:
 
     async def _admit(self, uidvalidity: int, uid: int, raw: bytes) -> _Outcome:
         """Queue one notice; a permanent refusal is bounced. Raises _Deferred for temporary."""
-        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+        msg = await self.intake.read_headers(raw)  # off the event loop (issue 14)
         ref = f"imap-{self.box.name}-{uidvalidity}-{uid}"
         message_id = str(msg.get("message-id", "")).strip() or None
         sender = notice_sender(msg)

@@ -6,16 +6,29 @@ SMTP edge (smtp_intake.py) and the IMAP edge turn `Rejected` into protocol repli
 
 from __future__ import annotations
 
+import asyncio
+import email
+import email.policy
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from email.message import Message
 
-from bridge import addressing, gateways
+from bridge import addressing, defaults, gateways
 from bridge.bounce_intake import BounceIntake
 from bridge.config import Config, TenantConfig
-from bridge.emailparse import NoTextError, ParsedNotice, TextOptions, parse_notice
+from bridge.emailparse import (
+    NoTextError,
+    NoticeLimitError,
+    ParsedNotice,
+    ParseLimits,
+    TextOptions,
+    parse_notice,
+)
 from bridge.model import EnqueueResult, NewSms
 from bridge.policy import cost_lint, duplicate_key
 from bridge.store import CostLintRow, Store, StoreError
@@ -61,11 +74,32 @@ def text_options(tenant: TenantConfig) -> TextOptions:
     )
 
 
+# Notice parsing runs here, never on the event loop (ARCHITECTURE.md principle 12): the loop
+# also drives the SMPP session (enquire_link), the systemd watchdog and every other library's
+# SMTP session. Threads rather than a process pool: a notice parses in a few hundred
+# microseconds, about what pickling it to a process and back would cost, and a process per core
+# on a 2-core host would compete with the store. A thread cannot be killed, so the promise that a
+# parse ends soon comes from emailparse being linear in bounded input (ParseLimits); CPython's
+# GIL switch interval (5 ms) hands the loop the interpreter while a parse runs, and no single C
+# call in a parse runs long (see emailparse's HTML tokenizer). One pool per process, shared by
+# reloads and by the SMTP and IMAP intakes; a few workers so that one heavy notice does not
+# queue the others, not more, since each extra busy thread thins the loop's share of the GIL.
+_PARSE_POOL = ThreadPoolExecutor(
+    max_workers=defaults.PARSE_WORKERS, thread_name_prefix="sms-bridge-parse"
+)
+
+# The end of the header section (RFC 5322 §2.1: the first empty line).
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+ERR_451_PARSE_BUDGET = "Temporary overload: the notice could not be read in time; try again later"
+
+
 class Intake:
     def __init__(self, cfg: Config, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.store = store
         self.clock = clock
+        self.parse_budget_s = defaults.PARSE_TIME_BUDGET_S
         self._backlog = 0
         self._backlog_at = float("-inf")
         # Set by the composition root: wakes the dispatcher right after a commit.
@@ -184,11 +218,52 @@ class Intake:
 
     # --- the message -------------------------------------------------------------------------
 
-    def parse(self, tenant: TenantConfig, raw: bytes) -> ParsedNotice:
+    async def parse(self, tenant: TenantConfig, raw: bytes) -> ParsedNotice:
+        """The notice's text, parsed in a worker thread within `parse_budget_s` (or inline
+        when it is at most PARSE_INLINE_MAX_BYTES: see bridge/defaults.py).
+
+        Over a ParseLimits bound: 554 (permanent; the reason says what to change). No text: 550.
+        Over the time budget: 451, not 554. With bounded, linear parsing a notice takes
+        milliseconds and the worst input within the bounds about a second, so a parse that
+        outlasts the budget says the host is overloaded (or waiting for a free worker), not
+        that the notice is bad: refusing it for good would lose a real library notice, while a
+        retry costs the sender nothing (RFC 5321 §4.2.5: 4yz, try again later). The worker is
+        left to finish in the background (threads cannot be stopped) and its result dropped.
+        """
+        limits = ParseLimits(max_bytes=self.cfg.smtp.max_message_bytes)
         try:
-            return parse_notice(raw, text_options(tenant))
+            if len(raw) <= defaults.PARSE_INLINE_MAX_BYTES:
+                return parse_notice(raw, text_options(tenant), limits)
+            loop = asyncio.get_running_loop()
+            work = loop.run_in_executor(
+                _PARSE_POOL, parse_notice, raw, text_options(tenant), limits
+            )
+            async with asyncio.timeout(self.parse_budget_s):
+                return await work
+        except NoticeLimitError as exc:
+            raise Rejected(554, exc.status, exc.reason) from None
         except NoTextError as exc:
             raise Rejected(550, "5.6.0", exc.reason) from None
+        except TimeoutError:
+            log.warning(
+                "notice parse over budget tenant=%s bytes=%d budget_s=%.1f",
+                tenant.id,
+                len(raw),
+                self.parse_budget_s,
+            )
+            raise Rejected(451, "4.3.0", ERR_451_PARSE_BUDGET) from None
+
+    async def read_headers(self, raw: bytes) -> Message:
+        """The header section of `raw` as a compat32 Message (no body), parsed in a worker
+        thread: IMAP intake reads From/To/Return-Path before it knows the tenant, and even
+        that must not hold the event loop for a large message. Cut at the first empty line
+        (RFC 5322 §2.1) so the stdlib parser never walks the body."""
+        end = _HEADER_END.search(raw)
+        head = raw if end is None else raw[: end.end()]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            _PARSE_POOL, lambda: email.message_from_bytes(head, policy=email.policy.compat32)
+        )
 
     async def _check_thread(
         self, tenant: TenantConfig, notice: ParsedNotice, recipients: Sequence[Recipient]
@@ -233,7 +308,7 @@ class Intake:
         via: str,
     ) -> list[EnqueueResult]:
         """Parse and commit. Returns only after the commit (the caller then says 250)."""
-        notice = self.parse(tenant, raw)
+        notice = await self.parse(tenant, raw)
         now = self.clock()
         source = self.cfg.source_addr_for(tenant)
         kind = await self._check_thread(tenant, notice, recipients)

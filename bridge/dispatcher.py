@@ -15,13 +15,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from bridge.addressing import mask_msisdn
 from bridge.config import Config
 from bridge.metrics import Metrics
-from bridge.model import NewSms, SmsRecord, SmsState
+from bridge.model import Decision, Failure, NewSms, SmsRecord, SmsState
 from bridge.policy import optin_confirmation
 from bridge.receipt_watch import at_submit, registered_delivery, validity_period
 from bridge.shaping import Shaped, shape
@@ -34,30 +33,14 @@ from bridge.store import Outgoing, Store, StoreError
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Failure:
-    """Why a message ended without delivery, in the terms the bounce email needs."""
-
-    state: SmsState  # FAILED or EXPIRED
-    reason: str  # plain words for library staff
-    status: str  # RFC 3463 code for the DSN, e.g. "5.1.1"
-    diagnostic: str  # e.g. "X-SMPP; ESME_RINVDSTADR (0x0000000B)"
-
-
 # Builds the bounce emails for a failed message (bridge/bounces.py); queued in the same
 # transaction as the failure, so a crash can neither lose a bounce nor send one twice.
 BounceBuilder = Callable[[SmsRecord, Failure, float], Sequence[Outgoing]]
 
 
-@dataclass(frozen=True)
-class Decision:
-    action: Literal["send", "defer", "drop"]
-    until: float = 0.0
-    reason: str = ""
-
-
 class DispatchPolicy(Protocol):
-    """Dispatch-time checks (opt-out, quiet hours, caps): bridge/policy.py."""
+    """Dispatch-time checks (opt-out, quiet hours, caps): bridge/compliance.py, over the pure
+    rules in bridge/policy.py."""
 
     async def check(self, rec: SmsRecord, now: float) -> Decision: ...
 

@@ -21,10 +21,9 @@ from datetime import UTC, datetime
 from bridge import addressing
 from bridge.bounces import build_bounces
 from bridge.config import Config, TenantConfig
-from bridge.dispatcher import Failure
 from bridge.mailbuild import build_notification, build_patron_reply
 from bridge.metrics import Metrics
-from bridge.model import NewSms, OptoutRecord, SmsRecord, SmsState
+from bridge.model import Failure, MoOutcome, NewSms, SmsRecord, SmsState
 from bridge.receipt_watch import (
     LIKELY_CAUSES,
     ReceiptHealth,
@@ -49,20 +48,6 @@ log = logging.getLogger(__name__)
 
 # Marks the place of parts that never arrived in a long reply passed on after the timeout.
 MISSING_PART = " [...] "
-
-
-@dataclass(frozen=True)
-class MoOutcome:
-    """What one patron message causes; committed atomically by the router."""
-
-    mails: Sequence[Outgoing] = ()
-    sms: Sequence[NewSms] = ()
-    conversations: Sequence[tuple[str, str, str, str]] = ()
-    optout: OptoutRecord | None = None
-    # Mixed into the redelivery key. A patron's second STOP after a START is a new message,
-    # byte-identical to the first; its key must differ from the first's, or it would be
-    # taken for an SMSC redelivery and dropped. Keyword outcomes salt it with the opt-out state.
-    dedup_salt: str = ""
 
 
 # Keyword handling (bridge/compliance.py) gets the first look at every MO; None means "not

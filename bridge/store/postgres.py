@@ -40,11 +40,11 @@ from bridge.model import (
     MailRecord,
     NewSms,
     OptoutRecord,
+    Peer,
     SmsRecord,
     SmsState,
     new_queue_id,
 )
-from bridge.ratebudget import ALIVE_S, Peer
 from bridge.store.base import (
     ACTIVITY_BUCKET_S,
     Activity,
@@ -278,7 +278,9 @@ class PostgresStore:
             )
         return _rowcount(status)
 
-    async def heartbeat(self, alive_s: float = ALIVE_S) -> tuple[float, list[Peer]]:
+    async def heartbeat(
+        self, alive_s: float = defaults.HEARTBEAT_ALIVE_S
+    ) -> tuple[float, list[Peer]]:
         """Record that this instance is alive; (database time, every instance's row).
 
         The database clock, not ours: hosts' clocks differ, the server's is one. An instance

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from bridge.addressing import mask_msisdn
+from bridge.backoff import backoff_delay
 from bridge.config import Config
 from bridge.metrics import Metrics
 from bridge.model import Decision, Failure, NewSms, SmsRecord, SmsState
@@ -477,13 +477,9 @@ class Dispatcher:
                 ),
             )
             return
-        if count:
-            # Exponential backoff with full jitter (AWS architecture blog's "full jitter"):
-            # many messages failing together do not come back together.
-            cap = min(cfg.retry_max_s, cfg.retry_min_s * 2 ** max(0, rec.attempts - 1))
-            delay = cfg.retry_min_s + random.uniform(0, max(0.0, cap - cfg.retry_min_s))
-        else:
-            delay = 0.0
+        # A counted failure waits its backoff (full jitter: many texts failing together do not
+        # come back together); an uncounted one (not bound yet) is due again at once.
+        delay = backoff_delay(rec.attempts - 1, cfg.retry_min_s, cfg.retry_max_s) if count else 0.0
         await self.store.record_retry(rec.queue_id, reason, now + delay, now, count=count)
         log.info("queue_id=%s retry in %.1f s: %s", rec.queue_id, delay, reason)
 

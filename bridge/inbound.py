@@ -23,7 +23,7 @@ from bridge.bounces import build_bounces
 from bridge.config import Config, TenantConfig
 from bridge.mailbuild import build_notification, build_patron_reply
 from bridge.metrics import Metrics
-from bridge.model import Failure, MoOutcome, NewSms, SmsRecord, SmsState
+from bridge.model import Failure, MoOutcome, NewSms, SmsRecord, SmsState, Wake
 from bridge.receipt_watch import (
     LIKELY_CAUSES,
     ReceiptHealth,
@@ -185,20 +185,20 @@ class Inbound:
         store: Store,
         *,
         clock: Callable[[], float] = time.time,
-        wake_mailer: Callable[[], None] = lambda: None,
-        wake_dispatcher: Callable[[], None] = lambda: None,
+        wake: Wake | None = None,
+        keywords: KeywordHook | None = None,
+        hold: Callable[[str], AbstractAsyncContextManager[None]] = _no_lock,
         metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.store = store
         self.clock = clock
-        self.wake_mailer = wake_mailer
-        self.wake_dispatcher = wake_dispatcher
-        self.keywords: KeywordHook | None = None
+        self.wake = wake or Wake()
+        self.keywords = keywords
         # Serialises an opt-out commit with the dispatcher's check-and-submit for one number
-        # (bridge/compliance.py); a no-op lock until the composition root sets it.
-        self.hold: Callable[[str], AbstractAsyncContextManager[None]] = _no_lock
+        # (bridge/compliance.py's NumberLocks); no lock when nothing else dispatches.
+        self.hold = hold
         self.counters = InboundCounters()
         # Receipts on this bind against the texts that asked for one (bridge/receipt_watch.py).
         self.watch = ReceiptWatch(clock())
@@ -313,7 +313,7 @@ class Inbound:
             f" state={new_state.value}" if new_state else "",
         )
         if new_state in (SmsState.FAILED, SmsState.EXPIRED):
-            self.wake_mailer()
+            self.wake.mail()
 
     async def submitted(self, rec: SmsRecord, smsc_ids: Sequence[str]) -> None:
         """The dispatcher recorded these ids: apply receipts that overtook them."""
@@ -472,9 +472,9 @@ class Inbound:
             len(outcome.sms),
         )
         if outcome.mails:
-            self.wake_mailer()
+            self.wake.mail()
         if outcome.sms:
-            self.wake_dispatcher()
+            self.wake.sms()
 
     async def route_tenant(
         self, msisdn: str, dest: str, now: float

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers import require_peer
+
 DOVECOT = Path(os.environ.get("SMS_BRIDGE_DOVECOT", "/usr/sbin/dovecot"))
 OPENSSL = os.environ.get("SMS_BRIDGE_OPENSSL", "openssl")
 USER = "library"
@@ -249,9 +251,7 @@ def require_openssl() -> str:
         f"the openssl CLI ({OPENSSL}) is not installed, so no certificate for the TLS Dovecot "
         "can be made; install it with `apt-get install openssl`"
     )
-    if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
-        pytest.fail(msg)
-    pytest.skip(msg)
+    require_peer("Dovecot", msg)
 
 
 def make_cert(directory: Path, host: str = "127.0.0.1") -> Path:
@@ -295,9 +295,7 @@ def require_dovecot() -> None:
         f"Dovecot is not installed ({DOVECOT} missing); "
         "install it with `apt-get install dovecot-imapd` (make test does this as root)"
     )
-    if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
-        pytest.fail(msg)
-    pytest.skip(msg)
+    require_peer("Dovecot", msg)
 
 
 @contextlib.contextmanager

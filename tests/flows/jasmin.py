@@ -36,9 +36,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from tests.flows.proc import free_port
+from tests.peers import require_peer
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("JASMIN_VENV", REPO / ".venv-jasmin"))
@@ -246,9 +245,7 @@ def require_jasmin() -> None:
     if not problems:
         return
     msg = "the Jasmin flow tests need: " + "; ".join(problems)
-    if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
-        pytest.fail(msg + " (SMS_BRIDGE_REQUIRE_PEERS=1: required)")
-    pytest.skip(msg)
+    require_peer("Jasmin", msg)
 
 
 def _rabbitmqctl(*args: str) -> None:

@@ -42,6 +42,7 @@ from pathlib import Path
 import pytest
 
 from tests.flows.proc import free_port
+from tests.peers import require_peer
 
 SBIN = Path(os.environ.get("SMS_BRIDGE_POSTFIX_SBIN", "/usr/sbin"))
 POSTFIX = SBIN / "postfix"
@@ -221,9 +222,7 @@ def require_postfix() -> None:
     else:
         # postfix(1) start, postsuper and a queue owned by the mail_owner need root.
         msg = "the Postfix flow tests start a private Postfix instance and must run as root"
-    if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
-        pytest.fail(msg + " (SMS_BRIDGE_REQUIRE_PEERS=1: required)")
-    pytest.skip(msg)
+    require_peer("Postfix", msg)
 
 
 def _wait_ready(port: int, root: Path) -> None:

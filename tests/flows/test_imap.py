@@ -16,6 +16,7 @@ import pytest
 from bridge.config import Config
 from bridge.imap_intake import ImapIntake
 from bridge.intake import Intake
+from bridge.model import Wake
 from bridge.store import SmsFilter, SqliteStore, Store
 from tests.conftest import SAMPLES, MakeConfig
 from tests.flows.dovecot import Dovecot, dovecot, dovecot_server
@@ -87,7 +88,7 @@ class Harness:
 
     async def start(self) -> ImapIntake:
         imap = ImapIntake(
-            self.cfg, self.cfg.imap[0], self.intake, self.store, wake_mailer=self._wake
+            self.cfg, self.cfg.imap[0], self.intake, self.store, wake=Wake(mail=self._wake)
         )
         self.running.append(imap)
         await imap.start()

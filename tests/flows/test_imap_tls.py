@@ -119,7 +119,7 @@ async def test_untrusted_cert_refused(
     store = SqliteStore(tmp_path / "imap.db")
     await store.open()
     h = Harness(cfg, store)
-    imap = ImapIntake(cfg, cfg.imap[0], h.intake, store, wake_mailer=lambda: None)
+    imap = ImapIntake(cfg, cfg.imap[0], h.intake, store)
     try:
         await imap.start()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ from bridge.web import (
     render_status_page,
 )
 from tests.flows.harness import Env
+from tests.peers import require_peer
 from tests.smtp_client import notice, send
 
 FROM = "ils@riverside.example.org"
@@ -412,9 +412,7 @@ async def test_status_page_renders_in_headless_chromium(
 ) -> None:
     browser = _chromium()
     if browser is None:
-        if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
-            pytest.fail("chromium is required (apt-get install chromium)")
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+        require_peer("Chromium", "not installed (Debian: apt-get install chromium)")
     for i in range(3):
         conv = await send(env.smtp_port, FROM, [TO], notice(f"Hold {i}.", Message_ID=f"<c{i}@x>"))
         await env.wait_state(conv.queue_ids[0], SmsState.DELIVERED)

@@ -17,14 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from bridge.config import Config
 from bridge.imap_intake import (
     ImapError,
     ImapIntake,
-    backoff_delay,
     encode_mailbox,
     fetched_message,
     notice_recipients,
@@ -96,24 +93,6 @@ def test_notice_sender_prefers_return_path_and_honours_null() -> None:
     assert notice_sender(_msg("Sender: s@lib.org\nFrom: x@y.org")) == "s@lib.org"
     assert notice_sender(_msg("From: Lib <x@y.org>")) == "x@y.org"
     assert notice_sender(_msg("Subject: none")) == ""
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    attempt=st.integers(min_value=0, max_value=200),
-    rand=st.floats(min_value=0, max_value=1, exclude_max=True),
-)
-def test_backoff_is_bounded_and_grows(attempt: int, rand: float) -> None:
-    delay = backoff_delay(attempt, 1.0, 300.0, rand)
-    base = min(300.0, 2.0**attempt) if attempt < 32 else 300.0
-    assert base / 2 <= delay <= base <= 300.0
-    assert backoff_delay(attempt + 1, 1.0, 300.0, rand) >= delay
-
-
-def test_backoff_values() -> None:
-    assert backoff_delay(0, 1, 300, 0.0) == 0.5
-    assert backoff_delay(3, 1, 300, 0.999999) == pytest.approx(8, rel=1e-5)
-    assert backoff_delay(20, 1, 300, 0.0) == 150
 
 
 # --- a scripted IMAP server -------------------------------------------------------------------

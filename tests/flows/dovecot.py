@@ -23,7 +23,6 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.peers import require_peer
+from tests.waiting import eventually_blocking
 
 DOVECOT = Path(os.environ.get("SMS_BRIDGE_DOVECOT", "/usr/sbin/dovecot"))
 OPENSSL = os.environ.get("SMS_BRIDGE_OPENSSL", "openssl")
@@ -201,42 +201,34 @@ protocol imap {{
 """
 
 
+def _greets(host: str, port: int, ctx: ssl.SSLContext | None = None) -> bool:
+    """The listener answers with an IMAP greeting (RFC 3501 §7.1.1), over TLS with `ctx`."""
+    try:
+        with socket.create_connection((host, port), timeout=1) as raw:
+            s = raw if ctx is None else ctx.wrap_socket(raw, server_hostname=host)
+            with s:
+                s.settimeout(2)
+                return s.recv(200).startswith(b"* OK")
+    except OSError:
+        return False
+
+
 def _wait_ready(host: str, port: int, proc: subprocess.Popen[bytes], root: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
+    def ready() -> bool:
         if proc.poll() is not None:
             log = (root / "dovecot.log").read_text(errors="replace") if root.exists() else ""
             raise RuntimeError(f"dovecot exited with {proc.returncode}:\n{log}")
-        try:
-            with socket.create_connection((host, port), timeout=1) as s:
-                s.settimeout(2)
-                if s.recv(200).startswith(b"* OK"):
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"dovecot did not answer on {host}:{port} in {START_TIMEOUT_S}s")
-        time.sleep(0.05)
+        return _greets(host, port)
+
+    eventually_blocking(ready, START_TIMEOUT_S, f"dovecot to answer on {host}:{port}")
 
 
 def _wait_tls_ready(host: str, port: int, cert: Path) -> None:
-    """The implicit-TLS listener completes a handshake and greets (RFC 3501 §7.1.1)."""
+    """The implicit-TLS listener completes a handshake and greets."""
     ctx = ssl.create_default_context(cafile=str(cert))
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            with (
-                socket.create_connection((host, port), timeout=1) as raw,
-                ctx.wrap_socket(raw, server_hostname=host) as s,
-            ):
-                s.settimeout(2)
-                if s.recv(200).startswith(b"* OK"):
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"dovecot did not answer TLS on {host}:{port}")
-        time.sleep(0.05)
+    eventually_blocking(
+        lambda: _greets(host, port, ctx), START_TIMEOUT_S, f"dovecot to answer TLS on {host}:{port}"
+    )
 
 
 def _key_path(cert: Path) -> Path:

@@ -33,6 +33,7 @@ from bridge.web import (
 from tests.flows.harness import Env
 from tests.peers import require_peer
 from tests.smtp_client import notice, send
+from tests.waiting import eventually
 
 FROM = "ils@riverside.example.org"
 TO = "2025550143@sms.example.org"
@@ -84,13 +85,6 @@ async def admin(env: Env) -> AsyncIterator[AdminServer]:
         await asyncio.wait_for(server.stop(), 5)
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
-    # polls a property of a component we do not own (the session has no "unbound" event)
-    async with asyncio.timeout(timeout):
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-
-
 # ----------------------------------------------------------------------------- /healthz
 
 
@@ -113,7 +107,7 @@ async def test_healthz_503_with_reason_when_smsc_down(env: Env, admin: AdminServ
     assert session is not None
     env.sim.set_scenario("refuse_bind")
     await env.sim.stop()
-    await wait_for(lambda: not session.bound)
+    await eventually(lambda: not session.bound, 5, "the session to unbind")
     r = await get(admin.port, "/healthz")
     assert r.status == 503
     doc = json.loads(r.body)

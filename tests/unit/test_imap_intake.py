@@ -12,7 +12,6 @@ import asyncio
 import email
 import email.policy
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -32,6 +31,7 @@ from bridge.imap_intake import (
 from bridge.intake import Intake, Rejected
 from bridge.store import Store
 from tests.conftest import MakeConfig
+from tests.waiting import eventually
 
 # --- pure helpers ----------------------------------------------------------------------------
 
@@ -225,14 +225,6 @@ def _cfg(make_config: MakeConfig, port: int, **over: Any) -> Config:
     return make_config({"imap": [entry]})
 
 
-async def _until(pred: Callable[[], bool], what: str, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def test_bye_in_answer_to_idle_times_out_and_reconnects(
     make_config: MakeConfig,
     store: Store,
@@ -244,7 +236,7 @@ async def test_bye_in_answer_to_idle_times_out_and_reconnects(
     imap = ImapIntake(cfg, cfg.imap[0], Intake(cfg, store), store)
     await imap.start()
     try:
-        await _until(lambda: server.connections >= 3, "three connections")
+        await eventually(lambda: server.connections >= 3, 5, "three connections")
     finally:
         await asyncio.wait_for(imap.stop(), 5)
     assert server.count("IDLE") >= 2
@@ -260,7 +252,7 @@ async def test_without_idle_the_mailbox_is_polled(
     imap = ImapIntake(cfg, cfg.imap[0], Intake(cfg, store), store)
     await imap.start()
     try:
-        await _until(lambda: server.count("UID SEARCH") >= 3, "three searches")
+        await eventually(lambda: server.count("UID SEARCH") >= 3, 5, "three searches")
         assert imap.state in ("polling", "processing")
     finally:
         await asyncio.wait_for(imap.stop(), 5)
@@ -281,7 +273,7 @@ async def test_changed_uidvalidity_rescans_unseen_from_uid_1(
     imap = ImapIntake(cfg, cfg.imap[0], Intake(cfg, store), store)
     await imap.start()
     try:
-        await _until(lambda: server.count("UID SEARCH") >= 1, "a search")
+        await eventually(lambda: server.count("UID SEARCH") >= 1, 5, "a search")
     finally:
         await asyncio.wait_for(imap.stop(), 5)
     assert server.commands[server.commands.index("UID SEARCH UID 1:* UNSEEN")]
@@ -312,7 +304,7 @@ async def test_temporary_refusal_neither_advances_nor_flags(
     imap = ImapIntake(cfg, cfg.imap[0], intake, store)
     await imap.start()
     try:
-        await _until(lambda: server.connections >= 2, "a retry on a new connection")
+        await eventually(lambda: server.connections >= 2, 5, "a retry on a new connection")
         # between retries it backs off; by the time we look it may already be reconnecting
         assert imap.state.startswith("backoff: 452 4.3.1") or imap.state in (
             "connecting",
@@ -330,7 +322,7 @@ async def test_temporary_refusal_neither_advances_nor_flags(
     imap = ImapIntake(cfg, cfg.imap[0], intake, store)
     await imap.start()
     try:
-        await _until(lambda: server.count("UID STORE") >= 1, "the \\Seen flag")
+        await eventually(lambda: server.count("UID STORE") >= 1, 5, "the \\Seen flag")
     finally:
         await asyncio.wait_for(imap.stop(), 5)
     assert "UID STORE 3 +FLAGS.SILENT (\\Seen)" in server.commands

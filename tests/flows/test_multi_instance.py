@@ -152,12 +152,15 @@ async def test_three_instances_share_queue_rate_and_receipts(tmp_path: Path, pg_
         await eventually(a_in_flight, 20, "instance a to hold claims under load")
         procs["a"].kill()
         assert await procs["a"].wait(10) != 0
-        await asyncio.sleep(0.2)  # a commit the server was finishing for "a" lands first
+        # FOR UPDATE waits for a transaction still holding one of a's rows (a commit the server
+        # was finishing for "a") and then reads what it left. Only a's rows: b and c go on
+        # sending undisturbed.
         in_flight = {
-            str(r[0])
-            for r in await query(
-                pg_url, "SELECT body FROM sms WHERE state='sending' AND claimed_by='a'"
+            str(body)
+            for body, state in await query(
+                pg_url, "SELECT body, state FROM sms WHERE claimed_by='a' FOR UPDATE"
             )
+            if state == "sending"
         }
         submits_at_kill = len(sim.submits)
 

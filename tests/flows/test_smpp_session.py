@@ -180,7 +180,7 @@ async def test_throttle_storm_slows_down_and_retries_succeed(
             result = await session.submit(sms(f"n{i}"))
             if errors.classify(result.status) != "throttled":
                 return result, tries
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # a client pausing before it retries a throttled submit
 
     outcomes = await asyncio.wait_for(
         asyncio.gather(*(send_until_accepted(i) for i in range(12))), 20

@@ -140,7 +140,7 @@ class _BrokenStore:
 
 class _HungStore(_BrokenStore):
     async def ping(self) -> int:
-        await asyncio.sleep(30)
+        await asyncio.Event().wait()  # never answers
         return 1
 
 
@@ -366,7 +366,8 @@ async def test_stop_closes_idle_connections(env: Env) -> None:
     await server.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
-        await asyncio.sleep(0.05)
+        # the listener has taken the connection (and waits for its request)
+        await eventually(lambda: server._conns, 5, "the listener to take the connection")
         await asyncio.wait_for(server.stop(), 5)
         assert await asyncio.wait_for(reader.read(), 5) == b""
     finally:

@@ -28,7 +28,7 @@ from tests.flows.proc import REPO, BridgeProcess, free_port
 from tests.smtp_client import send
 from tests.waiting import eventually
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 README = REPO / "README.md"
 QUICKSTART_MARK = "<!-- quickstart:"

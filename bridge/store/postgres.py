@@ -35,6 +35,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from bridge import defaults
+from bridge.defaults import HEARTBEAT_ALIVE_S as ALIVE_S
 from bridge.model import (
     EnqueueResult,
     MailRecord,
@@ -278,9 +279,7 @@ class PostgresStore:
             )
         return _rowcount(status)
 
-    async def heartbeat(
-        self, alive_s: float = defaults.HEARTBEAT_ALIVE_S
-    ) -> tuple[float, list[Peer]]:
+    async def heartbeat(self, alive_s: float = ALIVE_S) -> tuple[float, list[Peer]]:
         """Record that this instance is alive; (database time, every instance's row).
 
         The database clock, not ours: hosts' clocks differ, the server's is one. An instance

@@ -104,6 +104,10 @@ class Dovecot:
                 if not isinstance(item, bytes):
                     continue
                 text = item.decode()
+                if "UID " not in text:
+                    # an unsolicited FETCH telling of another session's flag change (RFC 3501
+                    # §7.4.2), not an answer to ours
+                    continue
                 uid = int(text.split("UID ")[1].split()[0].rstrip(")"))
                 out[uid] = text[text.index("FLAGS (") + 7 :].split(")")[0]
             return out

@@ -8,7 +8,7 @@ STAMP      := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 CONFIG ?= config.example.yaml
 
-.PHONY: run test lint typecheck pytest bench clean venv sysdeps jasmin-venv
+.PHONY: run test lint typecheck pytest quick bench clean venv sysdeps jasmin-venv
 
 # Debian packages the flow tests run against (a real IMAP server, the libraries' MTA,
 # PostgreSQL). Installed when missing and we are root (CI, containers); otherwise those tests
@@ -81,6 +81,10 @@ pytest: $(TEST_STAMP) sysdeps $(JASMIN_STAMP)
 	$(BIN)/python -m tests.pgserver -- $(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# The tests without subprocesses or several bridges (marker `slow`): a quick check while working.
+quick: $(TEST_STAMP)
+	$(BIN)/python -m tests.pgserver -- $(BIN)/pytest -q -m "not slow"
 
 BENCH_STAMP := $(VENV)/.installed-bench
 

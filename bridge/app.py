@@ -25,7 +25,7 @@ from bridge.inbound import Inbound
 from bridge.intake import Intake
 from bridge.mailer import Mailer, make_transport
 from bridge.metrics import Metrics
-from bridge.model import SmsRecord
+from bridge.model import MoOutcome, SmsRecord, Wake
 from bridge.ratebudget import PAUSED_TPS, RateBudget
 from bridge.reports import Maintenance
 from bridge.smpp.pdu import DeliverSm
@@ -84,22 +84,26 @@ class Bridge:
         self.dispatcher: Dispatcher | None = None
         self.metrics = Metrics()
         self.admin: AdminServer | None = None
-        self.intake = Intake(cfg, self.store, clock)
-        self.smtp = SmtpIntake(cfg, self.intake, metrics=self.metrics)
         self.mailer = Mailer(
             cfg, self.store, make_transport(cfg), clock=clock, metrics=self.metrics
         )
-        self.intake.bounces.metrics = self.metrics
-        self.intake.bounces.wake_mailer = self.mailer.wake
+        # One wake-up for every producer: the mailer now, the dispatcher once start() built it.
+        self.wake = Wake(mail=self.mailer.wake, sms=self._wake_dispatcher)
+        self.intake = Intake(cfg, self.store, clock, wake=self.wake, metrics=self.metrics)
+        self.smtp = SmtpIntake(cfg, self.intake, metrics=self.metrics)
+        self.locks = NumberLocks()
         self.inbound = Inbound(
-            cfg, self.store, clock=clock, wake_mailer=self.mailer.wake, metrics=self.metrics
+            cfg,
+            self.store,
+            clock=clock,
+            wake=self.wake,
+            keywords=self._keyword,
+            hold=self.locks.hold,
+            metrics=self.metrics,
         )
         self.metrics.watch_inbound(lambda: self.inbound.counters)
-        self.maintenance = Maintenance(cfg, self.store, clock=clock, wake_mailer=self.mailer.wake)
-        self.locks = NumberLocks()
+        self.maintenance = Maintenance(cfg, self.store, clock=clock, wake=self.wake)
         self.compliance = Compliance(cfg, self.store, self.inbound, self.locks)
-        self.inbound.keywords = self.compliance.keyword
-        self.inbound.hold = self.locks.hold
         self.imap: list[ImapIntake] = []
         self._stack = AsyncExitStack()
         self.stop_requested = asyncio.Event()
@@ -110,6 +114,16 @@ class Bridge:
     @property
     def smtp_port(self) -> int:
         return self.smtp.port
+
+    def _wake_dispatcher(self) -> None:
+        # Nothing to wake before start() built the dispatcher: it polls the queue when it starts.
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    async def _keyword(self, msisdn: str, dest: str, text: str, now: float) -> MoOutcome | None:
+        # Compliance answers keywords through the inbound router it is built with, so the router
+        # reaches it through this method rather than holding it (bridge.inbound.KeywordHook).
+        return await self.compliance.keyword(msisdn, dest, text, now)
 
     async def _on_deliver(self, pdu: DeliverSm) -> int:
         return await self.inbound.handle(pdu)
@@ -198,17 +212,13 @@ class Bridge:
         )
         await self.dispatcher.start()
         stack.push_async_callback(self.dispatcher.stop, cfg.smpp.drain_timeout_s)
-        self.intake.notify = self.dispatcher.wake
-        self.inbound.wake_dispatcher = self.dispatcher.wake
         await self.inbound.start()
         stack.push_async_callback(self.inbound.stop)
         await self.maintenance.start()
         stack.push_async_callback(self.maintenance.stop)
         # 6. intake last: only take mail once everything behind it runs (IMAP, then SMTP)
         for box in cfg.imap:
-            imap = ImapIntake(
-                cfg, box, self.intake, self.store, clock=self.clock, wake_mailer=self.mailer.wake
-            )
+            imap = ImapIntake(cfg, box, self.intake, self.store, clock=self.clock, wake=self.wake)
             await imap.start()
             stack.push_async_callback(imap.stop)
             self.imap.append(imap)

@@ -30,6 +30,7 @@ from bridge import verp
 from bridge.config import Config
 from bridge.dsnparse import parse_bounce
 from bridge.mailbuild import build_reply_fallback
+from bridge.model import Wake
 from bridge.store import MailOutbox, Outgoing
 from bridge.store.base import MailInfo
 
@@ -146,6 +147,7 @@ class BounceIntake:
         store: MailOutbox,
         *,
         clock: Callable[[], float] = time.time,
+        wake: Wake | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
@@ -153,8 +155,8 @@ class BounceIntake:
         self.clock = clock
         self.metrics = metrics
         self._secret: bytes | None = None
-        # Set by the composition root: wakes the mailer when a fallback copy is queued.
-        self.wake_mailer: Callable[[], None] = lambda: None
+        # wake.mail when a fallback copy is queued
+        self.wake = wake or Wake()
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -211,7 +213,7 @@ class BounceIntake:
                 log.info("bounce for mail id=%d ignored: already lost (replay)", mail_id)
                 self._count("replay")
         if queued:
-            self.wake_mailer()
+            self.wake.mail()
         return OK_250_BOUNCE
 
     def _count(self, outcome: str) -> None:

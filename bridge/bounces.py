@@ -6,9 +6,8 @@ from datetime import UTC, datetime
 
 from bridge.addressing import format_msisdn
 from bridge.config import Config
-from bridge.dispatcher import Failure
 from bridge.mailbuild import NoticeRef, build_dsn
-from bridge.model import SmsRecord, SmsState
+from bridge.model import Failure, SmsRecord, SmsState
 from bridge.store import Outgoing
 
 # What library staff can do about each kind of failure, in plain words.

@@ -23,9 +23,8 @@ from datetime import UTC, datetime
 
 from bridge import addressing, policy
 from bridge.config import Config, TenantConfig
-from bridge.dispatcher import Decision
-from bridge.inbound import Inbound, MoOutcome
-from bridge.model import NewSms, OptoutRecord, SmsRecord
+from bridge.inbound import Inbound
+from bridge.model import Decision, MoOutcome, NewSms, OptoutRecord, SmsRecord
 from bridge.store import Optouts, Outgoing
 
 log = logging.getLogger(__name__)

@@ -172,6 +172,15 @@ IMAP_RECONNECT_MAX_S = 300.0
 # --- admin HTTP listener -------------------------------------------------------------------------
 ADMIN_LISTEN = "127.0.0.1:9125"
 
+# --- several instances on one PostgreSQL database (bridge/ratebudget.py) -------------------------
+# Not configurable: every instance must use the same values. Each one heartbeats every
+# BEAT_EVERY_S and counts as alive while its last beat is younger than ALIVE_S.
+HEARTBEAT_BEAT_EVERY_S = 1.0
+# Three missed beats: a busy event loop or one slow commit is not a death.
+HEARTBEAT_ALIVE_S = 3.0
+# Two beats for every peer to see a newcomer, plus the carrier's one-second window.
+HEARTBEAT_SETTLE_S = 2 * HEARTBEAT_BEAT_EVERY_S + 1.0
+
 # --- dispatcher ----------------------------------------------------------------------------------
 DISPATCH_BATCH = 50
 DISPATCH_IDLE_POLL_S = 0.5

@@ -11,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from bridge.addressing import mask_msisdn
+from bridge.backoff import backoff_delay
 from bridge.config import Config
 from bridge.metrics import Metrics
-from bridge.model import NewSms, SmsRecord, SmsState
+from bridge.model import Decision, Failure, NewSms, SmsRecord, SmsState
 from bridge.policy import optin_confirmation
 from bridge.receipt_watch import at_submit, registered_delivery, validity_period
 from bridge.shaping import Shaped, shape
@@ -34,30 +33,14 @@ from bridge.store import Outgoing, Store, StoreError
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Failure:
-    """Why a message ended without delivery, in the terms the bounce email needs."""
-
-    state: SmsState  # FAILED or EXPIRED
-    reason: str  # plain words for library staff
-    status: str  # RFC 3463 code for the DSN, e.g. "5.1.1"
-    diagnostic: str  # e.g. "X-SMPP; ESME_RINVDSTADR (0x0000000B)"
-
-
 # Builds the bounce emails for a failed message (bridge/bounces.py); queued in the same
 # transaction as the failure, so a crash can neither lose a bounce nor send one twice.
 BounceBuilder = Callable[[SmsRecord, Failure, float], Sequence[Outgoing]]
 
 
-@dataclass(frozen=True)
-class Decision:
-    action: Literal["send", "defer", "drop"]
-    until: float = 0.0
-    reason: str = ""
-
-
 class DispatchPolicy(Protocol):
-    """Dispatch-time checks (opt-out, quiet hours, caps): bridge/policy.py."""
+    """Dispatch-time checks (opt-out, quiet hours, caps): bridge/compliance.py, over the pure
+    rules in bridge/policy.py."""
 
     async def check(self, rec: SmsRecord, now: float) -> Decision: ...
 
@@ -494,13 +477,9 @@ class Dispatcher:
                 ),
             )
             return
-        if count:
-            # Exponential backoff with full jitter (AWS architecture blog's "full jitter"):
-            # many messages failing together do not come back together.
-            cap = min(cfg.retry_max_s, cfg.retry_min_s * 2 ** max(0, rec.attempts - 1))
-            delay = cfg.retry_min_s + random.uniform(0, max(0.0, cap - cfg.retry_min_s))
-        else:
-            delay = 0.0
+        # A counted failure waits its backoff (full jitter: many texts failing together do not
+        # come back together); an uncounted one (not bound yet) is due again at once.
+        delay = backoff_delay(rec.attempts - 1, cfg.retry_min_s, cfg.retry_max_s) if count else 0.0
         await self.store.record_retry(rec.queue_id, reason, now + delay, now, count=count)
         log.info("queue_id=%s retry in %.1f s: %s", rec.queue_id, delay, reason)
 

@@ -36,9 +36,11 @@ from typing import Any, TypeVar
 import aioimaplib
 
 from bridge import addressing
+from bridge.backoff import backoff_delay
 from bridge.config import Config, ImapConfig, TenantConfig
 from bridge.intake import Intake, Recipient, Rejected
 from bridge.mailbuild import NoticeRef, build_dsn
+from bridge.model import Wake
 from bridge.store import Outgoing, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,6 @@ T = TypeVar("T")
 __all__ = [
     "ImapError",
     "ImapIntake",
-    "backoff_delay",
     "encode_mailbox",
     "fetched_message",
     "notice_recipients",
@@ -86,16 +87,6 @@ class _Deferred(Exception):
 
 
 # --- pure helpers ------------------------------------------------------------------------------
-
-
-def backoff_delay(attempt: int, min_s: float, max_s: float, rand: float) -> float:
-    """Seconds to wait before reconnect number `attempt` (0-based), `rand` in [0, 1).
-
-    Exponential, capped at `max_s`, with the upper half jittered so that many bridges
-    restarted together do not reconnect to the library's mail server in lockstep.
-    """
-    base = min(max_s, min_s * float(2 ** min(attempt, 32)))
-    return base / 2 + base / 2 * rand
 
 
 def encode_mailbox(name: str) -> str:
@@ -231,14 +222,14 @@ class ImapIntake:
         store: Store,
         *,
         clock: Callable[[], float] = time.time,
-        wake_mailer: Callable[[], None] = lambda: None,
+        wake: Wake | None = None,
     ) -> None:
         self.cfg = cfg
         self.box = box
         self.intake = intake
         self.store = store
         self.clock = clock
-        self.wake_mailer = wake_mailer
+        self.wake = wake or Wake()  # wake.mail when a DSN is queued
         self.state = "stopped"
         self._task: asyncio.Task[None] | None = None
         self._client: Any = None
@@ -303,7 +294,7 @@ class ImapIntake:
                     self._attempt,
                     self.box.reconnect_min_s,
                     self.box.reconnect_max_s,
-                    self._rand.random(),
+                    self._rand,
                 )
                 self._attempt += 1
                 log.warning(
@@ -639,7 +630,7 @@ class ImapIntake:
             # error folder so the notice is not fetched again.
             log.warning("imap %s: %s: no bounce: %s", self.box.name, ref, exc)
             return
-        self.wake_mailer()
+        self.wake.mail()
 
     # --- after the commit ----------------------------------------------------------------------
 

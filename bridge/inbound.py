@@ -21,10 +21,9 @@ from datetime import UTC, datetime
 from bridge import addressing
 from bridge.bounces import build_bounces
 from bridge.config import Config, TenantConfig
-from bridge.dispatcher import Failure
 from bridge.mailbuild import build_notification, build_patron_reply
 from bridge.metrics import Metrics
-from bridge.model import NewSms, OptoutRecord, SmsRecord, SmsState
+from bridge.model import Failure, MoOutcome, NewSms, SmsRecord, SmsState, Wake
 from bridge.receipt_watch import (
     LIKELY_CAUSES,
     ReceiptHealth,
@@ -49,20 +48,6 @@ log = logging.getLogger(__name__)
 
 # Marks the place of parts that never arrived in a long reply passed on after the timeout.
 MISSING_PART = " [...] "
-
-
-@dataclass(frozen=True)
-class MoOutcome:
-    """What one patron message causes; committed atomically by the router."""
-
-    mails: Sequence[Outgoing] = ()
-    sms: Sequence[NewSms] = ()
-    conversations: Sequence[tuple[str, str, str, str]] = ()
-    optout: OptoutRecord | None = None
-    # Mixed into the redelivery key. A patron's second STOP after a START is a new message,
-    # byte-identical to the first; its key must differ from the first's, or it would be
-    # taken for an SMSC redelivery and dropped. Keyword outcomes salt it with the opt-out state.
-    dedup_salt: str = ""
 
 
 # Keyword handling (bridge/compliance.py) gets the first look at every MO; None means "not
@@ -200,20 +185,20 @@ class Inbound:
         store: Store,
         *,
         clock: Callable[[], float] = time.time,
-        wake_mailer: Callable[[], None] = lambda: None,
-        wake_dispatcher: Callable[[], None] = lambda: None,
+        wake: Wake | None = None,
+        keywords: KeywordHook | None = None,
+        hold: Callable[[str], AbstractAsyncContextManager[None]] = _no_lock,
         metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.store = store
         self.clock = clock
-        self.wake_mailer = wake_mailer
-        self.wake_dispatcher = wake_dispatcher
-        self.keywords: KeywordHook | None = None
+        self.wake = wake or Wake()
+        self.keywords = keywords
         # Serialises an opt-out commit with the dispatcher's check-and-submit for one number
-        # (bridge/compliance.py); a no-op lock until the composition root sets it.
-        self.hold: Callable[[str], AbstractAsyncContextManager[None]] = _no_lock
+        # (bridge/compliance.py's NumberLocks); no lock when nothing else dispatches.
+        self.hold = hold
         self.counters = InboundCounters()
         # Receipts on this bind against the texts that asked for one (bridge/receipt_watch.py).
         self.watch = ReceiptWatch(clock())
@@ -328,7 +313,7 @@ class Inbound:
             f" state={new_state.value}" if new_state else "",
         )
         if new_state in (SmsState.FAILED, SmsState.EXPIRED):
-            self.wake_mailer()
+            self.wake.mail()
 
     async def submitted(self, rec: SmsRecord, smsc_ids: Sequence[str]) -> None:
         """The dispatcher recorded these ids: apply receipts that overtook them."""
@@ -487,9 +472,9 @@ class Inbound:
             len(outcome.sms),
         )
         if outcome.mails:
-            self.wake_mailer()
+            self.wake.mail()
         if outcome.sms:
-            self.wake_dispatcher()
+            self.wake.sms()
 
     async def route_tenant(
         self, msisdn: str, dest: str, now: float

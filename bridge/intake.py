@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.message import Message
+from typing import TYPE_CHECKING
 
 from bridge import addressing, defaults, gateways
 from bridge.bounce_intake import BounceIntake
@@ -29,9 +30,12 @@ from bridge.emailparse import (
     TextOptions,
     parse_notice,
 )
-from bridge.model import EnqueueResult, NewSms
+from bridge.model import EnqueueResult, NewSms, Wake
 from bridge.policy import cost_lint, duplicate_key
 from bridge.store import CostLintRow, Store, StoreError
+
+if TYPE_CHECKING:
+    from bridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +99,25 @@ ERR_451_PARSE_BUDGET = "Temporary overload: the notice could not be read in time
 
 
 class Intake:
-    def __init__(self, cfg: Config, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        *,
+        wake: Wake | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.clock = clock
         self.parse_budget_s = defaults.PARSE_TIME_BUDGET_S
+        # wake.sms right after a commit, so the dispatcher need not wait for its next poll
+        self.wake = wake or Wake()
         self._backlog = 0
         self._backlog_at = float("-inf")
-        # Set by the composition root: wakes the dispatcher right after a commit.
-        self.notify: Callable[[], None] | None = None
         # Bounces to the bridge's own addresses take a separate path (null sender, no tenant).
-        self.bounces = BounceIntake(cfg, store, clock=clock)
+        self.bounces = BounceIntake(cfg, store, clock=clock, wake=self.wake, metrics=metrics)
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -362,8 +374,7 @@ class Intake:
             lint_rows,
         )
         self._backlog += sum(1 for r in results if not r.duplicate)
-        if self.notify is not None:
-            self.notify()
+        self.wake.sms()
         for item, res in zip(items, results, strict=True):
             log.info(
                 "%s queue_id=%s tenant=%s via=%s to=%s message_id=%s chars=%d%s",

@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bridge import verp
+from bridge.backoff import backoff_delay
 from bridge.bounce_intake import NULL_SENDER_KINDS, bounce_domain, load_secret, record_lost
 from bridge.config import Config
 from bridge.mail_transport import (
@@ -150,8 +150,7 @@ class Mailer:
                     self.cfg, self.store, info, "dead", f"dead letter: {exc}", now, self.metrics
                 )
                 return
-            cap = min(cfg.retry_max_s, cfg.retry_min_s * 2 ** (rec.attempts - 1))
-            delay = random.uniform(cfg.retry_min_s, max(cfg.retry_min_s, cap))
+            delay = backoff_delay(rec.attempts - 1, cfg.retry_min_s, cfg.retry_max_s)
             await self.store.mail_done(rec.id, "queued", str(exc), now, next_at=now + delay)
             log.warning("mail id=%d kind=%s retry in %.0f s: %s", rec.id, rec.kind, delay, exc)
             return

@@ -1,11 +1,20 @@
-"""Value types shared by the intake, the store, the dispatcher and the inbound router."""
+"""Value types shared by the intake, the store, the dispatcher and the inbound router.
+
+A type that more than one module passes around lives here, not in the service that happens to
+produce it: a module imports another service for what it does, never only for a type.
+"""
 
 from __future__ import annotations
 
 import enum
 import secrets
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # bridge.store.base imports this module: the name is for annotations only
+    from bridge.store.base import Outgoing
 
 
 class SmsState(enum.StrEnum):
@@ -109,3 +118,59 @@ class MailRecord:
     ref: str | None  # queue id or inbound id it came from, for logs
     tenant_id: str | None = None
     fallback_of: int | None = None  # the lost email this is the fallback copy of
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a message ended without delivery, in the terms the bounce email needs."""
+
+    state: SmsState  # FAILED or EXPIRED
+    reason: str  # plain words for library staff
+    status: str  # RFC 3463 code for the DSN, e.g. "5.1.1"
+    diagnostic: str  # e.g. "X-SMPP; ESME_RINVDSTADR (0x0000000B)"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A dispatch-time check's answer for one text (bridge/compliance.py answers it)."""
+
+    action: Literal["send", "defer", "drop"]
+    until: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class MoOutcome:
+    """What one patron message causes; committed atomically by the inbound router."""
+
+    mails: Sequence[Outgoing] = ()
+    sms: Sequence[NewSms] = ()
+    conversations: Sequence[tuple[str, str, str, str]] = ()
+    optout: OptoutRecord | None = None
+    # Mixed into the redelivery key. A patron's second STOP after a START is a new message,
+    # byte-identical to the first; its key must differ from the first's, or it would be
+    # taken for an SMSC redelivery and dropped. Keyword outcomes salt it with the opt-out state.
+    dedup_salt: str = ""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One instance's row in the shared heartbeat table (times from the database clock)."""
+
+    instance_id: str
+    joined_at: float  # first beat of its current life (reset after its heartbeat expired)
+    beat_at: float
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Wakes the workers after a commit handed them work: `mail` the mailer, `sms` the
+    dispatcher. Both poll the store anyway; a wake only saves the wait for the next poll.
+    The composition root (bridge/app.py) builds one and passes it to every producer."""
+
+    mail: Callable[[], None] = _nothing
+    sms: Callable[[], None] = _nothing

@@ -36,26 +36,22 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from bridge import defaults
+from bridge.model import Peer
+
 log = logging.getLogger(__name__)
 
-BEAT_EVERY_S = 1.0
-# Three missed beats: a busy event loop or one slow commit is not a death.
-ALIVE_S = 3.0
-# Two beats for every peer to see a newcomer, plus the carrier's one-second window.
-SETTLE_S = 2 * BEAT_EVERY_S + 1.0
+# The heartbeat timings live in bridge/defaults.py and Peer in bridge/model.py: the store's
+# heartbeat query (bridge/store/postgres.py) applies ALIVE_S and returns Peers too, and the
+# store imports no service module.
+BEAT_EVERY_S = defaults.HEARTBEAT_BEAT_EVERY_S
+ALIVE_S = defaults.HEARTBEAT_ALIVE_S
+SETTLE_S = defaults.HEARTBEAT_SETTLE_S
+
 # Rate applied while this instance must not send (it lost its heartbeat long enough for the
 # peers to count it dead, and is settling in again): one text per quarter hour, in effect a
 # pause, since the RateLimiter needs a positive rate.
 PAUSED_TPS = 1.0 / 900
-
-
-@dataclass(frozen=True)
-class Peer:
-    """One instance's row in the shared heartbeat table (times from the database clock)."""
-
-    instance_id: str
-    joined_at: float  # first beat of its current life (reset after its heartbeat expired)
-    beat_at: float
 
 
 def live_peers(peers: Sequence[Peer], now: float, alive_s: float = ALIVE_S) -> list[Peer]:

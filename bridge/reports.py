@@ -22,6 +22,7 @@ from email.utils import format_datetime, make_msgid
 from bridge import defaults
 from bridge.addressing import format_msisdn
 from bridge.config import Config, TenantConfig
+from bridge.model import Wake
 from bridge.store import Outgoing, Store, StoreError
 from bridge.store.base import ReportData
 
@@ -198,12 +199,12 @@ class Maintenance:
         store: Store,
         *,
         clock: Callable[[], float] = time.time,
-        wake_mailer: Callable[[], None] = lambda: None,
+        wake: Wake | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
         self.clock = clock
-        self.wake_mailer = wake_mailer
+        self.wake = wake or Wake()  # wake.mail when a report is queued
         self._task: asyncio.Task[None] | None = None
 
     def reload(self, cfg: Config) -> None:
@@ -262,6 +263,6 @@ class Maintenance:
         )
         report = build_report(tenant.name, data, since, until)
         await self.store.enqueue_mail(report_mail(self.cfg, to, report, until), until)
-        self.wake_mailer()
+        self.wake.mail()
         log.info("report queued tenant=%s period=%s..%s", tenant.id, _day(since), _day(until))
         return True

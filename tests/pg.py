@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
+from tests.peers import require_peer
+
 # The maintenance database of the server the tests may use; override for another server.
 ADMIN_URL = os.environ.get("SMS_BRIDGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 _CONNECT_TIMEOUT_S = 5.0
@@ -25,9 +27,7 @@ def _unavailable(reason: str) -> None:
         f"PostgreSQL tests need a server at {ADMIN_URL} (trust auth, user postgres;"
         f" set SMS_BRIDGE_TEST_PG for another): {reason}"
     )
-    if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
-        pytest.fail(message + " (SMS_BRIDGE_REQUIRE_PEERS=1: required)")
-    pytest.skip(message)
+    require_peer("PostgreSQL", message)
 
 
 def url_for(name: str) -> str:

@@ -1,9 +1,10 @@
 """SMPP 3.4 PDU framing, building and parsing: the only module that touches smpplib.
 
 Building uses smpplib's codec (``smpplib.smpp.make_pdu(...).generate()``), which is correct for
-every PDU we send. Parsing of the message-carrying PDUs (submit_sm, deliver_sm, data_sm) is ours,
-because smpplib's optional-parameter parser is wrong in two ways that real SMSCs trigger
-(checked against smpplib 2.2.3):
+every PDU we send, except submit_sm: the one PDU built per text is written directly (see
+build_submit_sm) and checked against smpplib's encoding. Parsing of the message-carrying PDUs
+(submit_sm, deliver_sm, data_sm) is ours, because smpplib's optional-parameter parser is wrong
+in two ways that real SMSCs trigger (checked against smpplib 2.2.3):
 
 * a C-octet-string TLV is assumed to end in NUL, so ``receipted_message_id`` sent without the
   terminator (a common vendor quirk) loses its last character ("7" parses as "");

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from bridge.backoff import backoff_delay
 from bridge.smpp import errors
 from bridge.smpp import pdu as p
 from bridge.smpp.pdu import DeliverSm, SubmitSm
@@ -201,16 +202,6 @@ class RateLimiter:
         # Slots already handed out at the old rate stay; the next one is spaced at the new rate.
         self._next = max(self._next, now + 1.0 / self._low)
         return True
-
-
-def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
-    """Exponential back-off with full jitter, bounded to [min_s, max_s].
-
-    ``attempt`` 0 is the first retry. Jitter keeps many bridges from reconnecting to a
-    recovering SMSC in lockstep.
-    """
-    ceiling = min(max_s, min_s * (2.0 ** min(attempt, 30)))
-    return rng.uniform(min_s, ceiling)
 
 
 def _with_sequence(raw: bytes, sequence: int) -> bytes:

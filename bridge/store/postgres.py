@@ -35,16 +35,17 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from bridge import defaults
+from bridge.defaults import HEARTBEAT_ALIVE_S as ALIVE_S
 from bridge.model import (
     EnqueueResult,
     MailRecord,
     NewSms,
     OptoutRecord,
+    Peer,
     SmsRecord,
     SmsState,
     new_queue_id,
 )
-from bridge.ratebudget import ALIVE_S, Peer
 from bridge.store import common
 from bridge.store.base import (
     ACTIVITY_BUCKET_S,

@@ -23,12 +23,14 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+
+from tests.peers import require_peer
+from tests.waiting import eventually_blocking
 
 DOVECOT = Path(os.environ.get("SMS_BRIDGE_DOVECOT", "/usr/sbin/dovecot"))
 OPENSSL = os.environ.get("SMS_BRIDGE_OPENSSL", "openssl")
@@ -102,6 +104,10 @@ class Dovecot:
                 if not isinstance(item, bytes):
                     continue
                 text = item.decode()
+                if "UID " not in text:
+                    # an unsolicited FETCH telling of another session's flag change (RFC 3501
+                    # §7.4.2), not an answer to ours
+                    continue
                 uid = int(text.split("UID ")[1].split()[0].rstrip(")"))
                 out[uid] = text[text.index("FLAGS (") + 7 :].split(")")[0]
             return out
@@ -199,42 +205,34 @@ protocol imap {{
 """
 
 
+def _greets(host: str, port: int, ctx: ssl.SSLContext | None = None) -> bool:
+    """The listener answers with an IMAP greeting (RFC 3501 §7.1.1), over TLS with `ctx`."""
+    try:
+        with socket.create_connection((host, port), timeout=1) as raw:
+            s = raw if ctx is None else ctx.wrap_socket(raw, server_hostname=host)
+            with s:
+                s.settimeout(2)
+                return s.recv(200).startswith(b"* OK")
+    except OSError:
+        return False
+
+
 def _wait_ready(host: str, port: int, proc: subprocess.Popen[bytes], root: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
+    def ready() -> bool:
         if proc.poll() is not None:
             log = (root / "dovecot.log").read_text(errors="replace") if root.exists() else ""
             raise RuntimeError(f"dovecot exited with {proc.returncode}:\n{log}")
-        try:
-            with socket.create_connection((host, port), timeout=1) as s:
-                s.settimeout(2)
-                if s.recv(200).startswith(b"* OK"):
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"dovecot did not answer on {host}:{port} in {START_TIMEOUT_S}s")
-        time.sleep(0.05)
+        return _greets(host, port)
+
+    eventually_blocking(ready, START_TIMEOUT_S, f"dovecot to answer on {host}:{port}")
 
 
 def _wait_tls_ready(host: str, port: int, cert: Path) -> None:
-    """The implicit-TLS listener completes a handshake and greets (RFC 3501 §7.1.1)."""
+    """The implicit-TLS listener completes a handshake and greets."""
     ctx = ssl.create_default_context(cafile=str(cert))
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            with (
-                socket.create_connection((host, port), timeout=1) as raw,
-                ctx.wrap_socket(raw, server_hostname=host) as s,
-            ):
-                s.settimeout(2)
-                if s.recv(200).startswith(b"* OK"):
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"dovecot did not answer TLS on {host}:{port}")
-        time.sleep(0.05)
+    eventually_blocking(
+        lambda: _greets(host, port, ctx), START_TIMEOUT_S, f"dovecot to answer TLS on {host}:{port}"
+    )
 
 
 def _key_path(cert: Path) -> Path:
@@ -249,9 +247,7 @@ def require_openssl() -> str:
         f"the openssl CLI ({OPENSSL}) is not installed, so no certificate for the TLS Dovecot "
         "can be made; install it with `apt-get install openssl`"
     )
-    if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
-        pytest.fail(msg)
-    pytest.skip(msg)
+    require_peer("Dovecot", msg)
 
 
 def make_cert(directory: Path, host: str = "127.0.0.1") -> Path:
@@ -295,9 +291,7 @@ def require_dovecot() -> None:
         f"Dovecot is not installed ({DOVECOT} missing); "
         "install it with `apt-get install dovecot-imapd` (make test does this as root)"
     )
-    if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
-        pytest.fail(msg)
-    pytest.skip(msg)
+    require_peer("Dovecot", msg)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@ a recording SMTP sink as the libraries' mail relay on the other, smtplib as the 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from bridge.model import SmsState
 from bridge.testing.smsc_sim import SmscSimulator
 from bridge.testing.smtp_sink import SmtpSink
 from tests.conftest import BASE, merge
+from tests.waiting import eventually
 
 
 @dataclass
@@ -33,16 +33,16 @@ class Env:
         return self.bridge.smtp.port
 
     async def wait_state(self, queue_id: str, *states: SmsState, timeout: float = 10.0) -> Any:  # noqa: ASYNC109
-        deadline = time.monotonic() + timeout
-        while True:
-            rec = await self.bridge.store.get_sms(queue_id)
-            if rec is not None and rec.state in states:
-                return rec
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{queue_id} stayed {rec.state if rec else None}, not {states}"
-                )
-            await asyncio.sleep(0.02)
+        last: Any = None
+
+        async def reached() -> Any:
+            nonlocal last
+            last = await self.bridge.store.get_sms(queue_id)
+            return last if last is not None and last.state in states else None
+
+        return await eventually(
+            reached, timeout, lambda: f"{queue_id} in {states} (it stayed {last and last.state})"
+        )
 
     async def restart_sim(self, **kwargs: Any) -> SmscSimulator:
         port = self.sim.port

@@ -36,9 +36,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from tests.flows.proc import free_port
+from tests.peers import require_peer
+from tests.waiting import eventually_blocking
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("JASMIN_VENV", REPO / ".venv-jasmin"))
@@ -246,9 +246,7 @@ def require_jasmin() -> None:
     if not problems:
         return
     msg = "the Jasmin flow tests need: " + "; ".join(problems)
-    if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
-        pytest.fail(msg + " (SMS_BRIDGE_REQUIRE_PEERS=1: required)")
-    pytest.skip(msg)
+    require_peer("Jasmin", msg)
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -269,19 +267,17 @@ def _amqp_spec() -> Path:
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], root: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
+    def listening() -> bool:
         if proc.poll() is not None:
             out = (root / "jasmind.out").read_text(errors="replace")
             raise RuntimeError(f"jasmind exited with {proc.returncode}:\n{out}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
         except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"jasmind did not listen on {port} in {START_TIMEOUT_S}s")
-        time.sleep(0.1)
+            return False
+        return True
+
+    eventually_blocking(listening, START_TIMEOUT_S, f"jasmind to listen on {port}")
 
 
 def configure(j: Jasmin) -> None:

@@ -33,7 +33,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -42,6 +41,8 @@ from pathlib import Path
 import pytest
 
 from tests.flows.proc import free_port
+from tests.peers import require_peer
+from tests.waiting import eventually_blocking
 
 SBIN = Path(os.environ.get("SMS_BRIDGE_POSTFIX_SBIN", "/usr/sbin"))
 POSTFIX = SBIN / "postfix"
@@ -184,30 +185,27 @@ class Postfix:
 
     def wait_mail(self, address: str, n: int = 1, timeout: float = 15.0) -> list[EmailMessage]:
         """Poll the Maildir until it holds n messages; fail with the log tail when it does not."""
-        deadline = time.monotonic() + timeout
-        while True:
+        got: list[EmailMessage] = []
+
+        def arrived() -> list[EmailMessage] | None:
+            nonlocal got
             got = self.mailbox(address)
-            if len(got) >= n:
-                return got
-            if time.monotonic() > deadline:
-                tail = "\n".join(self.log.splitlines()[-30:])
-                raise AssertionError(
-                    f"{address}: {len(got)} of {n} messages after {timeout}s; maillog:\n{tail}"
-                )
-            time.sleep(0.05)
+            return got if len(got) >= n else None
+
+        def said() -> str:
+            tail = "\n".join(self.log.splitlines()[-30:])
+            return f"{n} messages for {address} (got {len(got)}); maillog:\n{tail}"
+
+        return eventually_blocking(arrived, timeout, said)
 
     def wait_log(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
         """Poll the maillog for a regular expression (Postfix states such as status=deferred)."""
-        deadline = time.monotonic() + timeout
         rx = re.compile(pattern)
-        while True:
-            m = rx.search(self.log)
-            if m is not None:
-                return m
-            if time.monotonic() > deadline:
-                tail = "\n".join(self.log.splitlines()[-30:])
-                raise AssertionError(f"no {pattern!r} in maillog after {timeout}s:\n{tail}")
-            time.sleep(0.05)
+        return eventually_blocking(
+            lambda: rx.search(self.log),
+            timeout,
+            lambda: f"{pattern!r} in the maillog:\n" + "\n".join(self.log.splitlines()[-30:]),
+        )
 
 
 def require_postfix() -> None:
@@ -221,25 +219,23 @@ def require_postfix() -> None:
     else:
         # postfix(1) start, postsuper and a queue owned by the mail_owner need root.
         msg = "the Postfix flow tests start a private Postfix instance and must run as root"
-    if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
-        pytest.fail(msg + " (SMS_BRIDGE_REQUIRE_PEERS=1: required)")
-    pytest.skip(msg)
+    require_peer("Postfix", msg)
 
 
 def _wait_ready(port: int, root: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
+    def greets() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.settimeout(3)
-                if s.recv(200).startswith(b"220"):
-                    return
+                return s.recv(200).startswith(b"220")
         except OSError:
-            pass
-        if time.monotonic() > deadline:
-            log = (root / "maillog").read_text(errors="replace") if root.exists() else ""
-            raise RuntimeError(f"postfix did not answer on 127.0.0.1:{port}:\n{log}")
-        time.sleep(0.05)
+            return False
+
+    def said() -> str:
+        log = (root / "maillog").read_text(errors="replace") if root.exists() else ""
+        return f"postfix to answer on 127.0.0.1:{port}:\n{log}"
+
+    eventually_blocking(greets, START_TIMEOUT_S, said)
 
 
 @contextlib.contextmanager

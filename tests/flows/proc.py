@@ -16,13 +16,13 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tests.conftest import BASE, merge
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,18 +112,15 @@ class BridgeProcess:
         await self.wait_ready(timeout)
 
     async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109
-        deadline = time.monotonic() + timeout
-        while True:
+        async def ready() -> bool:
             code = self.returncode
             if code is not None:
                 raise AssertionError(
                     f"bridge exited with {code} before it was ready:\n{self.log()}"
                 )
-            if await _smtp_greets(self.smtp_port):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"bridge not ready within {timeout:g} s:\n{self.log()}")
-            await asyncio.sleep(0.05)
+            return await _smtp_greets(self.smtp_port)
+
+        await eventually(ready, timeout, lambda: f"the bridge to be ready:\n{self.log()}")
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
@@ -140,16 +137,16 @@ class BridgeProcess:
     async def wait(self, timeout: float) -> int:  # noqa: ASYNC109
         """The exit code; AssertionError if the process is still running after `timeout`."""
         assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            code = self.proc.poll()
-            if code is not None:
-                return code
-            if time.monotonic() > deadline:
-                raise AssertionError(f"bridge still running after {timeout:g} s:\n{self.log()}")
-            # Polled rather than awaited through asyncio's child watcher, so the test loop
-            # needs no subprocess support and a stuck child cannot hang it.
-            await asyncio.sleep(0.02)
+        proc = self.proc
+        # Polled rather than awaited through asyncio's child watcher, so the test loop needs
+        # no subprocess support and a stuck child cannot hang it. (An exit code of 0 is falsy:
+        # poll for "exited", then read it.)
+        await eventually(
+            lambda: proc.poll() is not None, timeout, lambda: f"the bridge to exit:\n{self.log()}"
+        )
+        code = proc.poll()
+        assert code is not None
+        return code
 
     async def close(self) -> None:
         """Kill the process if it still runs and reap it (the finally of every test)."""

@@ -21,6 +21,7 @@ from tests.conftest import SAMPLES, tenant
 from tests.flows.harness import Env, StartEnv
 from tests.flows.test_web import get
 from tests.smtp_client import send
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,14 +85,11 @@ async def outbox(e: Env) -> dict[str, int]:
 
 
 async def wait_mail_state(e: Env, mid: int, *states: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while True:
+    async def reached() -> bool:
         info = await e.bridge.store.get_mail(mid)
-        if info is not None and info.state in states:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"mail {mid} stayed {info.state if info else None}, not {states}")
-        await asyncio.sleep(0.02)
+        return info is not None and info.state in states
+
+    await eventually(reached, timeout, f"mail {mid} in {states}")
 
 
 @pytest.fixture
@@ -236,10 +234,11 @@ async def test_reply_refused_by_the_relay_goes_to_the_fallback_once(e: Env) -> N
     # The library's mail server refuses the alias at RCPT: no DSN, a dead letter at once.
     e.sink.fail_with(550, "5.1.1 <circulation@riverside.example.org>: User unknown")
     assert await e.sim.inject_mo("+12025550143", "12025550100", "Is my book in?") == [0]
-    deadline = time.monotonic() + 10
-    while (await outbox(e)).get("dead", 0) < 2:  # the reply, then its fallback copy
-        assert time.monotonic() < deadline, await outbox(e)
-        await asyncio.sleep(0.02)
+
+    async def both_dead() -> bool:  # the reply, then its fallback copy
+        return (await outbox(e)).get("dead", 0) >= 2
+
+    await eventually(both_dead, 10, "the reply and its fallback copy dead")
     assert await outbox(e) == {"dead": 2}
     lost = sorted(await e.bridge.store.lost_mail(since=0.0), key=lambda m: m.id)
     assert [(m.kind, m.rcpt_to) for m in lost] == [

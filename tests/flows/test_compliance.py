@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from bridge import policy
-from bridge.model import OptoutRecord, SmsState
+from bridge.model import OptoutRecord, SmsRecord, SmsState
 from tests.conftest import ASHLAND, tenant
 from tests.flows.harness import Env, StartEnv
 from tests.smtp_client import notice, send
+from tests.waiting import eventually
 
 FROM = "ils@riverside.example.org"
 TO = "2025550143@sms.example.org"
@@ -19,6 +19,18 @@ PATRON = "+12025550143"
 NUMBER = "12025550100"  # as the simulator writes it in an MO (TON 1)
 SCOPE = "+12025550100"  # as the store keeps it (canonical E.164)
 PROGRAM = "Library text notices"
+OTHER = "2025550144@sms.example.org"
+OTHER_PATRON = "+12025550144"
+
+
+async def deferred(e: Env, queue_id: str) -> SmsRecord:
+    """The text once the dispatcher has looked at it and deferred it (a reason recorded)."""
+
+    async def seen() -> SmsRecord | None:
+        rec = await e.bridge.store.get_sms(queue_id)
+        return rec if rec is not None and rec.reason else None
+
+    return await eventually(seen, 10, f"the dispatcher to defer {queue_id}")
 
 
 async def test_stop_blocks_every_library_on_the_number_and_start_restores(
@@ -76,8 +88,10 @@ async def test_notice_queued_before_the_opt_out_is_not_sent(env: Env) -> None:
     assert rec.reason is not None and rec.reason.startswith("the patron opted out")
     (dsn,) = await env.sink.wait_for(1, timeout=10)
     assert dsn.message().get_content_type() == "multipart/report"
-    await asyncio.sleep(0.3)
-    assert env.sim.messages == []
+    # A later notice to another number goes out: the dispatcher has passed the opted-out one.
+    await send(env.smtp_port, FROM, [OTHER], notice("Later", Message_ID="<later@x>"))
+    (msg,) = await env.sim.wait_for_messages(1, timeout=5)
+    assert msg.destination == OTHER_PATRON
 
 
 async def test_optout_mode_bounce_accepts_and_bounces(env_factory: StartEnv) -> None:
@@ -112,8 +126,10 @@ async def test_regenerated_notice_is_sent_once(env: Env) -> None:
     b = await send(env.smtp_port, FROM, [TO], notice("Your  hold is ready", Message_ID="<b@x>"))
     assert a.queue_ids == b.queue_ids
     await env.sim.wait_for_messages(1, timeout=5)
-    await asyncio.sleep(0.3)
-    assert len(env.sim.messages) == 1
+    # A different notice goes out next: the dispatcher has passed the first, sent only once.
+    await send(env.smtp_port, FROM, [TO], notice("Cosmos is due", Message_ID="<c@x>"))
+    msgs = await env.sim.wait_for_messages(2, timeout=5)
+    assert [m.text for m in msgs] == ["Your hold is ready", "Cosmos is due"]
 
 
 class FakeClock:
@@ -130,26 +146,36 @@ NY = ZoneInfo("America/New_York")
 async def test_notice_at_2330_goes_out_at_0900(env_factory: StartEnv) -> None:
     clock = FakeClock(datetime(2026, 11, 23, 23, 30, tzinfo=NY).timestamp())
     e = await env_factory(
-        {"tenants": [tenant(quiet_hours={"timezone": "America/New_York"})]}, clock=clock
+        {
+            "tenants": [
+                tenant(
+                    quiet_hours={"timezone": "America/New_York"}, urgent_header="X-Library-Urgent"
+                )
+            ]
+        },
+        clock=clock,
     )
     conv = await send(e.smtp_port, FROM, [TO], notice())
     (qid,) = conv.queue_ids
-    await asyncio.sleep(0.5)
-    rec = await e.bridge.store.get_sms(qid)
-    assert rec is not None and rec.state is SmsState.QUEUED
+    rec = await deferred(e, qid)
+    assert rec.state is SmsState.QUEUED
     opens = datetime(2026, 11, 24, 9, 0, tzinfo=NY).timestamp()
     assert rec.next_attempt_at == opens and rec.reason is not None
     assert rec.reason.startswith("quiet hours until 2026-11-24 14:00 UTC")
     assert e.sim.messages == []
     clock.now = opens - 1
+    # An urgent notice passes quiet hours: once it is out, the dispatcher has looked at the
+    # queue at opens - 1 and left the other one waiting.
+    await send(
+        e.smtp_port, FROM, [TO], notice("Closed today", X_Library_Urgent="yes", Message_ID="<u@x>")
+    )
+    (urgent,) = await e.sim.wait_for_messages(1, timeout=5)
+    assert urgent.text == "Closed today"
+    clock.now = opens
     assert e.bridge.dispatcher is not None
     e.bridge.dispatcher.wake()
-    await asyncio.sleep(0.3)
-    assert e.sim.messages == []
-    clock.now = opens
-    e.bridge.dispatcher.wake()
-    (msg,) = await e.sim.wait_for_messages(1, timeout=5)
-    assert msg.destination == PATRON
+    msgs = await e.sim.wait_for_messages(2, timeout=5)
+    assert len(msgs) == 2 and msgs[1].destination == PATRON
 
 
 async def test_urgent_header_passes_quiet_hours(env_factory: StartEnv) -> None:
@@ -230,9 +256,8 @@ async def test_frequency_cap_defers_until_the_window_frees(env_factory: StartEnv
     a = await send(e.smtp_port, FROM, [TO], notice("First", Message_ID="<k1@x>"))
     await e.wait_state(a.queue_ids[0], SmsState.SUBMITTED, SmsState.DELIVERED)
     b = await send(e.smtp_port, FROM, [TO], notice("Second", Message_ID="<k2@x>"))
-    await asyncio.sleep(0.4)
-    rec = await e.bridge.store.get_sms(b.queue_ids[0])
-    assert rec is not None and rec.state is SmsState.QUEUED
+    rec = await deferred(e, b.queue_ids[0])
+    assert rec.state is SmsState.QUEUED
     assert rec.reason == "frequency cap: at most 1 texts per 1 h"
     assert rec.next_attempt_at == clock.now + 3600
     clock.now += 3600

@@ -31,6 +31,7 @@ from bridge.testing.smsc_sim import SmscSimulator
 from bridge.testing.smtp_sink import ReceivedMail, SmtpSink
 from tests.flows.proc import BridgeProcess, db_path, read_db, write_config
 from tests.smtp_client import notice, send
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -175,11 +176,12 @@ async def run_load_until(
 ) -> list[asyncio.Task[None]]:
     """Start the clients; return once `accepted` notices got 250 or `seconds` passed."""
     tasks = [asyncio.create_task(asyncio.to_thread(load.run)) for _ in range(clients)]
-    deadline = time.monotonic() + seconds
-    while len(load.accepted) < accepted and time.monotonic() < deadline:
-        if all(t.done() for t in tasks):
-            break
-        await asyncio.sleep(0.01)
+    with contextlib.suppress(AssertionError):  # `seconds` passed: the caller judges the load
+        await eventually(
+            lambda: len(load.accepted) >= accepted or all(t.done() for t in tasks),
+            seconds,
+            f"{accepted} notices accepted",
+        )
     return tasks
 
 
@@ -334,7 +336,13 @@ async def test_sigkill_under_mo_load_loses_no_acknowledged_reply(rig: Rig) -> No
 
     restarted = await rig.spawn()
     await wait_for_tokens(rig.sink, set(acked), timeout=15)
-    await asyncio.sleep(0.3)  # room for a duplicate to show up
+    # A duplicate is a queued row sent again: once the outbox has nothing queued, every copy
+    # that will ever go out has reached the sink.
+    await eventually(
+        lambda: not read_db(rig.db, "SELECT 1 FROM mail_outbox WHERE state='queued'"),
+        15,
+        "the mail outbox drained",
+    )
     got = _mail_tokens(rig.sink.mails)
     lost = sorted(set(acked) - set(got))
     duplicates = {t: n - 1 for t, n in got.items() if n > 1}
@@ -396,9 +404,14 @@ async def test_second_sigterm_forces_exit_and_nothing_is_lost(rig: Rig) -> None:
     (qid,) = conv.queue_ids
     await rig.sim.wait_for(lambda: len(rig.sim.submits) >= 1, timeout=10)
 
+    signalled = time.monotonic()
     bridge.terminate()
-    # Past the one second in which a repeated signal counts as the same Ctrl-C (make run).
-    await asyncio.sleep(1.2)
+    await eventually(
+        lambda: "stop signal: finishing open work" in bridge.log(), 10, "the first SIGTERM handled"
+    )
+    # Time is the input here: a second signal within one second of the first counts as the
+    # same Ctrl-C (make run delivers it twice), so the test must be past that second.
+    await asyncio.sleep(max(0.0, signalled + 1.2 - time.monotonic()))
     # Still draining: otherwise this test would not show that the second signal matters.
     assert bridge.returncode is None, bridge.log()
     started = time.monotonic()

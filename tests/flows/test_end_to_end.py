@@ -14,6 +14,7 @@ from bridge.model import SmsState
 from tests.conftest import ASHLAND, SAMPLES, tenant
 from tests.flows.harness import Env, StartEnv
 from tests.smtp_client import notice, send
+from tests.waiting import eventually
 
 FROM = "ils@riverside.example.org"
 TO = "2025550143@sms.example.org"
@@ -84,7 +85,8 @@ async def test_no_bounce_for_null_sender(env_factory: StartEnv) -> None:
     conv = await send(e.smtp_port, "", [TO], notice())
     (qid,) = conv.queue_ids
     await e.wait_state(qid, SmsState.FAILED)
-    await asyncio.sleep(0.3)
+    # A bounce is queued in the failure's own transaction: none is queued, none will be sent.
+    assert await e.bridge.store.mail_counts() == {}
     assert e.sink.mails == []
 
 
@@ -109,14 +111,14 @@ async def test_outage_intake_keeps_accepting_and_backlog_drains(env: Env) -> Non
     await env.sim.stop()
     conv = await send(env.smtp_port, FROM, [TO], notice())
     (qid,) = conv.queue_ids  # accepted while the SMSC is away
-    await asyncio.sleep(0.3)
     rec = await env.bridge.store.get_sms(qid)
     assert rec is not None and rec.state is SmsState.QUEUED and rec.attempts == 0
     await env.restart_sim()
     assert env.sim.port == port
     (sms,) = await env.sim.wait_for_messages(1, timeout=10)
     assert sms.destination == "+12025550143"
-    await env.wait_state(qid, SmsState.DELIVERED)
+    rec = await env.wait_state(qid, SmsState.DELIVERED)
+    assert rec.attempts == 1  # the outage used up no attempt
 
 
 async def test_throttle_storm_is_retried_not_failed(env: Env) -> None:
@@ -135,7 +137,12 @@ async def test_no_response_is_retried_and_delivered(env: Env) -> None:
     conv = await send(env.smtp_port, FROM, [TO], notice())
     (qid,) = conv.queue_ids
     await env.sim.wait_for(lambda: len(env.sim.submits) >= 1, timeout=5)
-    await asyncio.sleep(2.5)  # past smpp.response_timeout_s (2 s in tests)
+
+    async def timed_out() -> bool:  # smpp.response_timeout_s (2 s in tests) has passed
+        rec = await env.bridge.store.get_sms(qid)
+        return rec is not None and "no answer from the SMSC" in (rec.reason or "")
+
+    await eventually(timed_out, 10, "the submit_sm to time out")
     env.sim.set_scenario("ok")
     rec = await env.wait_state(qid, SmsState.DELIVERED, timeout=15)
     assert rec.attempts >= 2
@@ -146,7 +153,11 @@ async def test_message_older_than_max_age_expires_and_bounces(env_factory: Start
     await e.sim.stop()
     conv = await send(e.smtp_port, FROM, [TO], notice())
     (qid,) = conv.queue_ids
-    await asyncio.sleep(0.8)
+    queued = await e.bridge.store.get_sms(qid)
+    assert queued is not None
+    # Time is the input here: the text must be older than smpp.max_age (0.5 s) when the SMSC
+    # comes back.
+    await eventually(lambda: time.time() > queued.created_at + 0.5, 5, "the text past max_age")
     await e.restart_sim()
     rec = await e.wait_state(qid, SmsState.EXPIRED, timeout=10)
     assert "smpp.max_age" in (rec.reason or "")
@@ -191,7 +202,9 @@ async def test_redelivered_mo_gives_one_email(env: Env) -> None:
     for _ in range(2):  # the SMSC missed our resp and sends the same deliver_sm again
         assert await env.sim.inject_mo("+12025550143", "12025550100", "Thanks!") == [0]
     await env.sink.wait_for(1, timeout=10)
-    await asyncio.sleep(0.5)
+    # Each deliver_sm_resp came after its commit, and the email is queued in that commit: one
+    # email in the outbox is the proof that the second copy was taken for a redelivery.
+    assert sum((await env.bridge.store.mail_counts()).values()) == 1
     assert len(env.sink.mails) == 1
 
 
@@ -261,7 +274,14 @@ async def test_relay_down_then_up_loses_no_mail(env: Env) -> None:
     await send(env.smtp_port, FROM, [TO], notice())
     await env.sim.wait_for_messages(1, timeout=5)
     await env.sim.inject_mo("+12025550143", "12025550100", "hello")
-    await asyncio.sleep(0.5)
+
+    async def refused_once() -> bool:
+        rows = await env.bridge.store.run(
+            lambda conn: conn.execute("SELECT attempts FROM mail_outbox").fetchall()
+        )
+        return bool(rows) and rows[0][0] >= 1
+
+    await eventually(refused_once, 10, "the relay to refuse the reply once")
     counts = await env.bridge.store.mail_counts()
     assert counts.get("queued") == 1
     env.sink.fail_with(None)
@@ -271,11 +291,11 @@ async def test_relay_down_then_up_loses_no_mail(env: Env) -> None:
     assert rows == 1
     env.bridge.mailer.wake()
     await env.sink.wait_for(1, timeout=10)
-    for _ in range(100):
-        if await env.bridge.store.mail_counts() == {"sent": 1}:
-            break
-        await asyncio.sleep(0.02)
-    assert await env.bridge.store.mail_counts() == {"sent": 1}
+
+    async def sent() -> bool:
+        return await env.bridge.store.mail_counts() == {"sent": 1}
+
+    await eventually(sent, 5, "the reply marked sent")
 
 
 async def test_receipt_goes_to_its_own_message_not_a_base_twin(env_factory: StartEnv) -> None:
@@ -382,7 +402,8 @@ async def test_only_the_owning_library_may_answer_and_never_an_auto_reply(
     conv = await send(e.smtp_port, "maria@riverside.example.org", [TO], ooo)
     assert conv.data is not None and conv.data[0] == 550
     assert "Automatic replies" in conv.data[1]
-    await asyncio.sleep(0.3)
+    # Refused at DATA, so nothing was committed: the store holds only the first text.
+    assert sum((await e.bridge.store.counts()).values()) == 1
     assert len(e.sim.messages) == 1
 
 

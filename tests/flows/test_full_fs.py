@@ -11,7 +11,6 @@ failure is covered by tests/unit/test_store.py.)
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from bridge.model import SmsState
 from tests.flows.harness import StartEnv
+from tests.peers import require_peer
 from tests.smtp_client import notice, send
 
 FROM = "ils@riverside.example.org"
@@ -38,9 +38,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         _mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where))
     except (OSError, subprocess.SubprocessError) as exc:
         reason = f"mounting a tmpfs needs root and mount(2): {exc}"
-        if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
-            pytest.fail(reason + " (SMS_BRIDGE_REQUIRE_PEERS=1: required)")
-        pytest.skip(reason)
+        require_peer("a tmpfs mount", reason)
     try:
         yield where
     finally:

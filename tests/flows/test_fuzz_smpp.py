@@ -49,9 +49,27 @@ payloads = st.one_of(
 )
 
 
+# An enquire_link sent right behind the garbage: its resp proves the session read past the
+# garbage on a link that still works (SMPP is a stream, §2.3: the probe comes after it).
+PROBE_SEQUENCE = 0x7FFFFFF0
+# What an ESME may send on a bound transceiver link (SMPP 3.4 §2.3, §4): its requests and its
+# answers to ours. Anything else reaching the SMSC would be the session echoing garbage.
+FROM_THE_ESME = {
+    p.GENERIC_NACK,
+    p.DELIVER_SM_RESP,
+    p.DATA_SM_RESP,
+    p.ENQUIRE_LINK,
+    p.ENQUIRE_LINK_RESP,
+    p.UNBIND,
+    p.UNBIND_RESP,
+}
+
+
 async def scenario(garbage: bytes) -> None:
     binds = 0
-    bound_twice = asyncio.Event()
+    # the probe answered on the fuzzed link, or the session dropped it and bound again
+    settled = asyncio.Event()
+    replies: list[p.Header] = []  # every PDU the session sent on the fuzzed link
 
     async def smsc(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal binds
@@ -61,14 +79,19 @@ async def scenario(garbage: bytes) -> None:
             writer.write(p.build_bind_resp(p.BIND_TRANSCEIVER_RESP, header.sequence, 0, "smsc"))
             binds += 1
             if binds >= 2:
-                bound_twice.set()
+                settled.set()
                 await reader.read()  # behave from now on: just keep the link open
                 return
-            writer.write(garbage)
+            writer.write(garbage + p.build_header_only(p.ENQUIRE_LINK, PROBE_SEQUENCE))
             await writer.drain()
-            # answer whatever comes back (generic_nack, deliver_sm_resp, enquire_link)
+            # read whatever comes back (generic_nack, deliver_sm_resp, enquire_link)
             while True:
-                await asyncio.wait_for(p.frame_reader(reader), 2)
+                raw = await asyncio.wait_for(p.frame_reader(reader), 2)
+                reply = p.parse_header(raw)
+                assert reply.length == len(raw), reply
+                replies.append(reply)
+                if reply.command_id == p.ENQUIRE_LINK_RESP and reply.sequence == PROBE_SEQUENCE:
+                    settled.set()
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, p.PduError):
             pass
         finally:
@@ -101,10 +124,20 @@ async def scenario(garbage: bytes) -> None:
         # with the session bound; the link must then be dropped within the keepalive time if
         # the garbage left it in an unknown state
         await asyncio.wait_for(session.wait_bound(5), 6)
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(settled.wait(), 10)
         assert session.bound or await session.wait_bound(3)
-        for d in seen:  # whatever reached the handler was a well-formed deliver_sm
-            assert isinstance(d.short_message, bytes)
+        for reply in replies:  # the session answers in SMPP, never echoes garbage
+            assert reply.command_id in FROM_THE_ESME, p.command_name(reply.command_id)
+        # Whatever reached the handler was a deliver_sm with a §3.2 sequence number, and an
+        # ESME_ROK deliver_sm_resp answers only such a deliver_sm, by its sequence number.
+        handled = {d.sequence for d in seen}
+        assert all(1 <= s <= p.MAX_SEQUENCE for s in handled), handled
+        acked = {
+            r.sequence
+            for r in replies
+            if r.command_id == p.DELIVER_SM_RESP and r.status == ESME_ROK
+        }
+        assert acked <= handled, (acked, handled)
     finally:
         await asyncio.wait_for(session.stop(1), 5)
         server.close()

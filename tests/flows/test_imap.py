@@ -16,10 +16,12 @@ import pytest
 from bridge.config import Config
 from bridge.imap_intake import ImapIntake
 from bridge.intake import Intake
+from bridge.model import Wake
 from bridge.store import SmsFilter, SqliteStore, Store
 from tests.conftest import SAMPLES, MakeConfig
 from tests.flows.dovecot import Dovecot, dovecot, dovecot_server
 from tests.flows.harness import StartEnv
+from tests.waiting import eventually
 
 __all__ = ["dovecot", "dovecot_server"]  # fixtures, re-exported for pytest
 
@@ -60,19 +62,11 @@ def notice(to: str, body: str, *, sender: str = FROM, msgid: str | None = None) 
     return "\r\n".join(lines).encode()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def wait_idle(imap: ImapIntake) -> None:
     async def idle() -> bool:
         return imap.state == "idle"
 
-    await eventually(idle, f"IDLE (state is {imap.state!r})")
+    await eventually(idle, 10, lambda: f"IDLE (state is {imap.state!r})")
 
 
 class Harness:
@@ -87,7 +81,7 @@ class Harness:
 
     async def start(self) -> ImapIntake:
         imap = ImapIntake(
-            self.cfg, self.cfg.imap[0], self.intake, self.store, wake_mailer=self._wake
+            self.cfg, self.cfg.imap[0], self.intake, self.store, wake=Wake(mail=self._wake)
         )
         self.running.append(imap)
         await imap.start()
@@ -144,7 +138,7 @@ async def test_notice_appended_while_idle_is_texted_and_seen(
     async def seen() -> bool:
         return await asyncio.to_thread(dovecot.flags) == {1: "\\Seen"}
 
-    await eventually(seen, "the notice flagged \\Seen")
+    await eventually(seen, 10, "the notice flagged \\Seen")
     stored = await env.bridge.store.imap_state("lib")
     assert stored is not None and stored[1] == 1
     await wait_idle(imap)  # back to IDLE after the batch
@@ -167,7 +161,7 @@ async def test_restart_sends_nothing_twice_and_skips_nothing(
     async def two() -> bool:
         return len(await h.sms()) == 2
 
-    await eventually(two, "two queued SMS")
+    await eventually(two, 10, "two queued SMS")
     await h.stop()
     # A flag-based implementation would take these again: the UID high-water mark must not.
     with dovecot.client() as imap:
@@ -180,14 +174,26 @@ async def test_restart_sends_nothing_twice_and_skips_nothing(
     async def three() -> bool:
         return len(await h.sms()) == 3
 
-    await eventually(three, "the notice delivered while the bridge was down")
-    await asyncio.sleep(0.3)  # give a wrong implementation the time to re-take the old two
+    await eventually(three, 10, "the notice delivered while the bridge was down")
+    # A later notice is taken too: by then a wrong implementation has re-taken the old two
+    # (they come before it in the mailbox).
+    await asyncio.to_thread(dovecot.append, notice("2025550177@sms.example.org", "Notice 3"))
+
+    async def four() -> bool:
+        return len(await h.sms()) == 4
+
+    await eventually(four, 10, "the notice after the restart")
     rows = await h.sms()
-    assert sorted(r.msisdn for r in rows) == ["+12025550143", "+12025550167", "+12025550188"]
+    assert sorted(r.msisdn for r in rows) == [
+        "+12025550143",
+        "+12025550167",
+        "+12025550177",
+        "+12025550188",
+    ]
     queued = [r for r in caplog.records if "queued=" in r.getMessage()]
-    assert len(queued) == 3
+    assert len(queued) == 4
     state = await h.store.imap_state("lib")
-    assert state is not None and state[1] == 3
+    assert state is not None and state[1] == 4
 
 
 async def test_bad_number_is_bounced_and_parked_not_retried(
@@ -202,7 +208,7 @@ async def test_bad_number_is_bounced_and_parked_not_retried(
     async def parked() -> bool:
         return await asyncio.to_thread(dovecot.uids, "sms-bridge-errors") == [1]
 
-    await eventually(parked, "the notice in the error folder")
+    await eventually(parked, 10, "the notice in the error folder")
     assert await asyncio.to_thread(dovecot.uids) == []
     assert await h.sms() == []
     assert h.wakes == 1
@@ -214,7 +220,13 @@ async def test_bad_number_is_bounced_and_parked_not_retried(
     # Restarting does not fetch it again: one bounce, ever.
     await h.stop()
     await h.start()
-    await asyncio.sleep(0.3)
+    # A good notice after the restart is taken: the mailbox has been read again by then.
+    await asyncio.to_thread(dovecot.append, notice("2025550143@sms.example.org", "Good"))
+
+    async def taken() -> bool:
+        return len(await h.sms()) == 1
+
+    await eventually(taken, 10, "the good notice after the restart")
     assert await h.store.mail_counts() == {"queued": 1}
     assert await asyncio.to_thread(dovecot.uids, "sms-bridge-errors") == [1]
 
@@ -230,7 +242,7 @@ async def test_partly_bad_recipients_text_the_good_and_bounce_the_bad(
     async def seen() -> bool:
         return await asyncio.to_thread(dovecot.flags) == {1: "\\Seen"}
 
-    await eventually(seen, "the notice flagged \\Seen")
+    await eventually(seen, 10, "the notice flagged \\Seen")
     assert [r.msisdn for r in await h.sms()] == ["+12025550143"]
     assert await h.store.mail_counts() == {"queued": 1}
     assert await asyncio.to_thread(dovecot.mailboxes) == ["INBOX"]
@@ -248,7 +260,7 @@ async def test_after_move_or_delete(
     async def gone() -> bool:
         return await asyncio.to_thread(dovecot.uids) == []
 
-    await eventually(gone, "the notice gone from INBOX")
+    await eventually(gone, 10, "the notice gone from INBOX")
     (rec,) = await h.sms()
     assert rec.tenant_id == "riverside" and rec.body == "Due soon"
     if after == "move":
@@ -268,7 +280,7 @@ async def test_unknown_sender_is_parked_without_a_bounce(
     async def parked() -> bool:
         return await asyncio.to_thread(dovecot.uids, "sms-bridge-errors") == [1]
 
-    await eventually(parked, "the notice in the error folder")
+    await eventually(parked, 10, "the notice in the error folder")
     assert await h.sms() == []
     assert await h.store.mail_counts() == {}
 
@@ -286,10 +298,10 @@ async def test_dropped_connection_reconnects(
     async def back() -> bool:
         return imap._client is not client and imap.state == "idle"
 
-    await eventually(back, "a new IDLE session")
+    await eventually(back, 10, "a new IDLE session")
     await asyncio.to_thread(dovecot.append, notice("2025550143@sms.example.org", "After"))
 
     async def one() -> bool:
         return len(await h.sms()) == 1
 
-    await eventually(one, "the notice after reconnecting")
+    await eventually(one, 10, "the notice after reconnecting")

@@ -19,7 +19,8 @@ from bridge.imap_intake import ImapIntake
 from bridge.store import SqliteStore, Store
 from tests.conftest import MakeConfig
 from tests.flows.dovecot import Dovecot, dovecot_tls, dovecot_tls_server
-from tests.flows.test_imap import Harness, eventually, imap_entry, notice
+from tests.flows.test_imap import Harness, imap_entry, notice
+from tests.waiting import eventually
 
 __all__ = ["dovecot_tls", "dovecot_tls_server"]  # fixtures, re-exported for pytest
 
@@ -78,7 +79,7 @@ async def test_notice_over_tls(  # short: the Dovecot user is the test id, cut a
     async def logged_in() -> bool:
         return len(dovecot_tls.logins()) == 1
 
-    await eventually(logged_in, "Dovecot's login log line", within=5)
+    await eventually(logged_in, 5, "Dovecot's login log line")
     (login,) = dovecot_tls.logins()
     assert _TLS_LOGIN.search(login), login
 
@@ -89,7 +90,7 @@ async def test_notice_over_tls(  # short: the Dovecot user is the test id, cut a
     async def seen() -> bool:
         return await asyncio.to_thread(dovecot_tls.flags) == {1: "\\Seen"}
 
-    await eventually(seen, "the notice flagged \\Seen", within=5)
+    await eventually(seen, 5, "the notice flagged \\Seen")
     (rec,) = await h.sms()
     assert rec.msisdn == "+12025550143"
     assert rec.body == "Hold ready"
@@ -119,21 +120,21 @@ async def test_untrusted_cert_refused(
     store = SqliteStore(tmp_path / "imap.db")
     await store.open()
     h = Harness(cfg, store)
-    imap = ImapIntake(cfg, cfg.imap[0], h.intake, store, wake_mailer=lambda: None)
+    imap = ImapIntake(cfg, cfg.imap[0], h.intake, store)
     try:
         await imap.start()
 
         async def refused() -> bool:
             return imap.state.startswith("backoff:")
 
-        await eventually(refused, "the intake backing off", within=5)
+        await eventually(refused, 5, "the intake backing off")
         assert "certificate verify failed" in imap.state, imap.state
 
         # Every reconnect (backoff 0.05-0.5 s) is refused alike; none gets further.
         async def retried() -> bool:
             return len(warnings()) >= 3
 
-        await eventually(retried, "three refused connection attempts", within=5)
+        await eventually(retried, 5, "three refused connection attempts")
         assert all("certificate verify failed" in w for w in warnings()), warnings()
         assert imap.state == "connecting" or "certificate verify failed" in imap.state
         assert await h.sms() == []

@@ -29,6 +29,7 @@ from bridge.testing.smtp_sink import SmtpSink
 from tests.flows.proc import BridgeProcess, write_config
 from tests.pg import query, throwaway_database
 from tests.smtp_client import notice, send
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -71,17 +72,6 @@ def test_max_per_second_counts_windows() -> None:
     assert _max_per_second([0.0, 0.97, 2.0]) == 1  # jitter, not a second send in the second
     assert _max_per_second([0.0, 0.9, 2.0]) == 2
     assert _max_per_second([]) == 0
-
-
-async def _wait(predicate: object, timeout: float, what: str) -> None:  # noqa: ASYNC109
-    assert callable(predicate)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def _instances(
@@ -159,15 +149,18 @@ async def test_three_instances_share_queue_rate_and_receipts(tmp_path: Path, pg_
             )
             return bool(rows[0][0]) and len(sim.submits) >= 6
 
-        await _wait(a_in_flight, 20, "instance a to hold claims under load")
+        await eventually(a_in_flight, 20, "instance a to hold claims under load")
         procs["a"].kill()
         assert await procs["a"].wait(10) != 0
-        await asyncio.sleep(0.2)  # a commit the server was finishing for "a" lands first
+        # FOR UPDATE waits for a transaction still holding one of a's rows (a commit the server
+        # was finishing for "a") and then reads what it left. Only a's rows: b and c go on
+        # sending undisturbed.
         in_flight = {
-            str(r[0])
-            for r in await query(
-                pg_url, "SELECT body FROM sms WHERE state='sending' AND claimed_by='a'"
+            str(body)
+            for body, state in await query(
+                pg_url, "SELECT body, state FROM sms WHERE claimed_by='a' FOR UPDATE"
             )
+            if state == "sending"
         }
         submits_at_kill = len(sim.submits)
 
@@ -176,7 +169,7 @@ async def test_three_instances_share_queue_rate_and_receipts(tmp_path: Path, pg_
             seen = {m.text for m in sim.messages}
             return all(b in seen for b in bodies.values())
 
-        await _wait(all_delivered, 40, "every accepted notice at the simulator")
+        await eventually(all_delivered, 40, "every accepted notice at the simulator")
         assert submits_at_kill < len(sim.submits), "the kill came after the work was done"
 
         # Nothing sent twice except what "a" had in flight at its death.
@@ -205,7 +198,7 @@ async def test_three_instances_share_queue_rate_and_receipts(tmp_path: Path, pg_
             )
             return rows[0][0] == NOTICES
 
-        await _wait(receipts_matched, 20, "every notice marked delivered by a receipt")
+        await eventually(receipts_matched, 20, "every notice marked delivered by a receipt")
         by_a = await query(
             pg_url, "SELECT count(*) FROM sms WHERE state='delivered' AND claimed_by='a'"
         )
@@ -243,14 +236,14 @@ async def test_two_instances_on_a_one_text_per_second_account(tmp_path: Path, pg
         async def delivered(n: int) -> bool:
             return len(sim.messages) >= n
 
-        await _wait(lambda: delivered(6), 30, "six texts at one per second")
+        await eventually(lambda: delivered(6), 30, "six texts at one per second")
         senders = await query(pg_url, "SELECT DISTINCT claimed_by FROM sms")
         assert [r[0] for r in senders] == ["a"]  # b took mail but sent nothing
 
         procs["a"].kill()
         assert await procs["a"].wait(10) != 0
         bodies += [await submit(i, procs["b"]) for i in range(6, 9)]
-        await _wait(lambda: delivered(9), 30, "b taking over once a's beat expired")
+        await eventually(lambda: delivered(9), 30, "b taking over once a's beat expired")
 
         assert sorted(m.text for m in sim.messages) == sorted(bodies)
         assert _max_per_second([t for t, _ in sim.submits]) <= 1
@@ -293,7 +286,7 @@ async def test_instance_that_stops_sending_hands_its_claims_back(
             )
             return int(rows[0][0]) >= 2
 
-        await _wait(b_holds_claims, 20, "b to hold claimed texts")
+        await eventually(b_holds_claims, 20, "b to hold claimed texts")
         for proc in procs.values():
             data = yaml.safe_load(proc.cfg_path.read_text())
             data["smpp"]["max_tps"] = 1
@@ -305,7 +298,7 @@ async def test_instance_that_stops_sending_hands_its_claims_back(
 
         # 16 texts at 1-2 per second: well inside a minute, unless some wait for b's pause
         # rate (a quarter of an hour per text)
-        await _wait(all_sent, 60, "every text sent, b's claims by a")
+        await eventually(all_sent, 60, "every text sent, b's claims by a")
         assert sorted(m.text for m in sim.messages) == sorted(bodies)  # none twice
         assert "handed back" in procs["b"].log_path.read_text(encoding="utf-8")
         stuck = await query(pg_url, "SELECT count(*) FROM sms WHERE state IN ('sending','queued')")

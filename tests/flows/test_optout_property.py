@@ -20,6 +20,7 @@ from bridge.testing.smsc_sim import SmscSimulator
 from bridge.testing.smtp_sink import SmtpSink
 from tests.conftest import BASE, merge
 from tests.smtp_client import notice, send
+from tests.waiting import eventually
 
 PATRON = "+12025550143"
 CONFIRMATIONS = {
@@ -78,10 +79,15 @@ async def run(plan: list[Op], tmp: Path) -> None:
                 if opted_out_since is not None:
                     forbidden.append((opted_out_since, sent_at))
                     opted_out_since = None
-            else:
+            else:  # a pause drawn by hypothesis: the interleaving itself is under test
                 await asyncio.sleep(arg / 1000)
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.sleep(0.3)  # let the queue drain
+
+        async def drained() -> bool:  # every accepted notice sent or failed: none left to send
+            counts = await bridge.store.counts()
+            return not counts.get("queued") and not counts.get("sending")
+
+        await eventually(drained, 10, "the queue to drain")
         if opted_out_since is not None:
             forbidden.append((opted_out_since, float("inf")))
         for at, sm in sim.submits:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -31,6 +30,7 @@ from bridge.testing.smsc_sim import SmscSimulator
 from tests.conftest import BASE, merge, tenant
 from tests.flows.postfix import SMS_DOMAIN, Postfix, postfix, postfix_server
 from tests.smtp_client import notice, send
+from tests.waiting import eventually
 
 __all__ = ["postfix", "postfix_server"]
 
@@ -85,16 +85,17 @@ class PfEnv:
     async def wait_sms_state(self, *states: SmsState) -> Any:
         """The one notice of this test reaches one of `states` in the bridge's store."""
         assert self.bridge is not None
-        deadline = time.monotonic() + STEP_S
-        while True:
+        bridge = self.bridge
+        recs: list[Any] = []
+
+        async def reached() -> Any:
+            nonlocal recs
             rows = [r[0] for r in _db(self.tmp, "SELECT queue_id FROM sms")]
-            recs = [await self.bridge.store.get_sms(q) for q in rows]
+            recs = [await bridge.store.get_sms(q) for q in rows]
             hits = [r for r in recs if r is not None and r.state in states]
-            if hits:
-                return hits[0]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no notice reached {states}: {recs}")
-            await asyncio.sleep(0.05)
+            return hits[0] if hits else None
+
+        return await eventually(reached, STEP_S, lambda: f"a notice in {states}: {recs}")
 
 
 def _db(tmp: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -315,27 +316,30 @@ async def test_reply_to_unknown_library_address_comes_back_as_failed(pf: PfEnv) 
     assert status == "sent", said
     # ...and the reply is no longer counted as sent.
     assert pf.bridge is not None
-    deadline = time.monotonic() + STEP_S
-    while True:
-        counts = await pf.bridge.store.mail_counts()
-        if counts.get("sent", 0) == 0 and sum(counts.values()) > 0:
-            break
-        assert time.monotonic() < deadline, counts
-        await asyncio.sleep(0.1)
+    store = pf.bridge.store
+    counts: dict[str, int] = {}
+
+    async def no_longer_sent() -> bool:
+        nonlocal counts
+        counts = await store.mail_counts()
+        return counts.get("sent", 0) == 0 and sum(counts.values()) > 0
+
+    await eventually(no_longer_sent, STEP_S, lambda: f"the reply no longer sent: {counts}")
     assert counts == {**counts, "bounced": 1}, counts
 
 
 async def _bounced_dsns(pf: PfEnv, n: int, since: int) -> None:
     """Wait until Postfix has handed `n` DSNs about the bridge's mail back to the bridge, counted
     in the maillog from offset `since` (the log is the whole module's)."""
-    deadline = time.monotonic() + STEP_S
     pattern = re.compile(
         rf"to=<bounce\+[^>]*@{re.escape(SMS_DOMAIN)}>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:"
         rf"{pf.postfix.bridge_port},.*status=sent"
     )
-    while len(pattern.findall(pf.postfix.log[since:])) < n:
-        assert time.monotonic() < deadline, "Postfix did not return the DSNs to the bridge"
-        await asyncio.sleep(0.1)
+    await eventually(
+        lambda: len(pattern.findall(pf.postfix.log[since:])) >= n,
+        STEP_S,
+        f"Postfix to return {n} DSNs to the bridge",
+    )
 
 
 async def test_bounced_reply_goes_to_the_fallback_address_through_postfix(pf: PfEnv) -> None:
@@ -368,9 +372,14 @@ async def test_a_bounced_fallback_ends_there_no_mail_loop(pf: PfEnv) -> None:
     assert await pf.sim.inject_mo(PATRON, NUMBER, "Is the library open Sunday?") == [0]
     await _bounced_dsns(pf, 2, log_from)
     assert pf.bridge is not None
-    deadline = time.monotonic() + STEP_S
-    while (counts := await pf.bridge.store.mail_counts()).get("bounced", 0) < 2:
-        assert time.monotonic() < deadline, counts
-        await asyncio.sleep(0.1)
+    store = pf.bridge.store
+    counts: dict[str, int] = {}
+
+    async def both_bounced() -> bool:
+        nonlocal counts
+        counts = await store.mail_counts()
+        return counts.get("bounced", 0) >= 2
+
+    await eventually(both_bounced, STEP_S, lambda: f"both emails bounced: {counts}")
     # Both emails ended bounced; nothing else was ever queued, and the mailer is idle.
     assert {k: v for k, v in counts.items() if v} == {"bounced": 2}, counts

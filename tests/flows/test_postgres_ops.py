@@ -26,6 +26,7 @@ from tests.flows.proc import REPO, BridgeProcess, free_port, write_config
 from tests.flows.test_web import get
 from tests.pg import query, throwaway_database
 from tests.smtp_client import notice, send
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -59,10 +60,12 @@ async def cli(cfg: Path, *args: str) -> str:
 
 async def _wait_state(url: str, queue_id: str, state: str, timeout: float = 30) -> None:  # noqa: ASYNC109
     sql = "SELECT state FROM sms WHERE queue_id=$1"
-    async with asyncio.timeout(timeout):
-        # Another process commits it: polling the database is the only signal there is.
-        while (await query(url, sql, queue_id))[0][0] != state:  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
+
+    # Another process commits it: polling the database is the only signal there is.
+    async def reached() -> bool:
+        return bool((await query(url, sql, queue_id))[0][0] == state)
+
+    await eventually(reached, timeout, f"{queue_id} {state}")
 
 
 async def test_health_metrics_status_page_and_cli_on_postgres(tmp_path: Path, pg_url: str) -> None:

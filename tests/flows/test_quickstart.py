@@ -15,7 +15,6 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import yaml
 
 from tests.flows.proc import REPO, BridgeProcess, free_port
 from tests.smtp_client import send
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -63,15 +63,14 @@ class Running:
         return list(mailbox.Maildir(self.maildir, create=False))
 
     async def wait_mail(self, what: str, pred: Callable[[Message], bool]) -> Message:
-        deadline = time.monotonic() + 20
-        while True:
-            found = [m for m in self.mails() if pred(m)]
-            if found:
-                return found[0]
-            if time.monotonic() > deadline:
-                subjects = [m["Subject"] for m in self.mails()]
-                raise AssertionError(f"no {what} in the Maildir: {subjects}\n{self.proc.log()}")
-            await asyncio.sleep(0.1)
+        def found() -> Message | None:
+            return next((m for m in self.mails() if pred(m)), None)
+
+        def said() -> str:
+            subjects = [m["Subject"] for m in self.mails()]
+            return f"{what} in the Maildir: {subjects}\n{self.proc.log()}"
+
+        return await eventually(found, 20, said)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -22,18 +21,11 @@ from tests.conftest import BASE, merge
 from tests.flows.harness import Env, StartEnv
 from tests.flows.test_web import get
 from tests.smtp_client import notice, send
+from tests.waiting import eventually
 
 FROM = "ils@riverside.example.org"
 TO = "2025550143@sms.example.org"
 TO_BAD = "2025550144@sms.example.org"
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -118,7 +110,9 @@ async def test_carrier_that_stops_sending_receipts_is_noticed(
         conv = await send(e.smtp_port, FROM, [TO], notice(f"n {i}", Message_ID=f"<r{i}@x>"))
         await e.wait_state(conv.queue_ids[0], SmsState.SUBMITTED)
     inbound = e.bridge.inbound
-    await until(lambda: bool(inbound.receipt_health and inbound.receipt_health.missing), "alarm")
+    await eventually(
+        lambda: bool(inbound.receipt_health and inbound.receipt_health.missing), 10, "alarm"
+    )
     (warning,) = [r for r in caplog.records if "receipts missing" in r.getMessage()]
     assert warning.levelno == logging.WARNING
     assert "registered_delivery" in warning.getMessage()
@@ -135,7 +129,9 @@ async def test_carrier_that_stops_sending_receipts_is_noticed(
     e.sim.set_scenario("ok")
     conv = await send(e.smtp_port, FROM, [TO], notice("back", Message_ID="<r9@x>"))
     await e.wait_state(conv.queue_ids[0], SmsState.DELIVERED)
-    await until(lambda: bool(inbound.receipt_health and not inbound.receipt_health.missing), "ok")
+    await eventually(
+        lambda: bool(inbound.receipt_health and not inbound.receipt_health.missing), 10, "ok"
+    )
     metrics = (await get(admin.port, "/metrics")).text
     assert 'sms_bridge_receipts_missing{smsc="smsc"} 0.0' in metrics
     assert any("receipts arriving again" in r.getMessage() for r in caplog.records)

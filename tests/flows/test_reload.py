@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import smtplib
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from bridge.testing.smtp_sink import SmtpSink
 from tests.conftest import ASHLAND
 from tests.flows.proc import BridgeProcess, write_config
 from tests.smtp_client import notice, send
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +34,9 @@ async def peers() -> AsyncIterator[tuple[SmscSimulator, SmtpSink]]:
 
 
 async def wait_log(proc: BridgeProcess, text: str, within: float = 10) -> None:
-    deadline = time.monotonic() + within
-    while text not in proc.log():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not in the log:\n{proc.log()[-2000:]}")
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: text in proc.log(), within, lambda: f"{text!r} in the log:\n{proc.log()[-2000:]}"
+    )
 
 
 async def test_sighup_adds_a_tenant_keeps_sessions_and_bind(

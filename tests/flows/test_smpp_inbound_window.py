@@ -12,6 +12,7 @@ from bridge.smpp.pdu import DeliverSm
 from bridge.smpp.session import SessionSettings
 from bridge.testing.raw_smsc import RawSmsc
 from tests.flows.test_smpp_session import Running, running, settings
+from tests.waiting import eventually
 
 __all__ = ["running"]  # the fixture, imported for this module's tests
 
@@ -33,11 +34,11 @@ async def test_full_inbound_window_stops_reading_until_a_handler_returns(
         session = await running.session(settings(smsc.port, inbound_window=3), on_deliver=handler)
         assert await session.wait_bound(5)
         await asyncio.wait_for(smsc.flood(200), 10)  # small enough to sit in socket buffers
-        # Polled with a deadline; a pause means the reader has read the 4th deliver_sm and
-        # waits for a place before handing it over (and before reading the 5th).
-        async with asyncio.timeout(5):
-            while len(seen) < 3 or session.inbound_pauses == 0:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        # A pause means the reader has read the 4th deliver_sm and waits for a place before
+        # handing it over (and before reading the 5th).
+        await eventually(
+            lambda: len(seen) >= 3 and session.inbound_pauses > 0, 5, "the reader to pause"
+        )
         assert len(seen) == 3
         assert session.inbound_in_flight == 3
         assert smsc.flood_stats.answered == {}  # nothing answered before its handler returned

@@ -22,18 +22,18 @@ from bridge.testing.raw_smsc import RawConn, RawSmsc
 from tests.conftest import BASE, merge
 from tests.flows.test_smpp_session import Running, running, settings, sms
 from tests.smtp_client import notice, send
+from tests.waiting import eventually
 
 __all__ = ["running"]  # the fixture, imported for this module's tests
 
 
 async def wrong_then_right(conn: RawConn, header: p.Header, n: int) -> None:
     """The submit's sequence number first on two responses of other requests, then the real
-    submit_sm_resp a moment later."""
+    submit_sm_resp behind them on the same stream (the reader takes them in that order)."""
     conn.send(
         p.build_header_only(p.ENQUIRE_LINK_RESP, header.sequence),
         p.build_deliver_sm_resp(header.sequence, errors.ESME_ROK),
     )
-    await asyncio.sleep(0.05)
     conn.send(p.build_submit_sm_resp(header.sequence, errors.ESME_ROK, f"real{n + 1}"))
 
 
@@ -99,11 +99,10 @@ async def test_text_answered_with_enquire_link_resp_is_retried_and_gets_its_id(
         )
         queue_id = conv.queue_ids[0]
         await smsc.wait_for(lambda: len(smsc.submits) == 2, 10)
-        for _ in range(500):  # until the second attempt's result is committed (bounded)
-            segments = await bridge.store.find_segments(["real2"])
-            if segments:
-                break
-            await asyncio.sleep(0.02)
+        store = bridge.store
+        segments = await eventually(
+            lambda: store.find_segments(["real2"]), 10, "the second attempt's result committed"
+        )
         assert [s.queue_id for s in segments] == [queue_id]
         rec = await bridge.store.get_sms(queue_id)
         assert rec is not None and rec.state is SmsState.SUBMITTED

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ from bridge.smpp.session import (
     SubmitResult,
 )
 from bridge.testing.smsc_sim import SmscSimulator
+from tests.waiting import eventually
 
 PATRON = "12025550143"
 
@@ -113,14 +114,6 @@ async def running() -> AsyncIterator[Running]:
             await asyncio.wait_for(session.stop(drain_timeout_s=0.5), 10)
 
 
-async def eventually(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
-    # Polling on purpose: the predicates mix session and simulator state that no single
-    # event covers. Bounded by within_s.
-    async with asyncio.timeout(within_s):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-
-
 async def test_bind_submit_and_response(sim: SmscSimulator, running: Running) -> None:
     session = await running.session(settings(sim.port))
     assert await session.wait_bound(5)
@@ -187,7 +180,7 @@ async def test_throttle_storm_slows_down_and_retries_succeed(
             result = await session.submit(sms(f"n{i}"))
             if errors.classify(result.status) != "throttled":
                 return result, tries
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # a client pausing before it retries a throttled submit
 
     outcomes = await asyncio.wait_for(
         asyncio.gather(*(send_until_accepted(i) for i in range(12))), 20
@@ -337,17 +330,17 @@ async def test_deliver_sm_status_comes_from_handler(sim: SmscSimulator, running:
 
 
 async def test_slow_handler_does_not_block_the_reader(sim: SmscSimulator, running: Running) -> None:
-    release = asyncio.Event()
+    entered, release = asyncio.Event(), asyncio.Event()
 
     async def handler(message: DeliverSm) -> int:
+        entered.set()
         await release.wait()
         return errors.ESME_ROK
 
     session = await running.session(settings(sim.port), on_deliver=handler)
     assert await session.wait_bound(5)
     mo = asyncio.create_task(sim.inject_mo("+12025550143", "Library", "hi"))
-    await eventually(lambda: any(r.name == "bind_transceiver" for r in sim.received), 5)
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(entered.wait(), 5)
     # The handler is parked; the reader still matches this submit's response.
     assert (await asyncio.wait_for(session.submit(sms()), 5)).status == 0
     assert not mo.done()

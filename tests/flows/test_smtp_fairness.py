@@ -28,6 +28,7 @@ from bridge.smtp_intake import SmtpIntake
 from bridge.store import SqliteStore, Store
 from tests.conftest import MakeConfig, tenant
 from tests.smtp_client import notice, send
+from tests.waiting import eventually
 
 FROM = "ils@riverside.example.org"
 TO = "2025550143@sms.example.org"
@@ -142,10 +143,9 @@ async def drained(srv: Server) -> None:
 
 
 async def drained_to(srv: Server, outside: int, timeout: float = 10) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while srv.smtp.slots.outside > outside:
-        assert time.monotonic() < deadline, "connections were not released"
-        await asyncio.sleep(0.02)
+    await eventually(
+        lambda: srv.smtp.slots.outside <= outside, timeout, "the connections to be released"
+    )
 
 
 # --- (a) idle strangers cannot lock the ILS out ---------------------------------------------------
@@ -186,7 +186,7 @@ async def test_idle_strangers_cannot_take_the_libraries_slots(start: Start) -> N
                         refusals.append(c.greeting)
                         c.close()
                 n += 1
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # the flood's pace: a load generator, not a wait
 
         knocker = asyncio.create_task(knock())
         try:

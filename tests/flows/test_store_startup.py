@@ -23,6 +23,7 @@ import pytest
 
 from bridge.store import SqliteStore
 from tests.flows.proc import REPO, free_port, write_config
+from tests.peers import require_peer
 
 HINT = "(check the file and directory permissions: the service user needs write access to both)"
 
@@ -37,9 +38,7 @@ def _mount_or_skip(*args: str) -> None:
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
         reason = f"a read-only mount needs root and mount(2): {exc} {detail.decode()}"
-        if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
-            pytest.fail(reason + " (SMS_BRIDGE_REQUIRE_PEERS=1: required)")
-        pytest.skip(reason)
+        require_peer("a read-only mount", reason)
 
 
 def _umount(where: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -32,7 +31,9 @@ from bridge.web import (
     render_status_page,
 )
 from tests.flows.harness import Env
+from tests.peers import require_peer
 from tests.smtp_client import notice, send
+from tests.waiting import eventually
 
 FROM = "ils@riverside.example.org"
 TO = "2025550143@sms.example.org"
@@ -84,13 +85,6 @@ async def admin(env: Env) -> AsyncIterator[AdminServer]:
         await asyncio.wait_for(server.stop(), 5)
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
-    # polls a property of a component we do not own (the session has no "unbound" event)
-    async with asyncio.timeout(timeout):
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-
-
 # ----------------------------------------------------------------------------- /healthz
 
 
@@ -113,7 +107,7 @@ async def test_healthz_503_with_reason_when_smsc_down(env: Env, admin: AdminServ
     assert session is not None
     env.sim.set_scenario("refuse_bind")
     await env.sim.stop()
-    await wait_for(lambda: not session.bound)
+    await eventually(lambda: not session.bound, 5, "the session to unbind")
     r = await get(admin.port, "/healthz")
     assert r.status == 503
     doc = json.loads(r.body)
@@ -146,7 +140,7 @@ class _BrokenStore:
 
 class _HungStore(_BrokenStore):
     async def ping(self) -> int:
-        await asyncio.sleep(30)
+        await asyncio.Event().wait()  # never answers
         return 1
 
 
@@ -374,7 +368,8 @@ async def test_stop_closes_idle_connections(env: Env) -> None:
     await server.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
-        await asyncio.sleep(0.05)
+        # the listener has taken the connection (and waits for its request)
+        await eventually(lambda: server._conns, 5, "the listener to take the connection")
         await asyncio.wait_for(server.stop(), 5)
         assert await asyncio.wait_for(reader.read(), 5) == b""
     finally:
@@ -414,9 +409,7 @@ async def test_status_page_renders_in_headless_chromium(
 ) -> None:
     browser = _chromium()
     if browser is None:
-        if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
-            pytest.fail("chromium is required (apt-get install chromium)")
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+        require_peer("Chromium", "not installed (Debian: apt-get install chromium)")
     for i in range(3):
         conv = await send(env.smtp_port, FROM, [TO], notice(f"Hold {i}.", Message_ID=f"<c{i}@x>"))
         await env.wait_state(conv.queue_ids[0], SmsState.DELIVERED)

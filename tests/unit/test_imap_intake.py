@@ -12,19 +12,15 @@ import asyncio
 import email
 import email.policy
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from bridge.config import Config
 from bridge.imap_intake import (
     ImapError,
     ImapIntake,
-    backoff_delay,
     encode_mailbox,
     fetched_message,
     notice_recipients,
@@ -35,6 +31,7 @@ from bridge.imap_intake import (
 from bridge.intake import Intake, Rejected
 from bridge.store import Store
 from tests.conftest import MakeConfig
+from tests.waiting import eventually
 
 # --- pure helpers ----------------------------------------------------------------------------
 
@@ -96,24 +93,6 @@ def test_notice_sender_prefers_return_path_and_honours_null() -> None:
     assert notice_sender(_msg("Sender: s@lib.org\nFrom: x@y.org")) == "s@lib.org"
     assert notice_sender(_msg("From: Lib <x@y.org>")) == "x@y.org"
     assert notice_sender(_msg("Subject: none")) == ""
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    attempt=st.integers(min_value=0, max_value=200),
-    rand=st.floats(min_value=0, max_value=1, exclude_max=True),
-)
-def test_backoff_is_bounded_and_grows(attempt: int, rand: float) -> None:
-    delay = backoff_delay(attempt, 1.0, 300.0, rand)
-    base = min(300.0, 2.0**attempt) if attempt < 32 else 300.0
-    assert base / 2 <= delay <= base <= 300.0
-    assert backoff_delay(attempt + 1, 1.0, 300.0, rand) >= delay
-
-
-def test_backoff_values() -> None:
-    assert backoff_delay(0, 1, 300, 0.0) == 0.5
-    assert backoff_delay(3, 1, 300, 0.999999) == pytest.approx(8, rel=1e-5)
-    assert backoff_delay(20, 1, 300, 0.0) == 150
 
 
 # --- a scripted IMAP server -------------------------------------------------------------------
@@ -246,14 +225,6 @@ def _cfg(make_config: MakeConfig, port: int, **over: Any) -> Config:
     return make_config({"imap": [entry]})
 
 
-async def _until(pred: Callable[[], bool], what: str, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def test_bye_in_answer_to_idle_times_out_and_reconnects(
     make_config: MakeConfig,
     store: Store,
@@ -265,7 +236,7 @@ async def test_bye_in_answer_to_idle_times_out_and_reconnects(
     imap = ImapIntake(cfg, cfg.imap[0], Intake(cfg, store), store)
     await imap.start()
     try:
-        await _until(lambda: server.connections >= 3, "three connections")
+        await eventually(lambda: server.connections >= 3, 5, "three connections")
     finally:
         await asyncio.wait_for(imap.stop(), 5)
     assert server.count("IDLE") >= 2
@@ -281,7 +252,7 @@ async def test_without_idle_the_mailbox_is_polled(
     imap = ImapIntake(cfg, cfg.imap[0], Intake(cfg, store), store)
     await imap.start()
     try:
-        await _until(lambda: server.count("UID SEARCH") >= 3, "three searches")
+        await eventually(lambda: server.count("UID SEARCH") >= 3, 5, "three searches")
         assert imap.state in ("polling", "processing")
     finally:
         await asyncio.wait_for(imap.stop(), 5)
@@ -302,7 +273,7 @@ async def test_changed_uidvalidity_rescans_unseen_from_uid_1(
     imap = ImapIntake(cfg, cfg.imap[0], Intake(cfg, store), store)
     await imap.start()
     try:
-        await _until(lambda: server.count("UID SEARCH") >= 1, "a search")
+        await eventually(lambda: server.count("UID SEARCH") >= 1, 5, "a search")
     finally:
         await asyncio.wait_for(imap.stop(), 5)
     assert server.commands[server.commands.index("UID SEARCH UID 1:* UNSEEN")]
@@ -333,7 +304,7 @@ async def test_temporary_refusal_neither_advances_nor_flags(
     imap = ImapIntake(cfg, cfg.imap[0], intake, store)
     await imap.start()
     try:
-        await _until(lambda: server.connections >= 2, "a retry on a new connection")
+        await eventually(lambda: server.connections >= 2, 5, "a retry on a new connection")
         # between retries it backs off; by the time we look it may already be reconnecting
         assert imap.state.startswith("backoff: 452 4.3.1") or imap.state in (
             "connecting",
@@ -351,7 +322,7 @@ async def test_temporary_refusal_neither_advances_nor_flags(
     imap = ImapIntake(cfg, cfg.imap[0], intake, store)
     await imap.start()
     try:
-        await _until(lambda: server.count("UID STORE") >= 1, "the \\Seen flag")
+        await eventually(lambda: server.count("UID STORE") >= 1, 5, "the \\Seen flag")
     finally:
         await asyncio.wait_for(imap.stop(), 5)
     assert "UID STORE 3 +FLAGS.SILENT (\\Seen)" in server.commands

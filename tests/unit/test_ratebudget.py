@@ -19,6 +19,7 @@ from bridge.ratebudget import (
     plan,
     share,
 )
+from tests.waiting import eventually
 
 
 def test_alone_after_settling_gets_everything() -> None:
@@ -111,13 +112,13 @@ async def test_budget_loop_settles_then_applies_and_follows_changes() -> None:
     await asyncio.wait_for(budget.start(), timeout=5)
     assert applied == [10.0] and budget.current == 10.0
     rows["b"] = Peer("b", clock[0], clock[0] + 100)  # b joins (beats far ahead: stays live)
-    await asyncio.wait_for(_until(lambda: applied[-1] == 5.0), timeout=5)
+    await eventually(lambda: applied[-1] == 5.0, 5, "the rate 5.0 applied")
     del rows["b"]
-    await asyncio.wait_for(_until(lambda: applied[-1] == 10.0), timeout=5)
+    await eventually(lambda: applied[-1] == 10.0, 5, "the rate 10.0 applied")
     # a lost its heartbeat long enough to restart its life: it pauses until settled again
     rows["a"] = Peer("a", clock[0] + 1.0, clock[0])
-    await asyncio.wait_for(_until(lambda: PAUSED_TPS in applied), timeout=5)
-    await asyncio.wait_for(_until(lambda: applied[-1] == 10.0), timeout=5)
+    await eventually(lambda: PAUSED_TPS in applied, 5, "the pause rate applied")
+    await eventually(lambda: applied[-1] == 10.0, 5, "the rate 10.0 applied")
     await budget.stop()
     assert budget.live == 1
 
@@ -141,15 +142,6 @@ async def test_budget_stands_by_behind_an_older_instance_then_takes_over() -> No
     assert budget.standby and not budget.sending()
     assert applied == [PAUSED_TPS]
     del rows["a"]  # a stops beating; once its beat expires, b is the oldest
-    await asyncio.wait_for(_until(lambda: applied[-1] == 1.0), timeout=5)
+    await eventually(lambda: applied[-1] == 1.0, 5, "the rate 1.0 applied")
     assert budget.sending() and not budget.standby
     await budget.stop()
-
-
-async def _until(cond: object) -> None:
-    assert callable(cond)
-    for _ in range(1000):
-        if cond():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import struct
 
 import pytest
@@ -13,7 +12,7 @@ from hypothesis import strategies as st
 from bridge.smpp import errors
 from bridge.smpp import pdu as p
 from bridge.smpp.pdu import SubmitSm
-from bridge.smpp.session import MIN_THROTTLED_TPS, RateLimiter, backoff_delay
+from bridge.smpp.session import MIN_THROTTLED_TPS, RateLimiter
 
 
 def _sm(**overrides: object) -> SubmitSm:
@@ -289,14 +288,6 @@ def test_rate_limiter_halves_on_throttle_and_recovers_linearly() -> None:
     assert slow.rate(109.0) == pytest.approx(MIN_THROTTLED_TPS, abs=0.05)
     # After a throttle the next slot is spaced at the lowered rate.
     assert slow.reserve(109.0) >= 109.0 + 1.0 / 0.56
-
-
-def test_backoff_is_bounded_full_jitter() -> None:
-    rng = random.Random(7)
-    delays = [backoff_delay(a, 1.0, 60.0, rng) for a in range(12) for _ in range(20)]
-    assert all(1.0 <= d <= 60.0 for d in delays)
-    assert max(backoff_delay(0, 1.0, 60.0, rng) for _ in range(50)) <= 1.0
-    assert max(backoff_delay(10, 1.0, 60.0, rng) for _ in range(50)) > 30.0
 
 
 # --- the direct submit_sm encoder writes exactly smpplib's bytes ---------------------------------

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from bridge.config import load_config
+from tests.peers import require_peer
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "sms-bridge.service"
@@ -90,9 +91,7 @@ def test_comments_show_the_config_paths() -> None:
 def _systemd_analyze() -> str:
     tool = shutil.which("systemd-analyze")
     if tool is None:
-        if os.environ.get("SMS_BRIDGE_REQUIRE_PEERS") == "1":
-            pytest.fail("systemd-analyze is required (Debian package: systemd)")
-        pytest.skip("systemd-analyze not found (Debian: apt-get install systemd)")
+        require_peer("systemd-analyze", "not found (Debian: apt-get install systemd)")
     return tool
 
 

@@ -111,6 +111,10 @@ async def _stop(procs: dict[str, BridgeProcess], sim: SmscSimulator, sink: SmtpS
     await sim.stop()
 
 
+# Timing under load: the simulator runs in this test process and stamps (and throttles) submits
+# when its loop reads them; on a machine busy with other work a late read bunches two submits
+# the bridge spaced correctly. A real burst fails every run; one rerun absorbs a bunched read.
+@pytest.mark.flaky(reruns=2)
 async def test_three_instances_share_queue_rate_and_receipts(tmp_path: Path, pg_url: str) -> None:
     sim = SmscSimulator(scenario=f"throttle:{MAX_TPS}", receipts=False)
     sink = SmtpSink()
@@ -209,6 +213,10 @@ async def test_three_instances_share_queue_rate_and_receipts(tmp_path: Path, pg_
         await _stop(procs, sim, sink)
 
 
+# Timing under load: the simulator runs in this test process and stamps (and throttles) submits
+# when its loop reads them; on a machine busy with other work a late read bunches two submits
+# the bridge spaced correctly. A real burst fails every run; one rerun absorbs a bunched read.
+@pytest.mark.flaky(reruns=2)
 async def test_two_instances_on_a_one_text_per_second_account(tmp_path: Path, pg_url: str) -> None:
     """max_tps 1 for two instances (an HA pair on a low-volume long code): halving it would let
     each send one text in the same second; instead the older one sends, the younger stands by

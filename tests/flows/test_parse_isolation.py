@@ -28,8 +28,9 @@ from tests.conftest import ASHLAND, tenant
 from tests.flows.dovecot import Dovecot, dovecot, dovecot_server
 from tests.flows.harness import Env
 from tests.flows.proc import BridgeProcess, write_config
-from tests.flows.test_imap import Harness, eventually, harness
+from tests.flows.test_imap import Harness, harness
 from tests.smtp_client import notice, send
+from tests.waiting import eventually
 
 __all__ = ["dovecot", "dovecot_server", "harness"]  # fixtures, re-exported for pytest
 
@@ -248,7 +249,7 @@ async def test_imap_notice_over_a_limit_is_bounced_with_the_reason(
     async def parked() -> bool:
         return await asyncio.to_thread(dovecot.uids, "sms-bridge-errors") == [1]
 
-    await eventually(parked, "the notice in the error folder")
+    await eventually(parked, what="the notice in the error folder")
     assert await h.sms() == []
     mails = await h.store.claim_mail(time.time() + 1, 10)
     assert [(m.kind, m.rcpt_to) for m in mails] == [("dsn", (FROM,))]

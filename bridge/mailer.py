@@ -11,8 +11,6 @@ the outbox id, so a bounce that comes back later names the email it is about.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -30,8 +28,9 @@ from bridge.mail_transport import (
 )
 from bridge.mailbuild import OutgoingMail
 from bridge.model import MailRecord
-from bridge.store import MailOutbox, StoreError
+from bridge.store import MailOutbox
 from bridge.store.base import MailInfo
+from bridge.worker import Worker
 
 if TYPE_CHECKING:
     from bridge.metrics import Metrics
@@ -55,7 +54,11 @@ def make_transport(cfg: Config) -> MailTransport:
     )
 
 
-class Mailer:
+class Mailer(Worker):
+    """Sends the mail outbox, oldest first; one email at a time (a relay is one peer)."""
+
+    name = "mailer"
+
     def __init__(
         self,
         cfg: Config,
@@ -71,12 +74,7 @@ class Mailer:
         self.clock = clock
         self.metrics = metrics
         self._secret: bytes | None = None
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def wake(self) -> None:
-        self._wake.set()
+        super().__init__()
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -91,42 +89,21 @@ class Mailer:
             self._secret = await load_secret(self.cfg, self.store)
         return verp.encode(rec.id, self._secret, bounce_domain(self.cfg))
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="mailer")
+    async def stop(self, grace_s: float | None = None) -> None:
+        """An email being sent gets up to mail.timeout_s to finish; if it is cut off, it is
+        still `sending` in the store and goes again after its lease (never lost)."""
+        await super().stop(self.cfg.mail.timeout_s if grace_s is None else grace_s)
 
-    async def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, timeout=self.cfg.mail.timeout_s)
-            except TimeoutError:
-                log.warning("mailer: an email was still being sent at stop; it will be retried")
-
-    async def _sleep(self, seconds: float) -> None:
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, seconds))
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                batch = await self.store.claim_mail(self.clock(), 20)
-                for rec in batch:
-                    if self._stopping.is_set():
-                        break
-                    await self._send(rec)
-                if not batch:
-                    due = await self.store.next_mail_due()
-                    await self._sleep(1.0 if due is None else min(1.0, due - self.clock()))
-            except asyncio.CancelledError:
-                raise
-            except StoreError as exc:
-                log.error("mailer: store unavailable (%s); retrying in 1 s", exc)
-                await self._sleep(1.0)
-            except Exception:
-                log.exception("mailer loop error; continuing in 1 s")
-                await self._sleep(1.0)
+    async def step(self) -> float:
+        batch = await self.store.claim_mail(self.clock(), 20)
+        for rec in batch:
+            if self.stopping:
+                return 0.0
+            await self._send(rec)
+        if batch:
+            return 0.0
+        due = await self.store.next_mail_due()
+        return 1.0 if due is None else min(1.0, due - self.clock())
 
     async def _send(self, rec: MailRecord) -> None:
         mail = OutgoingMail(await self.envelope_sender(rec), rec.rcpt_to, rec.data, message_id="")

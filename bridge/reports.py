@@ -8,8 +8,6 @@ nor repeats one).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import html
 import logging
 import time
@@ -23,8 +21,9 @@ from bridge import defaults
 from bridge.addressing import format_msisdn
 from bridge.config import Config, TenantConfig
 from bridge.model import Wake
-from bridge.store import Outgoing, Store, StoreError
+from bridge.store import Outgoing, Store
 from bridge.store.base import ReportData
+from bridge.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +191,11 @@ def report_address(tenant: TenantConfig) -> str | None:
     return tenant.bounce_to
 
 
-class Maintenance:
+class Maintenance(Worker):
+    """The privacy purge and the libraries' reports, each when due (see the module docstring)."""
+
+    name = "maintenance"
+
     def __init__(
         self,
         cfg: Config,
@@ -204,32 +207,15 @@ class Maintenance:
         self.cfg = cfg
         self.store = store
         self.clock = clock
-        self.wake = wake or Wake()  # wake.mail when a report is queued
-        self._task: asyncio.Task[None] | None = None
+        self.wake_mail = (wake or Wake()).mail  # when a report is queued
+        super().__init__()
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="maintenance")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.tick(self.clock())
-            except asyncio.CancelledError:
-                raise
-            except StoreError as exc:
-                log.error("maintenance: store unavailable (%s); next try later", exc)
-            except Exception:
-                log.exception("maintenance failed; next try later")
-            await asyncio.sleep(min(defaults.MAINTENANCE_EVERY_S, 60.0))
+    async def step(self) -> float:
+        await self.tick(self.clock())
+        return min(defaults.MAINTENANCE_EVERY_S, 60.0)
 
     async def tick(self, now: float) -> None:
         """Run whatever is due. Safe to call often: each job records its own last run."""
@@ -263,6 +249,6 @@ class Maintenance:
         )
         report = build_report(tenant.name, data, since, until)
         await self.store.enqueue_mail(report_mail(self.cfg, to, report, until), until)
-        self.wake.mail()
+        self.wake_mail()
         log.info("report queued tenant=%s period=%s..%s", tenant.id, _day(since), _day(until))
         return True

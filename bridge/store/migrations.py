@@ -287,4 +287,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     """,
     # 10: patron and sending numbers in canonical form (E.164), opt-outs merged
     _canonical_numbers,
+    # 11: one number's opt-out history (`sms-bridge optout history`) without a scan of the
+    # whole audit, as PostgreSQL has had since its first migration
+    """
+    CREATE INDEX optout_audit_msisdn ON optout_audit (msisdn)
+    """,
 )

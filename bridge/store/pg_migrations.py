@@ -20,8 +20,8 @@ MIGRATION_LOCK_KEY = 0x5B5_B41D
 
 
 async def _canonical_numbers(conn: Any, region: str) -> None:
-    """Migration 2: stored patron and sending numbers in canonical form, as SQLite's migration
-    8 does (see there for why); inside the migration's transaction."""
+    """Migration 4: stored patron and sending numbers in canonical form, as SQLite's migration
+    10 does (see there for why); inside the migration's transaction."""
     patron, sending = canonicalisers(region)
     rows = await conn.fetch(
         "SELECT msisdn, scope, opted_out, keyword, changed_at, actor FROM optout"

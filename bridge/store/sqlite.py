@@ -1098,7 +1098,7 @@ class SqliteStore:
                 ).fetchall(),
                 changes=conn.execute(
                     "SELECT msisdn, opted_out, keyword, changed_at FROM optout_audit"
-                    " WHERE scope=? AND changed_at>=? AND changed_at<? ORDER BY changed_at",
+                    " WHERE scope=? AND changed_at>=? AND changed_at<? ORDER BY changed_at, id",
                     (scope, since, until),
                 ).fetchall(),
                 costly=conn.execute(

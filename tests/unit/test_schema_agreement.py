@@ -37,10 +37,6 @@ PG_ONLY_INDEXES = {
     # Lease expiry and an instance's own claims (claim_sms, requeue_inflight, renew_leases).
     "sms_lease",
     "sms_claimed_by",
-    # The opt-out history of one number (optout_history, `sms-bridge optout history`). Not
-    # multi-instance: SQLite simply never got it, and scans optout_audit for that admin command.
-    # Adding it there is a new SQLite migration, a change of its own.
-    "optout_audit_msisdn",
 }
 # What only SQLite has, and why.
 SQLITE_ONLY_TABLES = {

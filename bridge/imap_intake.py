@@ -29,7 +29,6 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from email.message import Message
 from typing import Any, TypeVar
 
@@ -37,11 +36,12 @@ import aioimaplib
 
 from bridge import addressing
 from bridge.backoff import backoff_delay
+from bridge.bounces import Refusal, advice, bounce_recipients, dsn_mails
 from bridge.config import Config, ImapConfig, TenantConfig
 from bridge.intake import Intake, Recipient, Rejected
-from bridge.mailbuild import NoticeRef, build_dsn
+from bridge.mailbuild import NoticeRef
 from bridge.model import Wake
-from bridge.store import Outgoing, Store, StoreError
+from bridge.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +64,6 @@ __all__ = [
 _RECIPIENT_HEADERS = ("to", "cc", "delivered-to", "x-original-to")
 
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]", re.IGNORECASE)
-
-# What library staff can do about a notice the bridge refused, by RFC 3463 status.
-_ADVICE = {
-    "5.1.3": "Check the patron's phone number in the ILS; it must be a mobile number.",
-    "5.7.1": "The patron has opted out of text messages from this library, or a sending rule "
-    "stopped the notice; contact the patron another way.",
-    "5.6.0": "The notice had no text the bridge could send; check the ILS notice template.",
-}
-_DEFAULT_ADVICE = (
-    "Check the notice and the patron's phone number in the ILS. If they are right, tell the "
-    "bridge administrator (quote the queue id above)."
-)
 
 
 class ImapError(Exception):
@@ -569,68 +557,49 @@ class ImapIntake:
         refused: Sequence[tuple[str, Rejected]],
     ) -> None:
         """One DSN (RFC 3464) per refused recipient to the notice's sender and/or bounce_to."""
-        to: list[str] = []
-        # Never bounce a null-sender message (RFC 5321 §4.5.5) nor mail from ourselves.
-        if (
-            tenant.bounce_mode in ("sender", "both")
-            and sender
-            and sender.lower() != self.cfg.mail.from_.lower()
-        ):
-            to.append(sender)
-        if tenant.bounce_mode in ("fixed", "both") and tenant.bounce_to:
-            to.append(tenant.bounce_to)
-        to = list(dict.fromkeys(to))
-        message_id = str(msg.get("message-id", "")).strip() or None
+        to = bounce_recipients(tenant, sender, self.cfg.mail.from_)
         for address, exc in refused:
-            log.info(
-                "imap %s: %s refused %s %s",
-                self.box.name,
-                ref,
-                _mask(address),
-                exc.status,
-            )
+            log.info("imap %s: %s refused %s %s", self.box.name, ref, _mask(address), exc.status)
         if not to:
             return
         now = self.clock()
-        when = datetime.fromtimestamp(now, UTC)
         notice = NoticeRef(
             queue_id=ref,
-            message_id=message_id,
+            message_id=str(msg.get("message-id", "")).strip() or None,
             subject=_header_text(msg.get("subject", "")),
             envelope_from=sender,
             tenant_name=tenant.name,
             received_at=None,
         )
         try:
-            for address, exc in refused:
-                rcpt_email = address if _plain_address(address) else self.box.user
-                if not _plain_address(rcpt_email):
-                    rcpt_email = self.cfg.mail.from_
-                for dest in to:
-                    mail = build_dsn(
-                        reporting_domain=self.cfg.smtp.domains[0],
-                        from_addr=self.cfg.mail.from_,
-                        to_addr=dest,
-                        notice=notice,
-                        recipient_display=address or "(no SMS address)",
-                        recipient_email=rcpt_email,
-                        action="failed",
-                        status=exc.status,
-                        diagnostic=f"smtp; {exc.reply}",
-                        reason=exc.text,
-                        advice=_ADVICE.get(exc.status, _DEFAULT_ADVICE),
-                        sms_text=None,
-                        now=when,
-                    )
-                    await self.store.enqueue_mail(
-                        Outgoing("dsn", mail.mail_from, mail.rcpt_to, mail.message, ref), now
-                    )
+            mails = [
+                mail
+                for address, exc in refused
+                for mail in dsn_mails(self.cfg, notice, to, self._refusal(address, exc), now)
+            ]
         except ValueError as exc:
             # A sender address build_dsn cannot put in a header: no bounce, but still to the
             # error folder so the notice is not fetched again.
             log.warning("imap %s: %s: no bounce: %s", self.box.name, ref, exc)
             return
+        for mail in mails:
+            await self.store.enqueue_mail(mail, now)
         self.wake.mail()
+
+    def _refusal(self, address: str, exc: Rejected) -> Refusal:
+        """A refused recipient in DSN terms; Final-Recipient needs an address, so a notice
+        without one names the mailbox (or the bridge) instead."""
+        rcpt_email = address if _plain_address(address) else self.box.user
+        if not _plain_address(rcpt_email):
+            rcpt_email = self.cfg.mail.from_
+        return Refusal(
+            display=address or "(no SMS address)",
+            email=rcpt_email,
+            status=exc.status,
+            diagnostic=f"smtp; {exc.reply}",
+            reason=exc.text,
+            advice=advice(exc.status),
+        )
 
     # --- after the commit ----------------------------------------------------------------------
 

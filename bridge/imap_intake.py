@@ -8,36 +8,30 @@ committed it, and the high-water mark is stored in the same order, so a restart 
 nor skips. A notice that can never be sent gets a bounce to its sender and is moved to an error
 folder, so it is not fetched again every minute.
 
-aioimaplib 2.x can wait forever (e.g. `idle_start()` when a server answers IDLE with BYE), so
-every call into it is bounded by `timeout_s`; any failure closes the
-connection and reconnects after an exponential backoff with jitter.
+The IMAP itself is bridge/imap_client.py, every call bounded by `timeout_s`; any failure closes
+the connection and reconnects after an exponential backoff with jitter.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import email
 import email.header
-import email.policy
 import email.utils
 import logging
 import random
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import Message
-from typing import Any, TypeVar
-
-import aioimaplib
 
 from bridge import addressing
 from bridge.backoff import backoff_delay
 from bridge.bounces import Refusal, advice, bounce_recipients, dsn_mails
 from bridge.config import Config, ImapConfig, TenantConfig
+from bridge.imap_client import ImapClient, ImapError
 from bridge.intake import Intake, Recipient, Rejected
 from bridge.mailbuild import NoticeRef
 from bridge.model import Wake
@@ -45,105 +39,23 @@ from bridge.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-__all__ = [
-    "ImapError",
-    "ImapIntake",
-    "encode_mailbox",
-    "fetched_message",
-    "notice_recipients",
-    "notice_sender",
-    "parse_search",
-    "parse_uidvalidity",
-]
+__all__ = ["ImapIntake", "notice_recipients", "notice_sender"]
 
 # Headers that name the SMS addresses a notice was meant for. Delivered-To / X-Original-To
 # carry the envelope recipient when the ILS Bcc'd the number (Postfix, Exim and Dovecot LDA
 # add them), which the To/Cc headers would not show.
 _RECIPIENT_HEADERS = ("to", "cc", "delivered-to", "x-original-to")
 
-_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]", re.IGNORECASE)
-
-
-class ImapError(Exception):
-    """The server refused or broke off a step; the session is closed and retried."""
+# How long stop() waits for a polite LOGOUT at most: a server that stopped answering must not
+# hold up the bridge's shutdown.
+_LOGOUT_S = 5.0
 
 
 class _Deferred(Exception):
     """A notice could not be taken right now (store down, queue full): retry it later."""
 
 
-# --- pure helpers ------------------------------------------------------------------------------
-
-
-def encode_mailbox(name: str) -> str:
-    """A mailbox name as an IMAP quoted string, non-ASCII in modified UTF-7 (RFC 3501 §5.1.3).
-
-    aioimaplib sends arguments verbatim, so a folder such as "SMS errors" or "Fehlgeschlagen/
-    SMS-Rückläufer" must be encoded here.
-    """
-    out: list[str] = []
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            raw = "".join(pending).encode("utf-16-be")
-            b64 = _b64(raw).rstrip("=").replace("/", ",")
-            out.append(f"&{b64}-")
-            pending.clear()
-
-    for ch in name:
-        if " " <= ch <= "~":
-            flush()
-            out.append("&-" if ch == "&" else ch)
-        else:
-            pending.append(ch)
-    flush()
-    text = "".join(out)
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
-def parse_uidvalidity(lines: Sequence[Any]) -> int:
-    """UIDVALIDITY from a SELECT response (RFC 3501 §7.1: required in the OK response)."""
-    for line in lines:
-        if isinstance(line, bytes | bytearray):
-            m = _UIDVALIDITY.search(bytes(line))
-            if m:
-                return int(m.group(1))
-    raise ImapError("SELECT response carried no UIDVALIDITY")
-
-
-def parse_search(lines: Sequence[Any], above: int) -> list[int]:
-    """UIDs from a UID SEARCH response, only those above `above`, ascending.
-
-    RFC 3501 §6.4.8 / §9: in `UID n:*` the `*` stands for the highest UID in the mailbox, so
-    the range always holds the last message even when its UID is below n; filter it out.
-    The last line is the tagged completion text, which is not data.
-    """
-    uids: set[int] = set()
-    for line in lines[:-1]:
-        if not isinstance(line, bytes | bytearray):
-            continue
-        for tok in bytes(line).split():
-            if tok.isdigit() and int(tok) > above:
-                uids.add(int(tok))
-    return sorted(uids)
-
-
-def fetched_message(lines: Sequence[Any]) -> bytes | None:
-    """The message literal of a one-message `UID FETCH n (BODY.PEEK[])` response, if any.
-
-    None when the server sent no data: the message was expunged between SEARCH and FETCH.
-    """
-    for line in lines:
-        if isinstance(line, bytearray):
-            return bytes(line)
-    return None
+# --- reading a notice --------------------------------------------------------------------------
 
 
 def _addresses(msg: Message, header: str) -> list[str]:
@@ -220,10 +132,7 @@ class ImapIntake:
         self.wake = wake or Wake()  # wake.mail when a DSN is queued
         self.state = "stopped"
         self._task: asyncio.Task[None] | None = None
-        self._client: Any = None
-        self._lost: asyncio.Event | None = None
-        self._created: set[str] = set()
-        self._idling = False
+        self._client: ImapClient | None = None
         self._attempt = 0
         self._rand = random.Random()
 
@@ -253,16 +162,13 @@ class ImapIntake:
                 log.error("imap %s: intake task ended: %r", self.box.name, task.exception())
         client, self._client = self._client, None
         if client is not None:
-            # Polite LOGOUT (RFC 3501 §6.1.3), ending a pending IDLE first; bounded, because a
-            # server that stopped answering must not hold up the bridge's shutdown.
+            # Polite LOGOUT (RFC 3501 §6.1.3), ending a pending IDLE first.
             try:
-                async with asyncio.timeout(min(self.box.timeout_s, 5.0)):
-                    self._end_idle(client)
-                    await client.logout()
-            except (TimeoutError, OSError, aioimaplib.AioImapException) as exc:
+                await client.logout(min(self.box.timeout_s, _LOGOUT_S))
+            except (TimeoutError, OSError, ImapError) as exc:
                 log.debug("imap %s: logout: %r", self.box.name, exc)
             finally:
-                self._abort(client)
+                client.abort()
                 # The socket is closed by a callback the transport schedules: let it run.
                 await asyncio.sleep(0)
         self.state = "stopped"
@@ -293,19 +199,16 @@ class ImapIntake:
                     exc_info=not isinstance(exc, ImapError | _Deferred | OSError | TimeoutError),
                 )
                 self.state = f"backoff: {reason}"
-                client, self._client = self._client, None
-                if client is not None:
-                    self._abort(client)
+                dropped, self._client = self._client, None
+                if dropped is not None:
+                    dropped.abort()
                 await asyncio.sleep(delay)
-
-    async def _call(self, aw: Awaitable[T]) -> T:
-        # asyncio.timeout rather than wait_for: on 3.11 wait_for can swallow a cancellation.
-        async with asyncio.timeout(self.box.timeout_s):
-            return await aw
 
     # --- connection ----------------------------------------------------------------------------
 
-    def _ssl_context(self) -> ssl.SSLContext:
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.box.security == "none":
+            return None
         cafile = str(self.box.tls_ca_file) if self.box.tls_ca_file else None
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
         if not self.box.tls_verify:
@@ -314,73 +217,25 @@ class ImapIntake:
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
-    async def _connect(self) -> Any:
+    async def _connect(self) -> ImapClient:
         box = self.box
-        self._created = set()
-        self._idling = False
-        lost = asyncio.Event()
-        self._lost = lost
-        if box.security == "tls":
-            client = aioimaplib.IMAP4_SSL(
-                box.host, box.effective_port, timeout=box.timeout_s, ssl_context=self._ssl_context()
-            )
-        else:
-            client = aioimaplib.IMAP4(box.host, box.effective_port, timeout=box.timeout_s)
-        # IMAP4_SSL does not pass conn_lost_cb through; set it on the protocol for both.
-        client.protocol.conn_lost_cb = lambda exc: lost.set()
+        client = ImapClient(
+            box.host,
+            box.effective_port,
+            security=box.security,
+            ssl_context=self._ssl_context(),
+            timeout_s=box.timeout_s,
+        )
         self._client = client
-        await self._call(client.wait_hello_from_server())
-        if box.security == "starttls":
-            await self._starttls(client)
-        # aioimaplib quotes the password but sends the user name verbatim.
-        resp = await self._call(client.login(_quote(box.user), box.password))
-        if resp.result != "OK":
-            raise ImapError(f"login refused for {box.user}: {_text(resp)}")
-        # Capabilities change after login (RFC 3501 §6.2.3); aioimaplib's parse of the
-        # LOGIN response code leaves "[" and "]" glued to names, so ask again.
-        await self._call(client.protocol.capability())
+        await client.connect()
+        await client.login(box.user, box.password)
         return client
-
-    async def _starttls(self, client: Any) -> None:
-        """STARTTLS (RFC 3501 §6.2.1), which aioimaplib lists but does not implement."""
-        proto = client.protocol
-        if "STARTTLS" not in proto.capabilities:
-            raise ImapError("server does not offer STARTTLS (security: starttls)")
-        resp = await self._call(
-            proto.execute(aioimaplib.Command("STARTTLS", proto.new_tag(), loop=proto.loop))
-        )
-        if resp.result != "OK":
-            raise ImapError(f"STARTTLS refused: {_text(resp)}")
-        loop = asyncio.get_running_loop()
-        transport = await self._call(
-            loop.start_tls(
-                proto.transport, proto, self._ssl_context(), server_hostname=self.box.host
-            )
-        )
-        proto.transport = transport
-        # The client MUST discard cached capabilities after STARTTLS (RFC 3501 §6.2.1).
-        await self._call(proto.capability())
-
-    def _abort(self, client: Any) -> None:
-        """Drop a connection without talking: cancel aioimaplib's helper tasks, close the socket."""
-        with contextlib.suppress(Exception):
-            if client._idle_waiter is not None:
-                client._idle_waiter.cancel()
-        # A connection still being opened would otherwise leave an unclosed socket behind.
-        for task in [client._client_task, *client.tasks, *client.protocol.tasks]:
-            task.cancel()
-        transport = client.protocol.transport
-        if transport is not None:
-            transport.close()
 
     # --- one session ---------------------------------------------------------------------------
 
-    async def _session(self, client: Any) -> None:
+    async def _session(self, client: ImapClient) -> None:
         box = self.box
-        resp = await self._call(client.select(encode_mailbox(box.mailbox)))
-        if resp.result != "OK":
-            raise ImapError(f"cannot select {box.mailbox}: {_text(resp)}")
-        uidvalidity = parse_uidvalidity(resp.lines)
+        uidvalidity = await client.select(box.mailbox)
         idle = client.has_capability("IDLE")
         log.info(
             "imap %s: connected to %s mailbox=%s uidvalidity=%d mode=%s",
@@ -404,10 +259,14 @@ class ImapIntake:
             self._attempt = 0  # a whole batch went through: the next failure starts a fresh backoff
             if idle:
                 self.state = "idle"
-                await self._idle(client)
+                # RFC 2177 §3: a server may drop an IDLE client after 30 minutes, so IDLE is
+                # issued again every idle_renew_s.
+                await client.idle(box.idle_renew_s)
             else:
                 self.state = "polling"
-                await self._poll(client)
+                # A dropped connection ends the wait early; the next UID SEARCH would fail.
+                if await client.wait_closed(box.poll_s):
+                    raise ImapError("connection closed by the server")
 
     async def _high_water_mark(self, uidvalidity: int) -> tuple[int, bool]:
         stored = await self.store.imap_state(self.box.name)
@@ -432,21 +291,13 @@ class ImapIntake:
         return 0, self.box.after == "seen"
 
     async def _process(
-        self, client: Any, uidvalidity: int, last_uid: int, unseen_only: bool
+        self, client: ImapClient, uidvalidity: int, last_uid: int, unseen_only: bool
     ) -> tuple[int, int]:
         """Take every message above `last_uid`; returns (how many, the new high-water mark)."""
-        criteria = [f"UID {last_uid + 1}:*"]
-        if unseen_only:
-            criteria.append("UNSEEN")
-        resp = await self._call(client.uid_search(*criteria, charset=None))
-        if resp.result != "OK":
-            raise ImapError(f"UID SEARCH failed: {_text(resp)}")
-        uids = parse_search(resp.lines, last_uid)
+        criteria = [f"UID {last_uid + 1}:*"] + (["UNSEEN"] if unseen_only else [])
+        uids = await client.uid_search(*criteria, above=last_uid)
         for uid in uids:
-            resp = await self._call(client.uid("fetch", str(uid), "(BODY.PEEK[])"))
-            if resp.result != "OK":
-                raise ImapError(f"UID FETCH {uid} failed: {_text(resp)}")
-            raw = fetched_message(resp.lines)
+            raw = await client.uid_fetch(uid)
             if raw is None:
                 log.info("imap %s: uid=%d vanished before it was fetched", self.box.name, uid)
                 outcome = None
@@ -460,7 +311,7 @@ class ImapIntake:
             if outcome.ok:
                 await self._after_success(client, uid)
             else:
-                await self._move(client, uid, self.box.error_folder)
+                await client.move(uid, self.box.error_folder)
         return len(uids), last_uid
 
     # --- admission -----------------------------------------------------------------------------
@@ -603,136 +454,19 @@ class ImapIntake:
 
     # --- after the commit ----------------------------------------------------------------------
 
-    async def _after_success(self, client: Any, uid: int) -> None:
+    async def _after_success(self, client: ImapClient, uid: int) -> None:
         after = self.box.after
         if after == "seen":
-            await self._store_flags(client, uid, "\\Seen")
+            await client.store_flags(uid, "\\Seen")
         elif after == "move":
             assert self.box.move_to is not None  # ImapConfig validates this
-            await self._move(client, uid, self.box.move_to)
+            await client.move(uid, self.box.move_to)
         else:
-            await self._store_flags(client, uid, "\\Deleted")
-            await self._expunge(client, uid)
-
-    async def _store_flags(self, client: Any, uid: int, flags: str) -> None:
-        resp = await self._call(client.uid("store", str(uid), f"+FLAGS.SILENT ({flags})"))
-        if resp.result != "OK":
-            raise ImapError(f"UID STORE {uid} {flags} failed: {_text(resp)}")
-
-    async def _expunge(self, client: Any, uid: int) -> None:
-        if client.has_capability("UIDPLUS"):
-            resp = await self._call(client.uid("expunge", str(uid)))
-        else:
-            # Without UIDPLUS (RFC 4315) EXPUNGE removes every \Deleted message in the
-            # mailbox (RFC 3501 §6.4.3); the mailbox is the bridge's own, so that is accepted.
-            resp = await self._call(client.expunge())
-        if resp.result != "OK":
-            raise ImapError(f"EXPUNGE failed: {_text(resp)}")
-
-    async def _ensure_folder(self, client: Any, folder: str) -> None:
-        if folder in self._created:
-            return
-        # CREATE answers NO [ALREADYEXISTS] (RFC 5530) when the folder is there: fine. Any
-        # other problem shows up as a failed MOVE/COPY right after.
-        await self._call(client.create(encode_mailbox(folder)))
-        self._created.add(folder)
-
-    async def _move(self, client: Any, uid: int, folder: str) -> None:
-        await self._ensure_folder(client, folder)
-        target = encode_mailbox(folder)
-        if client.has_capability("MOVE"):
-            resp = await self._call(client.uid("move", str(uid), target))
-            if resp.result != "OK":
-                raise ImapError(f"UID MOVE {uid} to {folder} failed: {_text(resp)}")
-            return
-        # RFC 6851 §3.3: without MOVE, COPY then mark \Deleted and expunge.
-        resp = await self._call(client.uid("copy", str(uid), target))
-        if resp.result != "OK":
-            raise ImapError(f"UID COPY {uid} to {folder} failed: {_text(resp)}")
-        await self._store_flags(client, uid, "\\Seen \\Deleted")
-        await self._expunge(client, uid)
-
-    # --- waiting for mail ----------------------------------------------------------------------
-
-    async def _poll(self, client: Any) -> None:
-        lost = self._lost
-        assert lost is not None
-        # A dropped connection ends the wait early; the next UID SEARCH would fail anyway.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.box.poll_s):
-                await lost.wait()
-        if lost.is_set():
-            raise ImapError("connection closed by the server")
-
-    async def _idle(self, client: Any) -> None:
-        """IDLE (RFC 2177) until new mail, the renewal time, or the end of the connection.
-
-        RFC 2177 §3: a server may drop an IDLE client after 30 minutes, so it is re-issued
-        every idle_renew_s. aioimaplib's own renewal timer pushes a marker into its queue.
-        """
-        lost = self._lost
-        assert lost is not None
-        renew = self.box.idle_renew_s
-        # Pushes left over from an earlier IDLE are stale: the search just done covered them.
-        queue = client.protocol.idle_queue
-        while not queue.empty():
-            queue.get_nowait()
-        idle_task = await self._call(client.idle_start(timeout=renew))
-        self._idling = True
-        deadline = asyncio.get_running_loop().time() + renew + self.box.timeout_s
-        try:
-            while True:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                push = asyncio.ensure_future(client.wait_server_push(timeout=remaining))
-                gone = asyncio.ensure_future(lost.wait())
-                try:
-                    await asyncio.wait({push, gone}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    gone.cancel()
-                    if not push.done():
-                        push.cancel()
-                if lost.is_set():
-                    raise ImapError("connection closed by the server during IDLE")
-                try:
-                    lines = push.result()
-                except TimeoutError:
-                    break
-                if lines == aioimaplib.STOP_WAIT_SERVER_PUSH:
-                    break
-                data = [bytes(x) for x in lines if isinstance(x, bytes | bytearray)]
-                if any(line.upper().startswith(b"BYE") for line in data):
-                    raise ImapError("server said BYE during IDLE")
-                if any(line.upper().endswith(b" EXISTS") for line in data):
-                    break
-        finally:
-            if not lost.is_set():
-                self._end_idle(client)
-        resp = await self._call(idle_task)
-        if resp.result != "OK":
-            raise ImapError(f"IDLE ended with {resp.result}: {_text(resp)}")
-
-    def _end_idle(self, client: Any) -> None:
-        # DONE exactly once per IDLE (RFC 2177 §3): a second one would reach the server as a
-        # command named DONE and its BAD answer would confuse aioimaplib's tag matching.
-        if self._idling:
-            self._idling = False
-            if client.has_pending_idle():
-                client.idle_done()
+            await client.store_flags(uid, "\\Deleted")
+            await client.expunge(uid)
 
 
 # --- small helpers -----------------------------------------------------------------------------
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _text(resp: Any) -> str:
-    lines = [bytes(x) for x in getattr(resp, "lines", []) if isinstance(x, bytes | bytearray)]
-    text = lines[-1].decode("utf-8", "replace") if lines else ""
-    return text[:200]
 
 
 def _reason(exc: BaseException) -> str:
@@ -759,7 +493,7 @@ def _plain_address(address: str) -> bool:
     return bool(_PLAIN_ADDRESS.fullmatch(address))
 
 
-def _header_text(value: Any) -> str:
+def _header_text(value: object) -> str:
     try:
         return str(email.header.make_header(email.header.decode_header(str(value))))
     except (ValueError, LookupError, UnicodeError):

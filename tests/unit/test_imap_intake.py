@@ -18,16 +18,14 @@ from typing import Any
 import pytest
 
 from bridge.config import Config
-from bridge.imap_intake import (
+from bridge.imap_client import (
     ImapError,
-    ImapIntake,
     encode_mailbox,
     fetched_message,
-    notice_recipients,
-    notice_sender,
     parse_search,
     parse_uidvalidity,
 )
+from bridge.imap_intake import ImapIntake, notice_recipients, notice_sender
 from bridge.intake import Intake, Rejected
 from bridge.store import Store
 from tests.conftest import MakeConfig
@@ -108,8 +106,10 @@ class FakeImap:
         uidvalidity: int = 7,
         idle: str = "ok",  # "ok": + idling, "bye": * BYE then silence
         messages: dict[int, bytes] | None = None,
+        login_ok: bool = True,
     ) -> None:
         self.caps = caps
+        self.login_ok = login_ok
         self.uidvalidity = uidvalidity
         self.idle = idle
         self.messages = messages or {}
@@ -162,6 +162,8 @@ class FakeImap:
         rest = command[len(word) + 1 :].upper()
         if word == "CAPABILITY":
             out = f"* CAPABILITY {self.caps}\r\n{tag} OK done\r\n"
+        elif word == "LOGIN" and not self.login_ok:
+            out = f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
         elif word in ("LOGIN", "CREATE", "NOOP"):
             out = f"{tag} OK done\r\n"
         elif word == "SELECT":
@@ -242,6 +244,27 @@ async def test_bye_in_answer_to_idle_times_out_and_reconnects(
     assert server.count("IDLE") >= 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("imap lib: timed out; reconnecting" in m for m in warnings)
+
+
+async def test_refused_login_backs_off_with_the_servers_words(
+    make_config: MakeConfig,
+    store: Store,
+    fake: Callable[..., Awaitable[FakeImap]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = await fake(login_ok=False)
+    cfg = _cfg(make_config, server.port)
+    imap = ImapIntake(cfg, cfg.imap[0], Intake(cfg, store), store)
+    await imap.start()
+    try:
+        await eventually(lambda: server.connections >= 2, 5, "a second attempt")
+    finally:
+        await asyncio.wait_for(imap.stop(), 5)
+    assert server.count("SELECT") == 0
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    expected = "login refused for library: [AUTHENTICATIONFAILED] Authentication failed."
+    assert any(expected in r.getMessage() for r in warnings), [r.getMessage() for r in warnings]
+    assert not any(r.exc_info for r in warnings)  # a refusal is no bug: no traceback
 
 
 async def test_without_idle_the_mailbox_is_polled(

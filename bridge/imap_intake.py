@@ -2,8 +2,8 @@
 
 One supervised task per configured mailbox: connect (implicit TLS, STARTTLS or plain), log in,
 SELECT, process every message above the stored UID high-water mark, then wait for new mail with
-IDLE (RFC 2177) when the server offers it, or poll. Each notice takes the same admission path
-as SMTP (bridge.intake.Intake); the message is flagged, moved or deleted only after the store
+IDLE (RFC 2177) when the server offers it, or poll. Each notice takes the same admission path as
+SMTP (bridge.intake.Intake); the message is flagged, moved or deleted only after the store
 committed it, and the high-water mark is stored in the same order, so a restart neither re-sends
 nor skips. A notice that can never be sent gets a bounce to its sender and is moved to an error
 folder, so it is not fetched again every minute.
@@ -35,11 +35,18 @@ from bridge.imap_client import ImapClient, ImapError
 from bridge.intake import Intake, Recipient, Rejected
 from bridge.mailbuild import NoticeRef
 from bridge.model import Wake
-from bridge.store import Store, StoreError
+from bridge.store import Outgoing, Store, StoreError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ImapIntake", "notice_recipients", "notice_sender"]
+__all__ = [
+    "After",
+    "ImapIntake",
+    "after_action",
+    "notice_recipients",
+    "notice_sender",
+    "refusal_bounces",
+]
 
 # Headers that name the SMS addresses a notice was meant for. Delivered-To / X-Original-To
 # carry the envelope recipient when the ILS Bcc'd the number (Postfix, Exim and Dovecot LDA
@@ -100,15 +107,84 @@ def _from_address(msg: Message) -> str:
     return found[0] if found else ""
 
 
-# --- the intake --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Notice:
+    """One fetched message as admission sees it."""
+
+    ref: str  # stands in for a queue id in logs and DSNs: imap-<box>-<uidvalidity>-<uid>
+    uid: int
+    raw: bytes
+    msg: Message
+    sender: str
+
+    @property
+    def message_id(self) -> str | None:
+        return str(self.msg.get("message-id", "")).strip() or None
+
+
+# --- what to do with a message (pure) ----------------------------------------------------------
+
+Refused = Sequence[tuple[str, Rejected]]
 
 
 @dataclass(frozen=True)
-class _Outcome:
-    """What became of one message: `ok` (queued), `failed` (bounced, to the error folder)."""
+class After:
+    """What becomes of a message in the mailbox once the store has it: flags to add, a folder
+    to move it to, whether to expunge it."""
 
-    ok: bool
-    reason: str = ""
+    flags: str | None = None
+    folder: str | None = None
+    expunge: bool = False
+
+
+def after_action(box: ImapConfig, queued: bool) -> After:
+    """`box.after` for a notice that was queued; the error folder for one that never will be."""
+    if not queued:
+        return After(folder=box.error_folder)
+    if box.after == "seen":
+        return After(flags="\\Seen")
+    if box.after == "move":
+        assert box.move_to is not None  # ImapConfig validates this
+        return After(folder=box.move_to)
+    return After(flags="\\Deleted", expunge=True)
+
+
+def _refusal(address: str, exc: Rejected, fallbacks: Sequence[str]) -> Refusal:
+    """A refused recipient in DSN terms. Final-Recipient needs an address: a notice without a
+    usable one names the first plain address of `fallbacks` instead."""
+    rcpt_email = next((a for a in (address, *fallbacks) if _plain_address(a)), fallbacks[-1])
+    return Refusal(
+        display=address or "(no SMS address)",
+        email=rcpt_email,
+        status=exc.status,
+        diagnostic=f"smtp; {exc.reply}",
+        reason=exc.text,
+        advice=advice(exc.status),
+    )
+
+
+def refusal_bounces(
+    cfg: Config,
+    box: ImapConfig,
+    tenant: TenantConfig,
+    notice: NoticeRef,
+    refused: Refused,
+    now: float,
+) -> list[Outgoing]:
+    """One DSN (RFC 3464) per refused recipient to the notice's sender and/or bounce_to.
+
+    Raises ValueError for a sender address build_dsn cannot put in a header.
+    """
+    to = bounce_recipients(tenant, notice.envelope_from, cfg.mail.from_)
+    fallbacks = (box.user, cfg.mail.from_)
+    return [
+        mail
+        for address, exc in refused
+        for mail in dsn_mails(cfg, notice, to, _refusal(address, exc, fallbacks), now)
+    ]
+
+
+# --- the intake --------------------------------------------------------------------------------
 
 
 class ImapIntake:
@@ -293,26 +369,35 @@ class ImapIntake:
     async def _process(
         self, client: ImapClient, uidvalidity: int, last_uid: int, unseen_only: bool
     ) -> tuple[int, int]:
-        """Take every message above `last_uid`; returns (how many, the new high-water mark)."""
+        """Take every message above `last_uid`; returns (how many, the new high-water mark).
+
+        Each message is committed to the store (queued, or refused and bounced) and the
+        high-water mark stored before the message is flagged or moved: a crash in between
+        leaves it in place but never sends it twice. A temporary refusal raises _Deferred: the
+        batch stops and the mark is not advanced.
+        """
         criteria = [f"UID {last_uid + 1}:*"] + (["UNSEEN"] if unseen_only else [])
         uids = await client.uid_search(*criteria, above=last_uid)
         for uid in uids:
             raw = await client.uid_fetch(uid)
             if raw is None:
                 log.info("imap %s: uid=%d vanished before it was fetched", self.box.name, uid)
-                outcome = None
+                queued = None
             else:
-                # Raises _Deferred (temporary): the batch stops, state is not advanced.
-                outcome = await self._admit(uidvalidity, uid, raw)
+                queued = await self._admit(uidvalidity, uid, raw)
             await self.store.set_imap_state(self.box.name, uidvalidity, uid, self.clock())
             last_uid = uid
-            if outcome is None:
-                continue
-            if outcome.ok:
-                await self._after_success(client, uid)
-            else:
-                await client.move(uid, self.box.error_folder)
+            if queued is not None:
+                await self._apply(client, uid, after_action(self.box, queued))
         return len(uids), last_uid
+
+    async def _apply(self, client: ImapClient, uid: int, after: After) -> None:
+        if after.folder is not None:
+            await client.move(uid, after.folder)
+        if after.flags is not None:
+            await client.store_flags(uid, after.flags)
+        if after.expunge:
+            await client.expunge(uid)
 
     # --- admission -----------------------------------------------------------------------------
 
@@ -330,140 +415,119 @@ class ImapIntake:
             f"Sender {sender or '<>'} is not listed in any library's senders",
         )
 
-    async def _admit(self, uidvalidity: int, uid: int, raw: bytes) -> _Outcome:
-        """Queue one notice; a permanent refusal is bounced. Raises _Deferred for temporary."""
+    async def _admit(self, uidvalidity: int, uid: int, raw: bytes) -> bool:
+        """Queue one notice and bounce what is refused for good; True if anything was queued.
+
+        Raises _Deferred for a temporary refusal or a store outage.
+        """
         msg = await self.intake.read_headers(raw)  # off the event loop (issue 14)
         ref = f"imap-{self.box.name}-{uidvalidity}-{uid}"
-        message_id = str(msg.get("message-id", "")).strip() or None
-        sender = notice_sender(msg)
+        notice = _Notice(ref, uid, raw, msg, notice_sender(msg))
         try:
             tenant = self.tenant_for(msg)
         except Rejected as exc:
             # No bounce: a stranger's mail in the library's mailbox is most likely spam, and
             # answering it would be backscatter. The error folder keeps it for staff to see.
             log.warning(
-                "imap %s: uid=%d message_id=%s refused: %s", self.box.name, uid, message_id, exc
+                "imap %s: uid=%d message_id=%s refused: %s",
+                self.box.name,
+                uid,
+                notice.message_id,
+                exc,
             )
-            return _Outcome(False, exc.reply)
+            return False
         try:
-            await self.intake.check_backlog()
-            addresses = notice_recipients(msg, self.cfg.smtp.sms_domains)
-            if not addresses:
-                raise Rejected(
-                    550,
-                    "5.1.3",
-                    "The notice has no recipient at "
-                    + " or ".join(self.cfg.smtp.domains)
-                    + " in To, Cc, Delivered-To or X-Original-To",
-                )
-            recipients: list[Recipient] = []
-            refused: list[tuple[str, Rejected]] = []
-            for address in addresses:
-                try:
-                    rcpt = self.intake.recipient(tenant, address)
-                    await self.intake.check_optout(tenant, rcpt)
-                except Rejected as exc:
-                    if not exc.permanent:
-                        raise
-                    refused.append((address, exc))
-                else:
-                    recipients.append(rcpt)
-            if recipients:
-                try:
-                    results = await self.intake.accept(tenant, sender, recipients, raw, via="imap")
-                except Rejected as exc:
-                    if not exc.permanent:
-                        raise
-                    # The whole notice is refused (no text, a foreign conversation, ...).
-                    refused = [(r.address, exc) for r in recipients] + refused
-                    recipients = []
-                else:
-                    log.info(
-                        "imap %s: uid=%d message_id=%s queued=%s",
-                        self.box.name,
-                        uid,
-                        message_id or "-",
-                        ",".join(r.queue_id for r in results),
-                    )
+            queued, refused = await self._take(tenant, notice)
         except Rejected as exc:
-            if exc.permanent:
-                refused = [(a, exc) for a in notice_recipients(msg, self.cfg.smtp.sms_domains)]
-                await self._bounce(tenant, msg, sender, ref, refused or [("", exc)])
-                return _Outcome(False, exc.reply)
-            raise _Deferred(exc.reply) from None
+            if not exc.permanent:
+                raise _Deferred(exc.reply) from None
+            # The whole notice is refused (no recipient the bridge could read).
+            queued, refused = False, [("", exc)]
         except StoreError as exc:
             raise _Deferred(f"store unavailable: {exc}") from None
         if refused:
-            await self._bounce(tenant, msg, sender, ref, refused)
-        if recipients:
-            return _Outcome(True)
-        return _Outcome(False, refused[0][1].reply)
+            await self._bounce(tenant, notice, refused)
+        return queued
 
-    async def _bounce(
-        self,
-        tenant: TenantConfig,
-        msg: Message,
-        sender: str,
-        ref: str,
-        refused: Sequence[tuple[str, Rejected]],
-    ) -> None:
-        """One DSN (RFC 3464) per refused recipient to the notice's sender and/or bounce_to."""
-        to = bounce_recipients(tenant, sender, self.cfg.mail.from_)
+    async def _take(self, tenant: TenantConfig, notice: _Notice) -> tuple[bool, Refused]:
+        """Queue the notice for every recipient that can have it; returns (queued anything,
+        the recipients refused for good). Raises Rejected for a refusal of the whole notice
+        and for a temporary one."""
+        await self.intake.check_backlog()
+        addresses = notice_recipients(notice.msg, self.cfg.smtp.sms_domains)
+        if not addresses:
+            raise Rejected(
+                550,
+                "5.1.3",
+                "The notice has no recipient at "
+                + " or ".join(self.cfg.smtp.domains)
+                + " in To, Cc, Delivered-To or X-Original-To",
+            )
+        admitted, refused = await self._screen(tenant, addresses)
+        if not admitted:
+            return False, refused
+        try:
+            results = await self.intake.accept(
+                tenant, notice.sender, admitted, notice.raw, via="imap"
+            )
+        except Rejected as exc:
+            if not exc.permanent:
+                raise
+            # The whole notice is refused (no text, a foreign conversation, ...).
+            return False, [(r.address, exc) for r in admitted] + list(refused)
+        log.info(
+            "imap %s: uid=%d message_id=%s queued=%s",
+            self.box.name,
+            notice.uid,
+            notice.message_id or "-",
+            ",".join(r.queue_id for r in results),
+        )
+        return True, refused
+
+    async def _screen(
+        self, tenant: TenantConfig, addresses: Sequence[str]
+    ) -> tuple[list[Recipient], Refused]:
+        """The recipients that may be texted, and those refused for good (a bad number, an
+        opt-out). A temporary refusal of any of them raises Rejected."""
+        admitted: list[Recipient] = []
+        refused: list[tuple[str, Rejected]] = []
+        for address in addresses:
+            try:
+                rcpt = self.intake.recipient(tenant, address)
+                await self.intake.check_optout(tenant, rcpt)
+            except Rejected as exc:
+                if not exc.permanent:
+                    raise
+                refused.append((address, exc))
+            else:
+                admitted.append(rcpt)
+        return admitted, refused
+
+    async def _bounce(self, tenant: TenantConfig, notice: _Notice, refused: Refused) -> None:
         for address, exc in refused:
-            log.info("imap %s: %s refused %s %s", self.box.name, ref, _mask(address), exc.status)
-        if not to:
-            return
-        now = self.clock()
-        notice = NoticeRef(
-            queue_id=ref,
-            message_id=str(msg.get("message-id", "")).strip() or None,
-            subject=_header_text(msg.get("subject", "")),
-            envelope_from=sender,
+            log.info(
+                "imap %s: %s refused %s %s", self.box.name, notice.ref, _mask(address), exc.status
+            )
+        ref = NoticeRef(
+            queue_id=notice.ref,
+            message_id=notice.message_id,
+            subject=_header_text(notice.msg.get("subject", "")),
+            envelope_from=notice.sender,
             tenant_name=tenant.name,
             received_at=None,
         )
+        now = self.clock()
         try:
-            mails = [
-                mail
-                for address, exc in refused
-                for mail in dsn_mails(self.cfg, notice, to, self._refusal(address, exc), now)
-            ]
+            mails = refusal_bounces(self.cfg, self.box, tenant, ref, refused, now)
         except ValueError as exc:
             # A sender address build_dsn cannot put in a header: no bounce, but still to the
             # error folder so the notice is not fetched again.
-            log.warning("imap %s: %s: no bounce: %s", self.box.name, ref, exc)
+            log.warning("imap %s: %s: no bounce: %s", self.box.name, notice.ref, exc)
             return
         for mail in mails:
             await self.store.enqueue_mail(mail, now)
-        self.wake.mail()
-
-    def _refusal(self, address: str, exc: Rejected) -> Refusal:
-        """A refused recipient in DSN terms; Final-Recipient needs an address, so a notice
-        without one names the mailbox (or the bridge) instead."""
-        rcpt_email = address if _plain_address(address) else self.box.user
-        if not _plain_address(rcpt_email):
-            rcpt_email = self.cfg.mail.from_
-        return Refusal(
-            display=address or "(no SMS address)",
-            email=rcpt_email,
-            status=exc.status,
-            diagnostic=f"smtp; {exc.reply}",
-            reason=exc.text,
-            advice=advice(exc.status),
-        )
-
-    # --- after the commit ----------------------------------------------------------------------
-
-    async def _after_success(self, client: ImapClient, uid: int) -> None:
-        after = self.box.after
-        if after == "seen":
-            await client.store_flags(uid, "\\Seen")
-        elif after == "move":
-            assert self.box.move_to is not None  # ImapConfig validates this
-            await client.move(uid, self.box.move_to)
-        else:
-            await client.store_flags(uid, "\\Deleted")
-            await client.expunge(uid)
+        if mails:
+            self.wake.mail()
 
 
 # --- small helpers -----------------------------------------------------------------------------

@@ -25,10 +25,18 @@ from bridge.imap_client import (
     parse_search,
     parse_uidvalidity,
 )
-from bridge.imap_intake import ImapIntake, notice_recipients, notice_sender
+from bridge.imap_intake import (
+    After,
+    ImapIntake,
+    after_action,
+    notice_recipients,
+    notice_sender,
+    refusal_bounces,
+)
 from bridge.intake import Intake, Rejected
+from bridge.mailbuild import NoticeRef
 from bridge.store import Store
-from tests.conftest import MakeConfig
+from tests.conftest import MakeConfig, tenant
 from tests.waiting import eventually
 
 # --- pure helpers ----------------------------------------------------------------------------
@@ -91,6 +99,46 @@ def test_notice_sender_prefers_return_path_and_honours_null() -> None:
     assert notice_sender(_msg("Sender: s@lib.org\nFrom: x@y.org")) == "s@lib.org"
     assert notice_sender(_msg("From: Lib <x@y.org>")) == "x@y.org"
     assert notice_sender(_msg("Subject: none")) == ""
+
+
+def test_after_action_follows_the_box_and_parks_refusals(make_config: MakeConfig) -> None:
+    def box(**over: Any) -> Any:
+        return _cfg(make_config, 143, **over).imap[0]
+
+    assert after_action(box(), True) == After(flags="\\Seen")
+    assert after_action(box(after="move", move_to="Sent SMS"), True) == After(folder="Sent SMS")
+    assert after_action(box(after="delete"), True) == After(flags="\\Deleted", expunge=True)
+    for after in ("seen", "move", "delete"):
+        parked = after_action(box(after=after, move_to="Sent SMS"), False)
+        assert parked == After(folder="sms-bridge-errors")
+
+
+def _notice(sender: str) -> NoticeRef:
+    return NoticeRef("imap-lib-7-3", "<n1@lib.org>", "Hold ready", sender, "Riverside")
+
+
+def test_refusal_bounces_one_dsn_per_refused_recipient_and_address(
+    make_config: MakeConfig,
+) -> None:
+    riverside_both = tenant(bounce_mode="both", bounce_to="desk@lib.org")
+    cfg = _cfg(lambda over: make_config({**over, "tenants": [riverside_both]}), 143)
+    box, riverside = cfg.imap[0], cfg.tenant("riverside")
+    bad = Rejected(553, "5.1.3", "not a phone number")
+    refused = [("12345@sms.example.org", bad), ("", bad)]
+    mails = refusal_bounces(cfg, box, riverside, _notice("ils@lib.org"), refused, 1e9)
+    assert [m.rcpt_to for m in mails] == [("ils@lib.org",), ("desk@lib.org",)] * 2
+    assert {m.ref for m in mails} == {"imap-lib-7-3"}
+    texts = [m.data.decode() for m in mails]
+    human = email.message_from_bytes(mails[0].data, policy=email.policy.default)
+    first_part = next(part for part in human.walk() if part.get_content_type() == "text/plain")
+    assert "Final-Recipient: rfc822; 12345@sms.example.org" in texts[0]
+    # No SMS address to name: the mailbox's user stands in, else the bridge itself.
+    assert "(no SMS address)" in texts[2]
+    # the advice for 5.1.3 (bridge/bounces.py)
+    assert "it must be a mobile number" in " ".join(first_part.get_content().split())
+    # Never a bounce to the bridge's own address: only bounce_to is told.
+    ours = refusal_bounces(cfg, box, riverside, _notice(cfg.mail.from_), refused[:1], 1e9)
+    assert [m.rcpt_to for m in ours] == [("desk@lib.org",)]
 
 
 # --- a scripted IMAP server -------------------------------------------------------------------

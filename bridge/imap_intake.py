@@ -1,8 +1,8 @@
 """IMAP intake: pull notices from a library mailbox (for an ILS that can only mail a mailbox).
 
-One supervised task per configured mailbox: connect (implicit TLS, STARTTLS or plain), log in,
-SELECT, process every message above the stored UID high-water mark, then wait for new mail with
-IDLE (RFC 2177) when the server offers it, or poll. Each notice takes the same admission path as
+One worker per configured mailbox: connect (implicit TLS, STARTTLS or plain), log in, SELECT,
+process every message above the stored UID high-water mark, then wait for new mail with IDLE
+(RFC 2177) when the server offers it, or poll. Each notice takes the same admission path as
 SMTP (bridge.intake.Intake); the message is flagged, moved or deleted only after the store
 committed it, and the high-water mark is stored in the same order, so a restart neither re-sends
 nor skips. A notice that can never be sent gets a bounce to its sender and is moved to an error
@@ -36,6 +36,7 @@ from bridge.intake import Intake, Recipient, Rejected
 from bridge.mailbuild import NoticeRef
 from bridge.model import Wake
 from bridge.store import Outgoing, Store, StoreError
+from bridge.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,12 @@ def refusal_bounces(
 # --- the intake --------------------------------------------------------------------------------
 
 
-class ImapIntake:
-    """One IMAP mailbox feeding the queue; `state` is for the health page."""
+class ImapIntake(Worker):
+    """One IMAP mailbox feeding the queue; `state` is for the health page.
+
+    A `step()` is one connection: connect, log in, and work the mailbox until something fails;
+    it returns the backoff delay before the next connection.
+    """
 
     def __init__(
         self,
@@ -200,14 +205,15 @@ class ImapIntake:
         clock: Callable[[], float] = time.time,
         wake: Wake | None = None,
     ) -> None:
+        super().__init__()
+        self.name = f"imap-{box.name}"
         self.cfg = cfg
         self.box = box
         self.intake = intake
         self.store = store
         self.clock = clock
-        self.wake = wake or Wake()  # wake.mail when a DSN is queued
+        self.mail_wake = wake or Wake()  # .mail() when a DSN is queued
         self.state = "stopped"
-        self._task: asyncio.Task[None] | None = None
         self._client: ImapClient | None = None
         self._attempt = 0
         self._rand = random.Random()
@@ -222,23 +228,22 @@ class ImapIntake:
             if box.name == self.box.name:
                 self.box = box
 
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"imap-{self.box.name}")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            while not task.done():
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """End the session (a session has no natural end, so `grace_s` is rarely of use), then
+        LOGOUT politely (RFC 3501 §6.1.3), ending a pending IDLE first; bounded, because a
+        server that stopped answering must not hold up the bridge's shutdown."""
+        task = self._task
+        stopping = asyncio.ensure_future(super().stop(grace_s))
+        while not stopping.done():
+            await asyncio.wait({stopping}, timeout=1.0)
+            if task is not None and not task.done():
+                # Ask again: Python 3.11's asyncio.wait_for (used inside aioimaplib) can
+                # swallow a cancellation that races with a completed result (bpo-42130).
                 task.cancel()
-                # Ask again if need be: Python 3.11's asyncio.wait_for (used inside aioimaplib)
-                # can swallow a cancellation that races with a completed result (bpo-42130).
-                await asyncio.wait({task}, timeout=1.0)
-            if not task.cancelled() and task.exception() is not None:
-                log.error("imap %s: intake task ended: %r", self.box.name, task.exception())
+        if stopping.exception() is not None:
+            log.error("imap %s: intake task ended: %r", self.box.name, stopping.exception())
         client, self._client = self._client, None
         if client is not None:
-            # Polite LOGOUT (RFC 3501 §6.1.3), ending a pending IDLE first.
             try:
                 await client.logout(min(self.box.timeout_s, _LOGOUT_S))
             except (TimeoutError, OSError, ImapError) as exc:
@@ -249,36 +254,35 @@ class ImapIntake:
                 await asyncio.sleep(0)
         self.state = "stopped"
 
-    async def _run(self) -> None:
-        self._attempt = 0
-        while True:
-            try:
-                self.state = "connecting"
-                client = await self._connect()
-                await self._session(client)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # loop boundary: never let one mailbox's error end intake
-                reason = _reason(exc)
-                delay = backoff_delay(
-                    self._attempt,
-                    self.box.reconnect_min_s,
-                    self.box.reconnect_max_s,
-                    self._rand,
-                )
-                self._attempt += 1
-                log.warning(
-                    "imap %s: %s; reconnecting in %.1fs",
-                    self.box.name,
-                    reason,
-                    delay,
-                    exc_info=not isinstance(exc, ImapError | _Deferred | OSError | TimeoutError),
-                )
-                self.state = f"backoff: {reason}"
-                dropped, self._client = self._client, None
-                if dropped is not None:
-                    dropped.abort()
-                await asyncio.sleep(delay)
+    async def step(self) -> float:
+        try:
+            self.state = "connecting"
+            client = await self._connect()
+            await self._session(client)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # loop boundary: never let one mailbox's error end intake
+            return self._backoff(exc)
+        return 0.0
+
+    def _backoff(self, exc: Exception) -> float:
+        """Log the failure, drop the connection, and say how long to wait before the next."""
+        reason = _reason(exc)
+        box = self.box
+        delay = backoff_delay(self._attempt, box.reconnect_min_s, box.reconnect_max_s, self._rand)
+        self._attempt += 1
+        log.warning(
+            "imap %s: %s; reconnecting in %.1fs",
+            box.name,
+            reason,
+            delay,
+            exc_info=not isinstance(exc, ImapError | _Deferred | OSError | TimeoutError),
+        )
+        self.state = f"backoff: {reason}"
+        client, self._client = self._client, None
+        if client is not None:
+            client.abort()
+        return delay
 
     # --- connection ----------------------------------------------------------------------------
 
@@ -527,7 +531,7 @@ class ImapIntake:
         for mail in mails:
             await self.store.enqueue_mail(mail, now)
         if mails:
-            self.wake.mail()
+            self.mail_wake.mail()
 
 
 # --- small helpers -----------------------------------------------------------------------------

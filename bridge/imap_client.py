@@ -130,8 +130,9 @@ def _typed(resp: aioimaplib.Response) -> _Response:
 
 
 class ImapClient:
-    """One IMAP connection. `connect()` opens it (and upgrades it for STARTTLS); `abort()`
-    drops it without talking. Not reusable: make a new one per connection."""
+    """One IMAP connection, opened (TCP, and TLS for security "tls") as it is made;
+    `connect()` waits for the greeting and upgrades for STARTTLS, `abort()` drops it without
+    talking. Not reusable: make a new one per connection."""
 
     def __init__(
         self,

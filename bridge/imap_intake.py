@@ -1,61 +1,52 @@
 """IMAP intake: pull notices from a library mailbox (for an ILS that can only mail a mailbox).
 
-One supervised task per configured mailbox: connect (implicit TLS, STARTTLS or plain), log in,
-SELECT, process every message above the stored UID high-water mark, then wait for new mail with
-IDLE (RFC 2177) when the server offers it, or poll. Each notice takes the same admission path
-as SMTP (bridge.intake.Intake); the message is flagged, moved or deleted only after the store
+One worker per configured mailbox: connect (implicit TLS, STARTTLS or plain), log in, SELECT,
+process every message above the stored UID high-water mark, then wait for new mail with IDLE
+(RFC 2177) when the server offers it, or poll. Each notice takes the same admission path as
+SMTP (bridge.intake.Intake); the message is flagged, moved or deleted only after the store
 committed it, and the high-water mark is stored in the same order, so a restart neither re-sends
 nor skips. A notice that can never be sent gets a bounce to its sender and is moved to an error
 folder, so it is not fetched again every minute.
 
-aioimaplib 2.x can wait forever (e.g. `idle_start()` when a server answers IDLE with BYE), so
-every call into it is bounded by `timeout_s`; any failure closes the
-connection and reconnects after an exponential backoff with jitter.
+The IMAP itself is bridge/imap_client.py, every call bounded by `timeout_s`; any failure closes
+the connection and reconnects after an exponential backoff with jitter.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import email
 import email.header
-import email.policy
 import email.utils
 import logging
 import random
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from email.message import Message
-from typing import Any, TypeVar
-
-import aioimaplib
 
 from bridge import addressing
 from bridge.backoff import backoff_delay
+from bridge.bounces import Refusal, advice, bounce_recipients, dsn_mails
 from bridge.config import Config, ImapConfig, TenantConfig
+from bridge.imap_client import ImapClient, ImapError
 from bridge.intake import Intake, Recipient, Rejected
-from bridge.mailbuild import NoticeRef, build_dsn
+from bridge.mailbuild import NoticeRef
 from bridge.model import Wake
 from bridge.store import Outgoing, Store, StoreError
+from bridge.worker import Worker
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 __all__ = [
-    "ImapError",
+    "After",
     "ImapIntake",
-    "encode_mailbox",
-    "fetched_message",
+    "after_action",
     "notice_recipients",
     "notice_sender",
-    "parse_search",
-    "parse_uidvalidity",
+    "refusal_bounces",
 ]
 
 # Headers that name the SMS addresses a notice was meant for. Delivered-To / X-Original-To
@@ -63,99 +54,16 @@ __all__ = [
 # add them), which the To/Cc headers would not show.
 _RECIPIENT_HEADERS = ("to", "cc", "delivered-to", "x-original-to")
 
-_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]", re.IGNORECASE)
-
-# What library staff can do about a notice the bridge refused, by RFC 3463 status.
-_ADVICE = {
-    "5.1.3": "Check the patron's phone number in the ILS; it must be a mobile number.",
-    "5.7.1": "The patron has opted out of text messages from this library, or a sending rule "
-    "stopped the notice; contact the patron another way.",
-    "5.6.0": "The notice had no text the bridge could send; check the ILS notice template.",
-}
-_DEFAULT_ADVICE = (
-    "Check the notice and the patron's phone number in the ILS. If they are right, tell the "
-    "bridge administrator (quote the queue id above)."
-)
-
-
-class ImapError(Exception):
-    """The server refused or broke off a step; the session is closed and retried."""
+# How long stop() waits for a polite LOGOUT at most: a server that stopped answering must not
+# hold up the bridge's shutdown.
+_LOGOUT_S = 5.0
 
 
 class _Deferred(Exception):
     """A notice could not be taken right now (store down, queue full): retry it later."""
 
 
-# --- pure helpers ------------------------------------------------------------------------------
-
-
-def encode_mailbox(name: str) -> str:
-    """A mailbox name as an IMAP quoted string, non-ASCII in modified UTF-7 (RFC 3501 §5.1.3).
-
-    aioimaplib sends arguments verbatim, so a folder such as "SMS errors" or "Fehlgeschlagen/
-    SMS-Rückläufer" must be encoded here.
-    """
-    out: list[str] = []
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            raw = "".join(pending).encode("utf-16-be")
-            b64 = _b64(raw).rstrip("=").replace("/", ",")
-            out.append(f"&{b64}-")
-            pending.clear()
-
-    for ch in name:
-        if " " <= ch <= "~":
-            flush()
-            out.append("&-" if ch == "&" else ch)
-        else:
-            pending.append(ch)
-    flush()
-    text = "".join(out)
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
-def parse_uidvalidity(lines: Sequence[Any]) -> int:
-    """UIDVALIDITY from a SELECT response (RFC 3501 §7.1: required in the OK response)."""
-    for line in lines:
-        if isinstance(line, bytes | bytearray):
-            m = _UIDVALIDITY.search(bytes(line))
-            if m:
-                return int(m.group(1))
-    raise ImapError("SELECT response carried no UIDVALIDITY")
-
-
-def parse_search(lines: Sequence[Any], above: int) -> list[int]:
-    """UIDs from a UID SEARCH response, only those above `above`, ascending.
-
-    RFC 3501 §6.4.8 / §9: in `UID n:*` the `*` stands for the highest UID in the mailbox, so
-    the range always holds the last message even when its UID is below n; filter it out.
-    The last line is the tagged completion text, which is not data.
-    """
-    uids: set[int] = set()
-    for line in lines[:-1]:
-        if not isinstance(line, bytes | bytearray):
-            continue
-        for tok in bytes(line).split():
-            if tok.isdigit() and int(tok) > above:
-                uids.add(int(tok))
-    return sorted(uids)
-
-
-def fetched_message(lines: Sequence[Any]) -> bytes | None:
-    """The message literal of a one-message `UID FETCH n (BODY.PEEK[])` response, if any.
-
-    None when the server sent no data: the message was expunged between SEARCH and FETCH.
-    """
-    for line in lines:
-        if isinstance(line, bytearray):
-            return bytes(line)
-    return None
+# --- reading a notice --------------------------------------------------------------------------
 
 
 def _addresses(msg: Message, header: str) -> list[str]:
@@ -200,19 +108,92 @@ def _from_address(msg: Message) -> str:
     return found[0] if found else ""
 
 
-# --- the intake --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Notice:
+    """One fetched message as admission sees it."""
+
+    ref: str  # stands in for a queue id in logs and DSNs: imap-<box>-<uidvalidity>-<uid>
+    uid: int
+    raw: bytes
+    msg: Message
+    sender: str
+
+    @property
+    def message_id(self) -> str | None:
+        return str(self.msg.get("message-id", "")).strip() or None
+
+
+# --- what to do with a message (pure) ----------------------------------------------------------
+
+Refused = Sequence[tuple[str, Rejected]]
 
 
 @dataclass(frozen=True)
-class _Outcome:
-    """What became of one message: `ok` (queued), `failed` (bounced, to the error folder)."""
+class After:
+    """What becomes of a message in the mailbox once the store has it: flags to add, a folder
+    to move it to, whether to expunge it."""
 
-    ok: bool
-    reason: str = ""
+    flags: str | None = None
+    folder: str | None = None
+    expunge: bool = False
 
 
-class ImapIntake:
-    """One IMAP mailbox feeding the queue; `state` is for the health page."""
+def after_action(box: ImapConfig, queued: bool) -> After:
+    """`box.after` for a notice that was queued; the error folder for one that never will be."""
+    if not queued:
+        return After(folder=box.error_folder)
+    if box.after == "seen":
+        return After(flags="\\Seen")
+    if box.after == "move":
+        assert box.move_to is not None  # ImapConfig validates this
+        return After(folder=box.move_to)
+    return After(flags="\\Deleted", expunge=True)
+
+
+def _refusal(address: str, exc: Rejected, fallbacks: Sequence[str]) -> Refusal:
+    """A refused recipient in DSN terms. Final-Recipient needs an address: a notice without a
+    usable one names the first plain address of `fallbacks` instead."""
+    rcpt_email = next((a for a in (address, *fallbacks) if _plain_address(a)), fallbacks[-1])
+    return Refusal(
+        display=address or "(no SMS address)",
+        email=rcpt_email,
+        status=exc.status,
+        diagnostic=f"smtp; {exc.reply}",
+        reason=exc.text,
+        advice=advice(exc.status),
+    )
+
+
+def refusal_bounces(
+    cfg: Config,
+    box: ImapConfig,
+    tenant: TenantConfig,
+    notice: NoticeRef,
+    refused: Refused,
+    now: float,
+) -> list[Outgoing]:
+    """One DSN (RFC 3464) per refused recipient to the notice's sender and/or bounce_to.
+
+    Raises ValueError for a sender address build_dsn cannot put in a header.
+    """
+    to = bounce_recipients(tenant, notice.envelope_from, cfg.mail.from_)
+    fallbacks = (box.user, cfg.mail.from_)
+    return [
+        mail
+        for address, exc in refused
+        for mail in dsn_mails(cfg, notice, to, _refusal(address, exc, fallbacks), now)
+    ]
+
+
+# --- the intake --------------------------------------------------------------------------------
+
+
+class ImapIntake(Worker):
+    """One IMAP mailbox feeding the queue; `state` is for the health page.
+
+    A `step()` is one connection: connect, log in, and work the mailbox until something fails;
+    it returns the backoff delay before the next connection.
+    """
 
     def __init__(
         self,
@@ -224,18 +205,16 @@ class ImapIntake:
         clock: Callable[[], float] = time.time,
         wake: Wake | None = None,
     ) -> None:
+        super().__init__()
+        self.name = f"imap-{box.name}"
         self.cfg = cfg
         self.box = box
         self.intake = intake
         self.store = store
         self.clock = clock
-        self.wake = wake or Wake()  # wake.mail when a DSN is queued
+        self.mail_wake = wake or Wake()  # .mail() when a DSN is queued
         self.state = "stopped"
-        self._task: asyncio.Task[None] | None = None
-        self._client: Any = None
-        self._lost: asyncio.Event | None = None
-        self._created: set[str] = set()
-        self._idling = False
+        self._client: ImapClient | None = None
         self._attempt = 0
         self._rand = random.Random()
 
@@ -249,75 +228,67 @@ class ImapIntake:
             if box.name == self.box.name:
                 self.box = box
 
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"imap-{self.box.name}")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            while not task.done():
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """End the session (a session has no natural end, so `grace_s` is rarely of use), then
+        LOGOUT politely (RFC 3501 §6.1.3), ending a pending IDLE first; bounded, because a
+        server that stopped answering must not hold up the bridge's shutdown."""
+        task = self._task
+        stopping = asyncio.ensure_future(super().stop(grace_s))
+        while not stopping.done():
+            await asyncio.wait({stopping}, timeout=1.0)
+            if task is not None and not task.done():
+                # Ask again: Python 3.11's asyncio.wait_for (used inside aioimaplib) can
+                # swallow a cancellation that races with a completed result (bpo-42130).
                 task.cancel()
-                # Ask again if need be: Python 3.11's asyncio.wait_for (used inside aioimaplib)
-                # can swallow a cancellation that races with a completed result (bpo-42130).
-                await asyncio.wait({task}, timeout=1.0)
-            if not task.cancelled() and task.exception() is not None:
-                log.error("imap %s: intake task ended: %r", self.box.name, task.exception())
+        if stopping.exception() is not None:
+            log.error("imap %s: intake task ended: %r", self.box.name, stopping.exception())
         client, self._client = self._client, None
         if client is not None:
-            # Polite LOGOUT (RFC 3501 §6.1.3), ending a pending IDLE first; bounded, because a
-            # server that stopped answering must not hold up the bridge's shutdown.
             try:
-                async with asyncio.timeout(min(self.box.timeout_s, 5.0)):
-                    self._end_idle(client)
-                    await client.logout()
-            except (TimeoutError, OSError, aioimaplib.AioImapException) as exc:
+                await client.logout(min(self.box.timeout_s, _LOGOUT_S))
+            except (TimeoutError, OSError, ImapError) as exc:
                 log.debug("imap %s: logout: %r", self.box.name, exc)
             finally:
-                self._abort(client)
+                client.abort()
                 # The socket is closed by a callback the transport schedules: let it run.
                 await asyncio.sleep(0)
         self.state = "stopped"
 
-    async def _run(self) -> None:
-        self._attempt = 0
-        while True:
-            try:
-                self.state = "connecting"
-                client = await self._connect()
-                await self._session(client)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # loop boundary: never let one mailbox's error end intake
-                reason = _reason(exc)
-                delay = backoff_delay(
-                    self._attempt,
-                    self.box.reconnect_min_s,
-                    self.box.reconnect_max_s,
-                    self._rand,
-                )
-                self._attempt += 1
-                log.warning(
-                    "imap %s: %s; reconnecting in %.1fs",
-                    self.box.name,
-                    reason,
-                    delay,
-                    exc_info=not isinstance(exc, ImapError | _Deferred | OSError | TimeoutError),
-                )
-                self.state = f"backoff: {reason}"
-                client, self._client = self._client, None
-                if client is not None:
-                    self._abort(client)
-                await asyncio.sleep(delay)
+    async def step(self) -> float:
+        try:
+            self.state = "connecting"
+            client = await self._connect()
+            await self._session(client)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # loop boundary: never let one mailbox's error end intake
+            return self._backoff(exc)
+        return 0.0
 
-    async def _call(self, aw: Awaitable[T]) -> T:
-        # asyncio.timeout rather than wait_for: on 3.11 wait_for can swallow a cancellation.
-        async with asyncio.timeout(self.box.timeout_s):
-            return await aw
+    def _backoff(self, exc: Exception) -> float:
+        """Log the failure, drop the connection, and say how long to wait before the next."""
+        reason = _reason(exc)
+        box = self.box
+        delay = backoff_delay(self._attempt, box.reconnect_min_s, box.reconnect_max_s, self._rand)
+        self._attempt += 1
+        log.warning(
+            "imap %s: %s; reconnecting in %.1fs",
+            box.name,
+            reason,
+            delay,
+            exc_info=not isinstance(exc, ImapError | _Deferred | OSError | TimeoutError),
+        )
+        self.state = f"backoff: {reason}"
+        client, self._client = self._client, None
+        if client is not None:
+            client.abort()
+        return delay
 
     # --- connection ----------------------------------------------------------------------------
 
-    def _ssl_context(self) -> ssl.SSLContext:
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.box.security == "none":
+            return None
         cafile = str(self.box.tls_ca_file) if self.box.tls_ca_file else None
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
         if not self.box.tls_verify:
@@ -326,73 +297,25 @@ class ImapIntake:
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
-    async def _connect(self) -> Any:
+    async def _connect(self) -> ImapClient:
         box = self.box
-        self._created = set()
-        self._idling = False
-        lost = asyncio.Event()
-        self._lost = lost
-        if box.security == "tls":
-            client = aioimaplib.IMAP4_SSL(
-                box.host, box.effective_port, timeout=box.timeout_s, ssl_context=self._ssl_context()
-            )
-        else:
-            client = aioimaplib.IMAP4(box.host, box.effective_port, timeout=box.timeout_s)
-        # IMAP4_SSL does not pass conn_lost_cb through; set it on the protocol for both.
-        client.protocol.conn_lost_cb = lambda exc: lost.set()
+        client = ImapClient(
+            box.host,
+            box.effective_port,
+            security=box.security,
+            ssl_context=self._ssl_context(),
+            timeout_s=box.timeout_s,
+        )
         self._client = client
-        await self._call(client.wait_hello_from_server())
-        if box.security == "starttls":
-            await self._starttls(client)
-        # aioimaplib quotes the password but sends the user name verbatim.
-        resp = await self._call(client.login(_quote(box.user), box.password))
-        if resp.result != "OK":
-            raise ImapError(f"login refused for {box.user}: {_text(resp)}")
-        # Capabilities change after login (RFC 3501 §6.2.3); aioimaplib's parse of the
-        # LOGIN response code leaves "[" and "]" glued to names, so ask again.
-        await self._call(client.protocol.capability())
+        await client.connect()
+        await client.login(box.user, box.password)
         return client
-
-    async def _starttls(self, client: Any) -> None:
-        """STARTTLS (RFC 3501 §6.2.1), which aioimaplib lists but does not implement."""
-        proto = client.protocol
-        if "STARTTLS" not in proto.capabilities:
-            raise ImapError("server does not offer STARTTLS (security: starttls)")
-        resp = await self._call(
-            proto.execute(aioimaplib.Command("STARTTLS", proto.new_tag(), loop=proto.loop))
-        )
-        if resp.result != "OK":
-            raise ImapError(f"STARTTLS refused: {_text(resp)}")
-        loop = asyncio.get_running_loop()
-        transport = await self._call(
-            loop.start_tls(
-                proto.transport, proto, self._ssl_context(), server_hostname=self.box.host
-            )
-        )
-        proto.transport = transport
-        # The client MUST discard cached capabilities after STARTTLS (RFC 3501 §6.2.1).
-        await self._call(proto.capability())
-
-    def _abort(self, client: Any) -> None:
-        """Drop a connection without talking: cancel aioimaplib's helper tasks, close the socket."""
-        with contextlib.suppress(Exception):
-            if client._idle_waiter is not None:
-                client._idle_waiter.cancel()
-        # A connection still being opened would otherwise leave an unclosed socket behind.
-        for task in [client._client_task, *client.tasks, *client.protocol.tasks]:
-            task.cancel()
-        transport = client.protocol.transport
-        if transport is not None:
-            transport.close()
 
     # --- one session ---------------------------------------------------------------------------
 
-    async def _session(self, client: Any) -> None:
+    async def _session(self, client: ImapClient) -> None:
         box = self.box
-        resp = await self._call(client.select(encode_mailbox(box.mailbox)))
-        if resp.result != "OK":
-            raise ImapError(f"cannot select {box.mailbox}: {_text(resp)}")
-        uidvalidity = parse_uidvalidity(resp.lines)
+        uidvalidity = await client.select(box.mailbox)
         idle = client.has_capability("IDLE")
         log.info(
             "imap %s: connected to %s mailbox=%s uidvalidity=%d mode=%s",
@@ -416,10 +339,14 @@ class ImapIntake:
             self._attempt = 0  # a whole batch went through: the next failure starts a fresh backoff
             if idle:
                 self.state = "idle"
-                await self._idle(client)
+                # RFC 2177 §3: a server may drop an IDLE client after 30 minutes, so IDLE is
+                # issued again every idle_renew_s.
+                await client.idle(box.idle_renew_s)
             else:
                 self.state = "polling"
-                await self._poll(client)
+                # A dropped connection ends the wait early; the next UID SEARCH would fail.
+                if await client.wait_closed(box.poll_s):
+                    raise ImapError("connection closed by the server")
 
     async def _high_water_mark(self, uidvalidity: int) -> tuple[int, bool]:
         stored = await self.store.imap_state(self.box.name)
@@ -444,36 +371,37 @@ class ImapIntake:
         return 0, self.box.after == "seen"
 
     async def _process(
-        self, client: Any, uidvalidity: int, last_uid: int, unseen_only: bool
+        self, client: ImapClient, uidvalidity: int, last_uid: int, unseen_only: bool
     ) -> tuple[int, int]:
-        """Take every message above `last_uid`; returns (how many, the new high-water mark)."""
-        criteria = [f"UID {last_uid + 1}:*"]
-        if unseen_only:
-            criteria.append("UNSEEN")
-        resp = await self._call(client.uid_search(*criteria, charset=None))
-        if resp.result != "OK":
-            raise ImapError(f"UID SEARCH failed: {_text(resp)}")
-        uids = parse_search(resp.lines, last_uid)
+        """Take every message above `last_uid`; returns (how many, the new high-water mark).
+
+        Each message is committed to the store (queued, or refused and bounced) and the
+        high-water mark stored before the message is flagged or moved: a crash in between
+        leaves it in place but never sends it twice. A temporary refusal raises _Deferred: the
+        batch stops and the mark is not advanced.
+        """
+        criteria = [f"UID {last_uid + 1}:*"] + (["UNSEEN"] if unseen_only else [])
+        uids = await client.uid_search(*criteria, above=last_uid)
         for uid in uids:
-            resp = await self._call(client.uid("fetch", str(uid), "(BODY.PEEK[])"))
-            if resp.result != "OK":
-                raise ImapError(f"UID FETCH {uid} failed: {_text(resp)}")
-            raw = fetched_message(resp.lines)
+            raw = await client.uid_fetch(uid)
             if raw is None:
                 log.info("imap %s: uid=%d vanished before it was fetched", self.box.name, uid)
-                outcome = None
+                queued = None
             else:
-                # Raises _Deferred (temporary): the batch stops, state is not advanced.
-                outcome = await self._admit(uidvalidity, uid, raw)
+                queued = await self._admit(uidvalidity, uid, raw)
             await self.store.set_imap_state(self.box.name, uidvalidity, uid, self.clock())
             last_uid = uid
-            if outcome is None:
-                continue
-            if outcome.ok:
-                await self._after_success(client, uid)
-            else:
-                await self._move(client, uid, self.box.error_folder)
+            if queued is not None:
+                await self._apply(client, uid, after_action(self.box, queued))
         return len(uids), last_uid
+
+    async def _apply(self, client: ImapClient, uid: int, after: After) -> None:
+        if after.folder is not None:
+            await client.move(uid, after.folder)
+        if after.flags is not None:
+            await client.store_flags(uid, after.flags)
+        if after.expunge:
+            await client.expunge(uid)
 
     # --- admission -----------------------------------------------------------------------------
 
@@ -491,279 +419,122 @@ class ImapIntake:
             f"Sender {sender or '<>'} is not listed in any library's senders",
         )
 
-    async def _admit(self, uidvalidity: int, uid: int, raw: bytes) -> _Outcome:
-        """Queue one notice; a permanent refusal is bounced. Raises _Deferred for temporary."""
+    async def _admit(self, uidvalidity: int, uid: int, raw: bytes) -> bool:
+        """Queue one notice and bounce what is refused for good; True if anything was queued.
+
+        Raises _Deferred for a temporary refusal or a store outage.
+        """
         msg = await self.intake.read_headers(raw)  # off the event loop (issue 14)
         ref = f"imap-{self.box.name}-{uidvalidity}-{uid}"
-        message_id = str(msg.get("message-id", "")).strip() or None
-        sender = notice_sender(msg)
+        notice = _Notice(ref, uid, raw, msg, notice_sender(msg))
         try:
             tenant = self.tenant_for(msg)
         except Rejected as exc:
             # No bounce: a stranger's mail in the library's mailbox is most likely spam, and
             # answering it would be backscatter. The error folder keeps it for staff to see.
             log.warning(
-                "imap %s: uid=%d message_id=%s refused: %s", self.box.name, uid, message_id, exc
+                "imap %s: uid=%d message_id=%s refused: %s",
+                self.box.name,
+                uid,
+                notice.message_id,
+                exc,
             )
-            return _Outcome(False, exc.reply)
+            return False
         try:
-            await self.intake.check_backlog()
-            addresses = notice_recipients(msg, self.cfg.smtp.sms_domains)
-            if not addresses:
-                raise Rejected(
-                    550,
-                    "5.1.3",
-                    "The notice has no recipient at "
-                    + " or ".join(self.cfg.smtp.domains)
-                    + " in To, Cc, Delivered-To or X-Original-To",
-                )
-            recipients: list[Recipient] = []
-            refused: list[tuple[str, Rejected]] = []
-            for address in addresses:
-                try:
-                    rcpt = self.intake.recipient(tenant, address)
-                    await self.intake.check_optout(tenant, rcpt)
-                except Rejected as exc:
-                    if not exc.permanent:
-                        raise
-                    refused.append((address, exc))
-                else:
-                    recipients.append(rcpt)
-            if recipients:
-                try:
-                    results = await self.intake.accept(tenant, sender, recipients, raw, via="imap")
-                except Rejected as exc:
-                    if not exc.permanent:
-                        raise
-                    # The whole notice is refused (no text, a foreign conversation, ...).
-                    refused = [(r.address, exc) for r in recipients] + refused
-                    recipients = []
-                else:
-                    log.info(
-                        "imap %s: uid=%d message_id=%s queued=%s",
-                        self.box.name,
-                        uid,
-                        message_id or "-",
-                        ",".join(r.queue_id for r in results),
-                    )
+            queued, refused = await self._take(tenant, notice)
         except Rejected as exc:
-            if exc.permanent:
-                refused = [(a, exc) for a in notice_recipients(msg, self.cfg.smtp.sms_domains)]
-                await self._bounce(tenant, msg, sender, ref, refused or [("", exc)])
-                return _Outcome(False, exc.reply)
-            raise _Deferred(exc.reply) from None
+            if not exc.permanent:
+                raise _Deferred(exc.reply) from None
+            # The whole notice is refused (no recipient the bridge could read).
+            queued, refused = False, [("", exc)]
         except StoreError as exc:
             raise _Deferred(f"store unavailable: {exc}") from None
         if refused:
-            await self._bounce(tenant, msg, sender, ref, refused)
-        if recipients:
-            return _Outcome(True)
-        return _Outcome(False, refused[0][1].reply)
+            await self._bounce(tenant, notice, refused)
+        return queued
 
-    async def _bounce(
-        self,
-        tenant: TenantConfig,
-        msg: Message,
-        sender: str,
-        ref: str,
-        refused: Sequence[tuple[str, Rejected]],
-    ) -> None:
-        """One DSN (RFC 3464) per refused recipient to the notice's sender and/or bounce_to."""
-        to: list[str] = []
-        # Never bounce a null-sender message (RFC 5321 §4.5.5) nor mail from ourselves.
-        if (
-            tenant.bounce_mode in ("sender", "both")
-            and sender
-            and sender.lower() != self.cfg.mail.from_.lower()
-        ):
-            to.append(sender)
-        if tenant.bounce_mode in ("fixed", "both") and tenant.bounce_to:
-            to.append(tenant.bounce_to)
-        to = list(dict.fromkeys(to))
-        message_id = str(msg.get("message-id", "")).strip() or None
+    async def _take(self, tenant: TenantConfig, notice: _Notice) -> tuple[bool, Refused]:
+        """Queue the notice for every recipient that can have it; returns (queued anything,
+        the recipients refused for good). Raises Rejected for a refusal of the whole notice
+        and for a temporary one."""
+        await self.intake.check_backlog()
+        addresses = notice_recipients(notice.msg, self.cfg.smtp.sms_domains)
+        if not addresses:
+            raise Rejected(
+                550,
+                "5.1.3",
+                "The notice has no recipient at "
+                + " or ".join(self.cfg.smtp.domains)
+                + " in To, Cc, Delivered-To or X-Original-To",
+            )
+        admitted, refused = await self._screen(tenant, addresses)
+        if not admitted:
+            return False, refused
+        try:
+            results = await self.intake.accept(
+                tenant, notice.sender, admitted, notice.raw, via="imap"
+            )
+        except Rejected as exc:
+            if not exc.permanent:
+                raise
+            # The whole notice is refused (no text, a foreign conversation, ...).
+            return False, [(r.address, exc) for r in admitted] + list(refused)
+        log.info(
+            "imap %s: uid=%d message_id=%s queued=%s",
+            self.box.name,
+            notice.uid,
+            notice.message_id or "-",
+            ",".join(r.queue_id for r in results),
+        )
+        return True, refused
+
+    async def _screen(
+        self, tenant: TenantConfig, addresses: Sequence[str]
+    ) -> tuple[list[Recipient], Refused]:
+        """The recipients that may be texted, and those refused for good (a bad number, an
+        opt-out). A temporary refusal of any of them raises Rejected."""
+        admitted: list[Recipient] = []
+        refused: list[tuple[str, Rejected]] = []
+        for address in addresses:
+            try:
+                rcpt = self.intake.recipient(tenant, address)
+                await self.intake.check_optout(tenant, rcpt)
+            except Rejected as exc:
+                if not exc.permanent:
+                    raise
+                refused.append((address, exc))
+            else:
+                admitted.append(rcpt)
+        return admitted, refused
+
+    async def _bounce(self, tenant: TenantConfig, notice: _Notice, refused: Refused) -> None:
         for address, exc in refused:
             log.info(
-                "imap %s: %s refused %s %s",
-                self.box.name,
-                ref,
-                _mask(address),
-                exc.status,
+                "imap %s: %s refused %s %s", self.box.name, notice.ref, _mask(address), exc.status
             )
-        if not to:
-            return
-        now = self.clock()
-        when = datetime.fromtimestamp(now, UTC)
-        notice = NoticeRef(
-            queue_id=ref,
-            message_id=message_id,
-            subject=_header_text(msg.get("subject", "")),
-            envelope_from=sender,
+        ref = NoticeRef(
+            queue_id=notice.ref,
+            message_id=notice.message_id,
+            subject=_header_text(notice.msg.get("subject", "")),
+            envelope_from=notice.sender,
             tenant_name=tenant.name,
             received_at=None,
         )
+        now = self.clock()
         try:
-            for address, exc in refused:
-                rcpt_email = address if _plain_address(address) else self.box.user
-                if not _plain_address(rcpt_email):
-                    rcpt_email = self.cfg.mail.from_
-                for dest in to:
-                    mail = build_dsn(
-                        reporting_domain=self.cfg.smtp.domains[0],
-                        from_addr=self.cfg.mail.from_,
-                        to_addr=dest,
-                        notice=notice,
-                        recipient_display=address or "(no SMS address)",
-                        recipient_email=rcpt_email,
-                        action="failed",
-                        status=exc.status,
-                        diagnostic=f"smtp; {exc.reply}",
-                        reason=exc.text,
-                        advice=_ADVICE.get(exc.status, _DEFAULT_ADVICE),
-                        sms_text=None,
-                        now=when,
-                    )
-                    await self.store.enqueue_mail(
-                        Outgoing("dsn", mail.mail_from, mail.rcpt_to, mail.message, ref), now
-                    )
+            mails = refusal_bounces(self.cfg, self.box, tenant, ref, refused, now)
         except ValueError as exc:
             # A sender address build_dsn cannot put in a header: no bounce, but still to the
             # error folder so the notice is not fetched again.
-            log.warning("imap %s: %s: no bounce: %s", self.box.name, ref, exc)
+            log.warning("imap %s: %s: no bounce: %s", self.box.name, notice.ref, exc)
             return
-        self.wake.mail()
-
-    # --- after the commit ----------------------------------------------------------------------
-
-    async def _after_success(self, client: Any, uid: int) -> None:
-        after = self.box.after
-        if after == "seen":
-            await self._store_flags(client, uid, "\\Seen")
-        elif after == "move":
-            assert self.box.move_to is not None  # ImapConfig validates this
-            await self._move(client, uid, self.box.move_to)
-        else:
-            await self._store_flags(client, uid, "\\Deleted")
-            await self._expunge(client, uid)
-
-    async def _store_flags(self, client: Any, uid: int, flags: str) -> None:
-        resp = await self._call(client.uid("store", str(uid), f"+FLAGS.SILENT ({flags})"))
-        if resp.result != "OK":
-            raise ImapError(f"UID STORE {uid} {flags} failed: {_text(resp)}")
-
-    async def _expunge(self, client: Any, uid: int) -> None:
-        if client.has_capability("UIDPLUS"):
-            resp = await self._call(client.uid("expunge", str(uid)))
-        else:
-            # Without UIDPLUS (RFC 4315) EXPUNGE removes every \Deleted message in the
-            # mailbox (RFC 3501 §6.4.3); the mailbox is the bridge's own, so that is accepted.
-            resp = await self._call(client.expunge())
-        if resp.result != "OK":
-            raise ImapError(f"EXPUNGE failed: {_text(resp)}")
-
-    async def _ensure_folder(self, client: Any, folder: str) -> None:
-        if folder in self._created:
-            return
-        # CREATE answers NO [ALREADYEXISTS] (RFC 5530) when the folder is there: fine. Any
-        # other problem shows up as a failed MOVE/COPY right after.
-        await self._call(client.create(encode_mailbox(folder)))
-        self._created.add(folder)
-
-    async def _move(self, client: Any, uid: int, folder: str) -> None:
-        await self._ensure_folder(client, folder)
-        target = encode_mailbox(folder)
-        if client.has_capability("MOVE"):
-            resp = await self._call(client.uid("move", str(uid), target))
-            if resp.result != "OK":
-                raise ImapError(f"UID MOVE {uid} to {folder} failed: {_text(resp)}")
-            return
-        # RFC 6851 §3.3: without MOVE, COPY then mark \Deleted and expunge.
-        resp = await self._call(client.uid("copy", str(uid), target))
-        if resp.result != "OK":
-            raise ImapError(f"UID COPY {uid} to {folder} failed: {_text(resp)}")
-        await self._store_flags(client, uid, "\\Seen \\Deleted")
-        await self._expunge(client, uid)
-
-    # --- waiting for mail ----------------------------------------------------------------------
-
-    async def _poll(self, client: Any) -> None:
-        lost = self._lost
-        assert lost is not None
-        # A dropped connection ends the wait early; the next UID SEARCH would fail anyway.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.box.poll_s):
-                await lost.wait()
-        if lost.is_set():
-            raise ImapError("connection closed by the server")
-
-    async def _idle(self, client: Any) -> None:
-        """IDLE (RFC 2177) until new mail, the renewal time, or the end of the connection.
-
-        RFC 2177 §3: a server may drop an IDLE client after 30 minutes, so it is re-issued
-        every idle_renew_s. aioimaplib's own renewal timer pushes a marker into its queue.
-        """
-        lost = self._lost
-        assert lost is not None
-        renew = self.box.idle_renew_s
-        # Pushes left over from an earlier IDLE are stale: the search just done covered them.
-        queue = client.protocol.idle_queue
-        while not queue.empty():
-            queue.get_nowait()
-        idle_task = await self._call(client.idle_start(timeout=renew))
-        self._idling = True
-        deadline = asyncio.get_running_loop().time() + renew + self.box.timeout_s
-        try:
-            while True:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                push = asyncio.ensure_future(client.wait_server_push(timeout=remaining))
-                gone = asyncio.ensure_future(lost.wait())
-                try:
-                    await asyncio.wait({push, gone}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    gone.cancel()
-                    if not push.done():
-                        push.cancel()
-                if lost.is_set():
-                    raise ImapError("connection closed by the server during IDLE")
-                try:
-                    lines = push.result()
-                except TimeoutError:
-                    break
-                if lines == aioimaplib.STOP_WAIT_SERVER_PUSH:
-                    break
-                data = [bytes(x) for x in lines if isinstance(x, bytes | bytearray)]
-                if any(line.upper().startswith(b"BYE") for line in data):
-                    raise ImapError("server said BYE during IDLE")
-                if any(line.upper().endswith(b" EXISTS") for line in data):
-                    break
-        finally:
-            if not lost.is_set():
-                self._end_idle(client)
-        resp = await self._call(idle_task)
-        if resp.result != "OK":
-            raise ImapError(f"IDLE ended with {resp.result}: {_text(resp)}")
-
-    def _end_idle(self, client: Any) -> None:
-        # DONE exactly once per IDLE (RFC 2177 §3): a second one would reach the server as a
-        # command named DONE and its BAD answer would confuse aioimaplib's tag matching.
-        if self._idling:
-            self._idling = False
-            if client.has_pending_idle():
-                client.idle_done()
+        for mail in mails:
+            await self.store.enqueue_mail(mail, now)
+        if mails:
+            self.mail_wake.mail()
 
 
 # --- small helpers -----------------------------------------------------------------------------
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _text(resp: Any) -> str:
-    lines = [bytes(x) for x in getattr(resp, "lines", []) if isinstance(x, bytes | bytearray)]
-    text = lines[-1].decode("utf-8", "replace") if lines else ""
-    return text[:200]
 
 
 def _reason(exc: BaseException) -> str:
@@ -790,7 +561,7 @@ def _plain_address(address: str) -> bool:
     return bool(_PLAIN_ADDRESS.fullmatch(address))
 
 
-def _header_text(value: Any) -> str:
+def _header_text(value: object) -> str:
     try:
         return str(email.header.make_header(email.header.decode_header(str(value))))
     except (ValueError, LookupError, UnicodeError):

@@ -293,7 +293,7 @@ async def test_dropped_connection_reconnects(
     imap = await h.start()
     client = imap._client
     assert client is not None
-    client.protocol.transport.close()  # what a dropped TCP connection looks like to us
+    client._imap.protocol.transport.close()  # what a dropped TCP connection looks like to us
 
     async def back() -> bool:
         return imap._client is not client and imap.state == "idle"

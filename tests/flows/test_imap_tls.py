@@ -61,7 +61,7 @@ async def harness(
 def _tls_version(imap: ImapIntake) -> str | None:
     client = imap._client
     assert client is not None
-    ssl_object = client.protocol.transport.get_extra_info("ssl_object")
+    ssl_object = client._imap.protocol.transport.get_extra_info("ssl_object")
     return ssl_object.version() if isinstance(ssl_object, ssl.SSLObject) else None
 
 

@@ -18,19 +18,25 @@ from typing import Any
 import pytest
 
 from bridge.config import Config
-from bridge.imap_intake import (
+from bridge.imap_client import (
     ImapError,
-    ImapIntake,
     encode_mailbox,
     fetched_message,
-    notice_recipients,
-    notice_sender,
     parse_search,
     parse_uidvalidity,
 )
+from bridge.imap_intake import (
+    After,
+    ImapIntake,
+    after_action,
+    notice_recipients,
+    notice_sender,
+    refusal_bounces,
+)
 from bridge.intake import Intake, Rejected
+from bridge.mailbuild import NoticeRef
 from bridge.store import Store
-from tests.conftest import MakeConfig
+from tests.conftest import MakeConfig, tenant
 from tests.waiting import eventually
 
 # --- pure helpers ----------------------------------------------------------------------------
@@ -95,6 +101,46 @@ def test_notice_sender_prefers_return_path_and_honours_null() -> None:
     assert notice_sender(_msg("Subject: none")) == ""
 
 
+def test_after_action_follows_the_box_and_parks_refusals(make_config: MakeConfig) -> None:
+    def box(**over: Any) -> Any:
+        return _cfg(make_config, 143, **over).imap[0]
+
+    assert after_action(box(), True) == After(flags="\\Seen")
+    assert after_action(box(after="move", move_to="Sent SMS"), True) == After(folder="Sent SMS")
+    assert after_action(box(after="delete"), True) == After(flags="\\Deleted", expunge=True)
+    for after in ("seen", "move", "delete"):
+        parked = after_action(box(after=after, move_to="Sent SMS"), False)
+        assert parked == After(folder="sms-bridge-errors")
+
+
+def _notice(sender: str) -> NoticeRef:
+    return NoticeRef("imap-lib-7-3", "<n1@lib.org>", "Hold ready", sender, "Riverside")
+
+
+def test_refusal_bounces_one_dsn_per_refused_recipient_and_address(
+    make_config: MakeConfig,
+) -> None:
+    riverside_both = tenant(bounce_mode="both", bounce_to="desk@lib.org")
+    cfg = _cfg(lambda over: make_config({**over, "tenants": [riverside_both]}), 143)
+    box, riverside = cfg.imap[0], cfg.tenant("riverside")
+    bad = Rejected(553, "5.1.3", "not a phone number")
+    refused = [("12345@sms.example.org", bad), ("", bad)]
+    mails = refusal_bounces(cfg, box, riverside, _notice("ils@lib.org"), refused, 1e9)
+    assert [m.rcpt_to for m in mails] == [("ils@lib.org",), ("desk@lib.org",)] * 2
+    assert {m.ref for m in mails} == {"imap-lib-7-3"}
+    texts = [m.data.decode() for m in mails]
+    human = email.message_from_bytes(mails[0].data, policy=email.policy.default)
+    first_part = next(part for part in human.walk() if part.get_content_type() == "text/plain")
+    assert "Final-Recipient: rfc822; 12345@sms.example.org" in texts[0]
+    # No SMS address to name: the mailbox's user stands in, else the bridge itself.
+    assert "(no SMS address)" in texts[2]
+    # the advice for 5.1.3 (bridge/bounces.py)
+    assert "it must be a mobile number" in " ".join(first_part.get_content().split())
+    # Never a bounce to the bridge's own address: only bounce_to is told.
+    ours = refusal_bounces(cfg, box, riverside, _notice(cfg.mail.from_), refused[:1], 1e9)
+    assert [m.rcpt_to for m in ours] == [("desk@lib.org",)]
+
+
 # --- a scripted IMAP server -------------------------------------------------------------------
 
 
@@ -108,8 +154,10 @@ class FakeImap:
         uidvalidity: int = 7,
         idle: str = "ok",  # "ok": + idling, "bye": * BYE then silence
         messages: dict[int, bytes] | None = None,
+        login_ok: bool = True,
     ) -> None:
         self.caps = caps
+        self.login_ok = login_ok
         self.uidvalidity = uidvalidity
         self.idle = idle
         self.messages = messages or {}
@@ -162,6 +210,8 @@ class FakeImap:
         rest = command[len(word) + 1 :].upper()
         if word == "CAPABILITY":
             out = f"* CAPABILITY {self.caps}\r\n{tag} OK done\r\n"
+        elif word == "LOGIN" and not self.login_ok:
+            out = f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
         elif word in ("LOGIN", "CREATE", "NOOP"):
             out = f"{tag} OK done\r\n"
         elif word == "SELECT":
@@ -242,6 +292,27 @@ async def test_bye_in_answer_to_idle_times_out_and_reconnects(
     assert server.count("IDLE") >= 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("imap lib: timed out; reconnecting" in m for m in warnings)
+
+
+async def test_refused_login_backs_off_with_the_servers_words(
+    make_config: MakeConfig,
+    store: Store,
+    fake: Callable[..., Awaitable[FakeImap]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = await fake(login_ok=False)
+    cfg = _cfg(make_config, server.port)
+    imap = ImapIntake(cfg, cfg.imap[0], Intake(cfg, store), store)
+    await imap.start()
+    try:
+        await eventually(lambda: server.connections >= 2, 5, "a second attempt")
+    finally:
+        await asyncio.wait_for(imap.stop(), 5)
+    assert server.count("SELECT") == 0
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    expected = "login refused for library: [AUTHENTICATIONFAILED] Authentication failed."
+    assert any(expected in r.getMessage() for r in warnings), [r.getMessage() for r in warnings]
+    assert not any(r.exc_info for r in warnings)  # a refusal is no bug: no traceback
 
 
 async def test_without_idle_the_mailbox_is_polled(

@@ -70,6 +70,7 @@ def build_bounces(cfg: Config, rec: SmsRecord, failure: Failure, now: float) -> 
             advice=_ADVICE.get(failure.status, _DEFAULT_ADVICE),
             sms_text=rec.body,
             now=when,
+            ref=rec.queue_id,
         )
-        out.append(Outgoing("dsn", mail.mail_from, mail.rcpt_to, mail.message, rec.queue_id))
+        out.append(mail)
     return out

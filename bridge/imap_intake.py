@@ -41,7 +41,7 @@ from bridge.config import Config, ImapConfig, TenantConfig
 from bridge.intake import Intake, Recipient, Rejected
 from bridge.mailbuild import NoticeRef, build_dsn
 from bridge.model import Wake
-from bridge.store import Outgoing, Store, StoreError
+from bridge.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -621,10 +621,9 @@ class ImapIntake:
                         advice=_ADVICE.get(exc.status, _DEFAULT_ADVICE),
                         sms_text=None,
                         now=when,
+                        ref=ref,
                     )
-                    await self.store.enqueue_mail(
-                        Outgoing("dsn", mail.mail_from, mail.rcpt_to, mail.message, ref), now
-                    )
+                    await self.store.enqueue_mail(mail, now)
         except ValueError as exc:
             # A sender address build_dsn cannot put in a header: no bounce, but still to the
             # error folder so the notice is not fetched again.

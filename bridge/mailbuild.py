@@ -1,7 +1,8 @@
 """Outbound email builders: delivery status notifications, relayed patron replies, staff notices.
 
-Pure functions: values in, `OutgoingMail` out; the current time is a parameter. Nothing here
-touches the network or the store: the mail outbox stores the bytes, a `MailTransport` sends them.
+Pure functions: values in, an email (`bridge.model.Outgoing`) out; the current time is a
+parameter. Nothing here touches the network or the store: the mail outbox stores the email, a
+`MailTransport` sends it.
 
 Every message is built with `email.policy.SMTP` switched to ``cte_type="7bit"``: header lines are
 folded at 78 characters and CRLF-terminated (RFC 5322 §2.1.1, §2.2.3), and any body that is not
@@ -49,9 +50,10 @@ from email.message import EmailMessage, Message
 from email.utils import format_datetime
 from typing import Final, Literal
 
+from bridge.model import Outgoing
+
 __all__ = [
     "NoticeRef",
-    "OutgoingMail",
     "build_dsn",
     "build_notification",
     "build_patron_reply",
@@ -118,16 +120,6 @@ _RESERVED_HEADERS: Final = frozenset(
         "received",
     }
 )
-
-
-@dataclass(frozen=True)
-class OutgoingMail:
-    """One message ready for a transport: SMTP envelope plus the RFC 5322 bytes (CRLF, 7-bit)."""
-
-    mail_from: str  # envelope reverse-path; "" is the null sender (MAIL FROM:<>)
-    rcpt_to: tuple[str, ...]
-    message: bytes
-    message_id: str  # "<hex@domain>", as in the Message-ID header
 
 
 @dataclass(frozen=True)
@@ -225,16 +217,15 @@ def _human_time(dt: datetime) -> str:
 
 def _new_message(
     *, from_: Address, to: Address, subject: str, now: datetime, domain: str
-) -> tuple[EmailMessage, str]:
+) -> EmailMessage:
     _require_aware(now)
     msg = EmailMessage(policy=POLICY)
-    message_id = _message_id(domain)
     msg["From"] = from_
     msg["To"] = to
     msg["Subject"] = clean_header_value(subject, MAX_SUBJECT)
     msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = message_id
-    return msg, message_id
+    msg["Message-ID"] = _message_id(domain)
+    return msg
 
 
 def _thread(msg: EmailMessage, original_message_id: str | None) -> None:
@@ -243,14 +234,6 @@ def _thread(msg: EmailMessage, original_message_id: str | None) -> None:
     if mid is not None:
         msg["In-Reply-To"] = mid
         msg["References"] = mid
-
-
-def _finish(
-    msg: EmailMessage, *, mail_from: str, rcpt_to: tuple[str, ...], mid: str
-) -> OutgoingMail:
-    return OutgoingMail(
-        mail_from=mail_from, rcpt_to=rcpt_to, message=msg.as_bytes(policy=POLICY), message_id=mid
-    )
 
 
 def _ascii_field(s: str, max_len: int) -> str:
@@ -296,7 +279,8 @@ def build_dsn(
     advice: str,
     sms_text: str | None,
     now: datetime,
-) -> OutgoingMail:
+    ref: str | None = None,
+) -> Outgoing:
     """An RFC 3464 delivery status notification about one SMS built from `notice`.
 
     multipart/report; report-type=delivery-status (RFC 6522) with a human-readable part, the
@@ -323,7 +307,7 @@ def build_dsn(
         "Undeliverable text message: " if action == "failed" else "Delayed text message: "
     )
     original_subject = clean_header_value(notice.subject, MAX_SUBJECT) or "(no subject)"
-    msg, mid = _new_message(
+    msg = _new_message(
         from_=_address(from_addr, "SMS Bridge", "from_addr"),
         to=_address(to_addr, "", "to_addr"),
         subject=subject_prefix + original_subject,
@@ -411,7 +395,7 @@ def build_dsn(
 
     msg.set_type("multipart/report")
     msg.set_param("report-type", "delivery-status")
-    return _finish(msg, mail_from="", rcpt_to=(to_addr,), mid=mid)
+    return Outgoing("dsn", "", (to_addr,), msg.as_bytes(policy=POLICY), ref=ref)
 
 
 def _first_words(text: str, max_len: int) -> str:
@@ -444,7 +428,8 @@ def build_patron_reply(
     original_sent_at: datetime | None = None,
     envelope_from: str | None = None,
     note: str | None = None,
-) -> OutgoingMail:
+    tenant_id: str | None = None,
+) -> Outgoing:
     """A patron's SMS reply relayed to library staff.
 
     From is the patron's reply address on the bridge (``"SMS from +1 202-555-0143"
@@ -462,7 +447,7 @@ def build_patron_reply(
         clean_tag = clean_header_value(tag, MAX_TAG).replace("[", "").replace("]", "")
         if clean_tag:
             subject = f"[{clean_tag}] {subject}"
-    msg, mid = _new_message(
+    msg = _new_message(
         from_=sender,
         to=_address(to_addr, "", "to_addr"),
         subject=subject,
@@ -496,7 +481,7 @@ def build_patron_reply(
     env_from = sender.addr_spec if envelope_from is None else envelope_from
     if env_from:
         _addr_spec(env_from, "envelope_from")
-    return _finish(msg, mail_from=env_from, rcpt_to=(to_addr,), mid=mid)
+    return Outgoing("reply", env_from, (to_addr,), msg.as_bytes(policy=POLICY), tenant_id=tenant_id)
 
 
 def build_notification(
@@ -508,13 +493,13 @@ def build_notification(
     now: datetime,
     domain: str,
     in_reply_to: str | None = None,
-) -> OutgoingMail:
+) -> Outgoing:
     """A plain-text notice from the bridge to staff (opt-outs, config problems, ...).
 
     Built with the null envelope sender; the mailer sends it from its own bounce address, so
     a failed notification is recorded as lost rather than bouncing into an SMS.
     """
-    msg, mid = _new_message(
+    msg = _new_message(
         from_=_address(from_addr, "SMS Bridge", "from_addr"),
         to=_address(to_addr, "", "to_addr"),
         subject=subject,
@@ -525,7 +510,7 @@ def build_notification(
     msg["Auto-Submitted"] = "auto-generated"
     msg["X-Auto-Response-Suppress"] = "All"
     msg.set_content(_clean_body(body).rstrip("\n") + "\n", charset="utf-8")
-    return _finish(msg, mail_from="", rcpt_to=(to_addr,), mid=mid)
+    return Outgoing("notification", "", (to_addr,), msg.as_bytes(policy=POLICY))
 
 
 FALLBACK_SUBJECT_PREFIX: Final = "[Not delivered to "
@@ -540,7 +525,10 @@ def build_reply_fallback(
     reason: str,
     now: datetime,
     domain: str,
-) -> OutgoingMail:
+    ref: str | None = None,
+    tenant_id: str | None = None,
+    fallback_of: int | None = None,
+) -> Outgoing:
     """The copy of a lost patron reply for the library's fallback address.
 
     It is the reply itself, resent (RFC 5322 §3.6.6: Resent-From, Resent-To, Resent-Date and
@@ -559,11 +547,10 @@ def build_reply_fallback(
     msg["Subject"] = clean_header_value(
         f"{FALLBACK_SUBJECT_PREFIX}{failed}] {subject}", MAX_SUBJECT
     )
-    resent_id = _message_id(domain)
     msg["Resent-From"] = _address(from_addr, "SMS Bridge", "from_addr")
     msg["Resent-To"] = _address(to_addr, "", "to_addr")
     msg["Resent-Date"] = format_datetime(now)
-    msg["Resent-Message-ID"] = resent_id
+    msg["Resent-Message-ID"] = _message_id(domain)
     if msg.get_content_type() == "text/plain" and not msg.is_multipart():
         note = (
             f"[This patron's text reply could not be delivered to {failed}: {why}\n"
@@ -572,4 +559,12 @@ def build_reply_fallback(
         )
         body = msg.get_content()
         msg.set_content(note + _clean_body(str(body)), charset="utf-8")
-    return _finish(msg, mail_from="", rcpt_to=(to_addr,), mid=resent_id)
+    return Outgoing(
+        "fallback",
+        "",
+        (to_addr,),
+        msg.as_bytes(policy=POLICY),
+        ref=ref,
+        tenant_id=tenant_id,
+        fallback_of=fallback_of,
+    )

@@ -63,11 +63,11 @@ REPLY: dict[str, Any] = dict(
 
 def _dsn(**kw: Any) -> bytes:
     notice = NoticeRef(**{**NOTICE, **kw.pop("notice", {})})
-    return build_dsn(notice=notice, **{**DSN, **kw}).message
+    return build_dsn(notice=notice, **{**DSN, **kw}).data
 
 
 def _reply(**kw: Any) -> bytes:
-    return build_patron_reply(**{**REPLY, **kw}).message
+    return build_patron_reply(**{**REPLY, **kw}).data
 
 
 CASES: dict[str, Callable[[], bytes]] = {
@@ -112,7 +112,7 @@ CASES: dict[str, Callable[[], bytes]] = {
             now=NOW,
             domain="bridge.example.org",
             in_reply_to="<hold-7781@ils.riverside.example.org>",
-        ).message
+        ).data
     ),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.header
 import email.message
 import email.policy
 import re
@@ -404,6 +405,98 @@ def test_patron_reply_envelope_override() -> None:
         "bounces@bridge.example.org"
     )
     assert reply(envelope_from="").mail_from == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "display", "subject"),
+    [
+        (
+            "Can I pick it up Saturday?",
+            "SMS from +1 202-555-0143",
+            "SMS reply: Can I pick it up Saturday?",
+        ),
+        (
+            "Можно забрать книгу в субботу?",
+            "SMS from J. O'Brien, front desk",
+            "SMS reply: Можно забрать книгу в субботу?",
+        ),
+        ("Thanks 🙂👍 see you", 'SMS from Пётр "читатель"', "SMS reply: Thanks 🙂👍 see you"),
+        (
+            "Здравствуйте! Я хотел бы продлить все книги, которые у меня сейчас есть 📚 спасибо",
+            "SMS from 📚 " + "Библиотека " * 12,
+            "SMS reply: Здравствуйте! Я хотел бы продлить все книги, которые у...",
+        ),
+        (
+            "Hello, I would like to renew every single one of the books I have out right now",
+            "SMS from +1 202-555-0143",
+            "SMS reply: Hello, I would like to renew every single one of the...",
+        ),
+    ],
+)
+def test_patron_reply_parses_back_to_every_field(text: str, display: str, subject: str) -> None:
+    mail = reply(
+        text=text,
+        from_display=display,
+        tag="RENEW",
+        original_sent_at=NOW - timedelta(days=1),
+        extra_headers={"X-SMS-Bridge-Conversation": "c-17 " + text},
+        tenant_id="riverside",
+    )
+    assert (mail.kind, mail.tenant_id, mail.mail_from) == (
+        "reply",
+        "riverside",
+        "12025550143@sms.example.org",
+    )
+    assert_wire_safe(mail.data)
+    assert header_names(mail.data) == [
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "In-Reply-To",
+        "References",
+        "Auto-Submitted",
+        "X-Auto-Response-Suppress",
+        "X-SMS-Bridge-Conversation",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "MIME-Version",
+    ]
+    msg = parse(mail)
+    assert not msg.defects and all(not h.defects for h in msg.values())
+    (sender,) = msg["From"].addresses
+    assert sender.addr_spec == "12025550143@sms.example.org"
+    # The display name is read with RFC 2047 §6.2 decoding (the space between two adjacent
+    # encoded words is dropped), which the default policy's parser skips inside a phrase: it
+    # reads "Библи" "отека" back as two words.
+    raw_from = email.message_from_bytes(mail.data, policy=email.policy.compat32)["From"]
+    decoded = str(email.header.make_header(email.header.decode_header(raw_from)))
+    shown = clean_header_value(display, 100)
+    assert decoded in (f"{shown} <{sender.addr_spec}>", f'"{shown}" <{sender.addr_spec}>')
+    assert [a.addr_spec for a in msg["To"].addresses] == ["circ@riverside.example.org"]
+    # A 70-77 character value is folded onto a continuation line whole, and the stdlib's
+    # parser keeps the folding space (mail clients trim it).
+    assert msg["Subject"].strip() == f"[RENEW] {subject}"
+    assert msg["Date"] == "Mon, 23 Nov 2026 14:05:09 +0000"
+    assert re.fullmatch(r"<[0-9a-f]{32}@sms\.example\.org>", msg["Message-ID"])
+    assert msg["Message-ID"] == mail.message_id
+    assert msg["In-Reply-To"] == msg["References"] == NOTICE_ID
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["X-Auto-Response-Suppress"] == "All"
+    assert msg["X-SMS-Bridge-Conversation"].strip() == "c-17 " + text
+    assert msg["MIME-Version"] == "1.0"
+    assert msg.get_content_type() == "text/plain" and msg.get_content_charset() == "utf-8"
+    # 7bit only when every line is ASCII and fits 78 octets (RFC 5322 §2.1.1), else encoded.
+    short_ascii = text.isascii() and len(text) <= 78
+    cte = msg["Content-Transfer-Encoding"]
+    assert cte == "7bit" if short_ascii else cte in ("base64", "quoted-printable")
+    assert body(msg) == (
+        f"{text}\n"
+        "\n"
+        "On 2026-11-22 14:05 UTC, Riverside Public Library texted:\n"
+        "> Riverside Public Library: your hold is ready.\n"
+    )
 
 
 def test_message_ids_are_unique() -> None:

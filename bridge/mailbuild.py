@@ -48,7 +48,7 @@ import email
 import re
 import unicodedata
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy as email_policy
@@ -61,12 +61,14 @@ from typing import Final, Literal
 from bridge.model import Outgoing
 
 __all__ = [
+    "DsnPlan",
     "NoticeRef",
     "build_dsn",
     "build_notification",
     "build_patron_reply",
     "build_reply_fallback",
     "clean_header_value",
+    "plan_dsn",
 ]
 
 # SMTP policy, but never 8bit bodies: see the module docstring.
@@ -363,11 +365,229 @@ def _diagnostic_code(diagnostic: str) -> str:
     return f"{dtype}; {rest}"
 
 
-def _field_group(fields: list[tuple[str, str]]) -> Message:
+def _field_group(fields: Sequence[tuple[str, str]]) -> Message:
     group = Message(policy=POLICY)
     for name, value in fields:
         group[name] = value
     return group
+
+
+Fields = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class DsnPlan:
+    """What one DSN says, every decision taken: `plan_dsn` makes it, `_render_dsn` writes it.
+
+    The parts are those of RFC 6522 §3 (multipart/report): the human-readable text, the
+    message/delivery-status fields of RFC 3464 (§2.2 per message, §2.3 per recipient), and the
+    header block of the original notice, as much of it as the store keeps.
+    """
+
+    from_addr: str
+    to_addr: str
+    subject: str
+    reporting_domain: str  # Reporting-MTA, and the domain of the DSN's own Message-ID
+    original_message_id: str | None  # well-formed, else None: threading and the headers part
+    now: datetime  # Date and Last-Attempt-Date
+    text: str  # the human-readable part, LF line ends
+    per_message: Fields
+    per_recipient: Fields
+    original_headers: Fields
+
+
+def plan_dsn(
+    *,
+    reporting_domain: str,
+    from_addr: str,
+    to_addr: str,
+    notice: NoticeRef,
+    recipient_display: str,
+    recipient_email: str,
+    action: Literal["failed", "delayed"],
+    status: str,
+    diagnostic: str,
+    reason: str,
+    advice: str,
+    sms_text: str | None,
+    now: datetime,
+) -> DsnPlan:
+    """The DSN `build_dsn` writes, as values; raise ValueError for what cannot be reported."""
+    _require_aware(now)
+    m = _STATUS.fullmatch(status)
+    if m is None:
+        raise ValueError(f"not an RFC 3463 status code: {status!r}")
+    # RFC 3464 §2.3.3: "delayed" is a transient condition, so its status must be 4.X.X.
+    # "failed" may carry 4.X.X too: a temporary error that outlived the retry limit (Postfix
+    # reports expired mail that way).
+    if action == "delayed" and m.group(1) != "4":
+        raise ValueError("a delayed DSN needs a 4.X.X status")
+    if action == "failed" and m.group(1) == "2":
+        raise ValueError("a failed DSN cannot carry a 2.X.X status")
+    recipient_email = _addr_spec(recipient_email, "recipient_email")
+    reporting_domain = _domain(reporting_domain)
+    if notice.received_at is not None:
+        _require_aware(notice.received_at)
+
+    subject_prefix = (
+        "Undeliverable text message: " if action == "failed" else "Delayed text message: "
+    )
+    original_subject = clean_header_value(notice.subject, MAX_SUBJECT) or "(no subject)"
+    original_mid = _valid_msg_id(notice.message_id)
+    diag = _diagnostic_code(diagnostic)
+    text = _dsn_text(
+        action=action,
+        notice=notice,
+        original_subject=original_subject,
+        original_mid=original_mid,
+        recipient_display=recipient_display,
+        recipient_email=recipient_email,
+        technical=f"status {status}, {diag}",
+        reason=reason,
+        advice=advice,
+        sms_text=sms_text,
+        now=now,
+    )
+
+    # RFC 3464 §2.2 per-message fields, then §2.3 per-recipient fields.
+    per_message = [("Reporting-MTA", f"dns; {reporting_domain}")]
+    per_message.append(("X-SMS-Bridge-Queue-Id", _ascii_field(notice.queue_id, 100)))
+    if notice.received_at is not None:
+        per_message.append(("Arrival-Date", format_datetime(notice.received_at)))
+    per_recipient = (
+        ("Original-Recipient", f"rfc822; {recipient_email}"),
+        ("Final-Recipient", f"rfc822; {recipient_email}"),
+        ("Action", action),
+        ("Status", status),
+        ("Diagnostic-Code", diag),
+        ("Last-Attempt-Date", format_datetime(now)),
+    )
+
+    # RFC 6522 §3: text/rfc822-headers carries the original's header block. The envelope sender
+    # is what we know of the author, so it is given as Return-Path (RFC 5321 §4.4), not as a
+    # From we would have to invent.
+    original: list[tuple[str, str]] = []
+    if original_mid is not None:
+        original.append(("Message-ID", original_mid))
+    original.append(("Subject", clean_header_value(notice.subject, MAX_SUBJECT)))
+    if _ADDR_SPEC.fullmatch(notice.envelope_from):
+        original.append(("Return-Path", f"<{notice.envelope_from}>"))
+    original.append(("To", recipient_email))
+
+    return DsnPlan(
+        from_addr=_addr_spec(from_addr, "from_addr"),
+        to_addr=_addr_spec(to_addr, "to_addr"),
+        subject=subject_prefix + original_subject,
+        reporting_domain=reporting_domain,
+        original_message_id=original_mid,
+        now=now,
+        text=text,
+        per_message=tuple(per_message),
+        per_recipient=per_recipient,
+        original_headers=tuple(original),
+    )
+
+
+def _dsn_text(
+    *,
+    action: Literal["failed", "delayed"],
+    notice: NoticeRef,
+    original_subject: str,
+    original_mid: str | None,
+    recipient_display: str,
+    recipient_email: str,
+    technical: str,
+    reason: str,
+    advice: str,
+    sms_text: str | None,
+    now: datetime,
+) -> str:
+    """The human-readable part: what happened, to which notice, and what staff can do."""
+    number = clean_header_value(recipient_display, MAX_DISPLAY_NAME)
+    tenant = clean_header_value(notice.tenant_name, MAX_DISPLAY_NAME)
+    queue_id = clean_header_value(notice.queue_id, 100)
+    if action == "failed":
+        headline = "A library notice could not be delivered as a text message."
+        when_label = "Failed at:"
+    else:
+        headline = (
+            "A library notice has not been delivered as a text message yet. "
+            "The bridge keeps trying; no action is needed unless this repeats."
+        )
+        when_label = "Delayed at:"
+    lines = [
+        headline,
+        "",
+        f"Patron number:  {number} ({recipient_email})",
+        f"Notice subject: {original_subject}",
+        f"Notice id:      {original_mid or '(none)'}",
+        f"Library:        {tenant}",
+        f"Queue id:       {queue_id}",
+        f"{when_label:<15} {_human_time(now)}",
+        "",
+        f"Why: {_clean_body(reason).strip()}",
+        "",
+        f"What to do: {_clean_body(advice).strip()}",
+        "",
+        f"Technical detail: {technical}",
+    ]
+    if sms_text:
+        lines += ["", "The text message was:", ""]
+        lines += [f"> {line}" for line in _clean_body(sms_text).split("\n")]
+    return "\n".join(lines) + "\n"
+
+
+def _dsn_text_part(text: str) -> EmailMessage:
+    part = EmailMessage(policy=POLICY)
+    part.set_content(text, charset="utf-8")
+    # set_content on a fresh message adds MIME-Version; it belongs only to the top level.
+    del part["MIME-Version"]
+    return part
+
+
+def _delivery_status_part(per_message: Fields, per_recipient: Fields) -> EmailMessage:
+    """message/delivery-status (RFC 3464 §2.1): one field group per message, then one per
+    recipient, each a header block of its own."""
+    part = EmailMessage(policy=POLICY)
+    part["Content-Type"] = "message/delivery-status"
+    part.set_payload([_field_group(per_message), _field_group(per_recipient)])
+    return part
+
+
+def _original_headers_part(fields: Fields) -> EmailMessage:
+    """text/rfc822-headers (RFC 6522 §4): the original's header block, folded like ours."""
+    original = EmailMessage(policy=POLICY)
+    for name, value in fields:
+        original[name] = value
+    part = EmailMessage(policy=POLICY)
+    part.set_content(
+        original.as_string(policy=POLICY.clone(linesep="\n")).rstrip("\n") + "\n",
+        subtype="rfc822-headers",
+        charset="us-ascii",
+    )
+    del part["MIME-Version"]  # top level only, as above
+    return part
+
+
+def _render_dsn(plan: DsnPlan) -> bytes:
+    """multipart/report; report-type=delivery-status (RFC 6522 §3) with the plan's three parts."""
+    msg = _new_message(
+        from_=_address(plan.from_addr, "SMS Bridge", "from_addr"),
+        to=_address(plan.to_addr, "", "to_addr"),
+        subject=plan.subject,
+        now=plan.now,
+        domain=plan.reporting_domain,
+    )
+    _thread(msg, plan.original_message_id)
+    msg["Auto-Submitted"] = "auto-replied"
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg["MIME-Version"] = "1.0"
+    msg["Content-Type"] = "multipart/report"
+    msg.set_param("report-type", "delivery-status")
+    msg.attach(_dsn_text_part(plan.text))
+    msg.attach(_delivery_status_part(plan.per_message, plan.per_recipient))
+    msg.attach(_original_headers_part(plan.original_headers))
+    return msg.as_bytes(policy=POLICY)
 
 
 def build_dsn(
@@ -393,115 +613,25 @@ def build_dsn(
     machine-readable message/delivery-status part, and text/rfc822-headers with the notice
     headers we still know (we do not keep notice bodies). Sent from the null reverse-path.
     `to_addr` must not be empty: a notice that arrived with a null sender gets no DSN
-    (RFC 5321 §4.5.5), which the caller decides.
+    (RFC 5321 §4.5.5), which the caller decides. `ref` (the queue id it is about) labels the
+    email in logs.
     """
-    _require_aware(now)
-    m = _STATUS.fullmatch(status)
-    if m is None:
-        raise ValueError(f"not an RFC 3463 status code: {status!r}")
-    # RFC 3464 §2.3.3: "delayed" is a transient condition, so its status must be 4.X.X.
-    # "failed" may carry 4.X.X too: a temporary error that outlived the retry limit (Postfix
-    # reports expired mail that way).
-    if action == "delayed" and m.group(1) != "4":
-        raise ValueError("a delayed DSN needs a 4.X.X status")
-    if action == "failed" and m.group(1) == "2":
-        raise ValueError("a failed DSN cannot carry a 2.X.X status")
-    recipient_email = _addr_spec(recipient_email, "recipient_email")
-    reporting_domain = _domain(reporting_domain)
-
-    subject_prefix = (
-        "Undeliverable text message: " if action == "failed" else "Delayed text message: "
-    )
-    original_subject = clean_header_value(notice.subject, MAX_SUBJECT) or "(no subject)"
-    msg = _new_message(
-        from_=_address(from_addr, "SMS Bridge", "from_addr"),
-        to=_address(to_addr, "", "to_addr"),
-        subject=subject_prefix + original_subject,
+    plan = plan_dsn(
+        reporting_domain=reporting_domain,
+        from_addr=from_addr,
+        to_addr=to_addr,
+        notice=notice,
+        recipient_display=recipient_display,
+        recipient_email=recipient_email,
+        action=action,
+        status=status,
+        diagnostic=diagnostic,
+        reason=reason,
+        advice=advice,
+        sms_text=sms_text,
         now=now,
-        domain=reporting_domain,
     )
-    _thread(msg, notice.message_id)
-    msg["Auto-Submitted"] = "auto-replied"
-    msg["X-Auto-Response-Suppress"] = "All"
-
-    original_mid = _valid_msg_id(notice.message_id)
-    number = clean_header_value(recipient_display, MAX_DISPLAY_NAME)
-    tenant = clean_header_value(notice.tenant_name, MAX_DISPLAY_NAME)
-    queue_id = clean_header_value(notice.queue_id, 100)
-    diag = _diagnostic_code(diagnostic)
-    if action == "failed":
-        headline = "A library notice could not be delivered as a text message."
-        when_label = "Failed at:"
-    else:
-        headline = (
-            "A library notice has not been delivered as a text message yet. "
-            "The bridge keeps trying; no action is needed unless this repeats."
-        )
-        when_label = "Delayed at:"
-    lines = [
-        headline,
-        "",
-        f"Patron number:  {number} ({recipient_email})",
-        f"Notice subject: {original_subject}",
-        f"Notice id:      {original_mid or '(none)'}",
-        f"Library:        {tenant}",
-        f"Queue id:       {queue_id}",
-        f"{when_label:<15} {_human_time(now)}",
-        "",
-        f"Why: {_clean_body(reason).strip()}",
-        "",
-        f"What to do: {_clean_body(advice).strip()}",
-        "",
-        f"Technical detail: status {status}, {diag}",
-    ]
-    if sms_text:
-        lines += ["", "The text message was:", ""]
-        lines += [f"> {line}" for line in _clean_body(sms_text).split("\n")]
-    msg.set_content("\n".join(lines) + "\n", charset="utf-8")
-    msg.make_mixed()
-
-    # RFC 3464 §2.2 per-message fields, then §2.3 per-recipient fields.
-    per_message = [("Reporting-MTA", f"dns; {reporting_domain}")]
-    per_message.append(("X-SMS-Bridge-Queue-Id", _ascii_field(notice.queue_id, 100)))
-    if notice.received_at is not None:
-        _require_aware(notice.received_at)
-        per_message.append(("Arrival-Date", format_datetime(notice.received_at)))
-    per_recipient = [
-        ("Original-Recipient", f"rfc822; {recipient_email}"),
-        ("Final-Recipient", f"rfc822; {recipient_email}"),
-        ("Action", action),
-        ("Status", status),
-        ("Diagnostic-Code", diag),
-        ("Last-Attempt-Date", format_datetime(now)),
-    ]
-    status_part = EmailMessage(policy=POLICY)
-    status_part["Content-Type"] = "message/delivery-status"
-    status_part.set_payload([_field_group(per_message), _field_group(per_recipient)])
-    msg.attach(status_part)
-
-    # RFC 6522 §3: text/rfc822-headers carries the original's header block. The envelope sender
-    # is what we know of the author, so it is given as Return-Path (RFC 5321 §4.4), not as a
-    # From we would have to invent.
-    original = EmailMessage(policy=POLICY)
-    if original_mid is not None:
-        original["Message-ID"] = original_mid
-    original["Subject"] = clean_header_value(notice.subject, MAX_SUBJECT)
-    if _ADDR_SPEC.fullmatch(notice.envelope_from):
-        original["Return-Path"] = f"<{notice.envelope_from}>"
-    original["To"] = Address(addr_spec=recipient_email)
-    headers_part = EmailMessage(policy=POLICY)
-    headers_part.set_content(
-        original.as_string(policy=POLICY.clone(linesep="\n")).rstrip("\n") + "\n",
-        subtype="rfc822-headers",
-        charset="us-ascii",
-    )
-    # set_content on a fresh message adds MIME-Version; it belongs only to the top level.
-    del headers_part["MIME-Version"]
-    msg.attach(headers_part)
-
-    msg.set_type("multipart/report")
-    msg.set_param("report-type", "delivery-status")
-    return Outgoing("dsn", "", (to_addr,), msg.as_bytes(policy=POLICY), ref=ref)
+    return Outgoing("dsn", "", (plan.to_addr,), _render_dsn(plan), ref=ref)
 
 
 def _first_words(text: str, max_len: int) -> str:

@@ -21,6 +21,7 @@ from bridge.mailbuild import (
     build_patron_reply,
     build_reply_fallback,
     clean_header_value,
+    plan_dsn,
 )
 from bridge.model import Outgoing
 
@@ -171,6 +172,42 @@ def test_dsn_structure_and_envelope() -> None:
     assert msg["Auto-Submitted"] == "auto-replied"
     assert msg["In-Reply-To"] == NOTICE_ID
     assert msg["References"] == NOTICE_ID
+
+
+def test_dsn_plan_holds_every_decision() -> None:
+    kw: dict[str, Any] = dict(
+        reporting_domain="bridge.example.org",
+        from_addr="mailer-daemon@bridge.example.org",
+        to_addr="ils@riverside.example.org",
+        notice=notice(envelope_from="<>"),
+        recipient_display="+1 202-555-0143",
+        recipient_email="2025550143@sms.example.org",
+        action="delayed",
+        status="4.4.7",
+        diagnostic="smpp; ESME_RTHROTTLED",
+        reason="the carrier asked us to slow down",
+        advice="Nothing.",
+        sms_text=None,
+        now=NOW,
+    )
+    plan = plan_dsn(**kw)
+    assert plan.subject == "Delayed text message: Hold ready for pickup"
+    assert plan.original_message_id == NOTICE_ID
+    assert plan.per_message == (
+        ("Reporting-MTA", "dns; bridge.example.org"),
+        ("X-SMS-Bridge-Queue-Id", "q-000042"),
+        ("Arrival-Date", "Mon, 23 Nov 2026 12:05:09 +0000"),
+    )
+    assert dict(plan.per_recipient)["Diagnostic-Code"] == "X-SMPP; ESME_RTHROTTLED"
+    # No Return-Path for an envelope sender that is no plain address.
+    assert [name for name, _ in plan.original_headers] == ["Message-ID", "Subject", "To"]
+    assert plan.text.startswith("A library notice has not been delivered as a text message yet.")
+    assert "Delayed at:     2026-11-23 14:05 UTC\n" in plan.text
+    assert plan_dsn(**kw) == plan  # pure: no clock, no randomness
+    # The rendered DSN says what the plan says.
+    msg = parse(dsn(**kw))
+    assert msg["Subject"] == plan.subject
+    assert body(parts(msg)[0]) == plan.text
 
 
 def test_dsn_delivery_status_fields() -> None:

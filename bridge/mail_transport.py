@@ -260,5 +260,5 @@ class MaildirTransport:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        log.debug("mail kind=%s ref=%s delivered to maildir as %s", mail.kind, mail.ref, name)
+        log.debug("mail kind=%s ref=%s in maildir as %s", mail.kind, mail.ref or "-", name)
         return new

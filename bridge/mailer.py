@@ -106,6 +106,7 @@ class Mailer(Worker):
         return 1.0 if due is None else min(1.0, due - self.clock())
 
     async def _send(self, rec: MailRecord) -> None:
+        # The email as queued, but sent from its own bounce address (see envelope_sender).
         mail = dataclasses.replace(rec.mail, mail_from=await self.envelope_sender(rec))
         try:
             await self.transport.send(mail)

@@ -88,7 +88,7 @@ def fallback_copy(cfg: Config, info: MailInfo, reason: str, now: float) -> Outgo
     to = fallback_address(cfg, info.tenant_id, info.rcpt_to)
     if to is None:
         return None
-    mail = build_reply_fallback(
+    return build_reply_fallback(
         info.data,
         from_addr=cfg.mail.from_,
         to_addr=to,
@@ -96,13 +96,7 @@ def fallback_copy(cfg: Config, info: MailInfo, reason: str, now: float) -> Outgo
         reason=reason,
         now=datetime.fromtimestamp(now, UTC),
         domain=bounce_domain(cfg),
-    )
-    return Outgoing(
-        "fallback",
-        mail.mail_from,
-        mail.rcpt_to,
-        mail.message,
-        info.ref,
+        ref=info.ref,
         tenant_id=info.tenant_id,
         fallback_of=info.id,
     )

@@ -15,8 +15,7 @@ from datetime import UTC, datetime
 from bridge.addressing import format_msisdn
 from bridge.config import Config, TenantConfig
 from bridge.mailbuild import NoticeRef, build_dsn
-from bridge.model import Failure, SmsRecord, SmsState
-from bridge.store import Outgoing
+from bridge.model import Failure, Outgoing, SmsRecord, SmsState
 
 __all__ = ["Refusal", "advice", "bounce_recipients", "build_bounces", "dsn_mails"]
 
@@ -83,9 +82,8 @@ def dsn_mails(
     Raises ValueError for an address build_dsn cannot put in a header.
     """
     when = datetime.fromtimestamp(now, UTC)
-    out = []
-    for to_addr in to:
-        mail = build_dsn(
+    return [
+        build_dsn(
             reporting_domain=cfg.smtp.domains[0],
             from_addr=cfg.mail.from_,
             to_addr=to_addr,
@@ -99,9 +97,10 @@ def dsn_mails(
             advice=refusal.advice,
             sms_text=refusal.sms_text,
             now=when,
+            ref=notice.queue_id,
         )
-        out.append(Outgoing("dsn", mail.mail_from, mail.rcpt_to, mail.message, notice.queue_id))
-    return out
+        for to_addr in to
+    ]
 
 
 def build_bounces(cfg: Config, rec: SmsRecord, failure: Failure, now: float) -> list[Outgoing]:

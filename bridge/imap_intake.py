@@ -34,8 +34,8 @@ from bridge.config import Config, ImapConfig, TenantConfig
 from bridge.imap_client import ImapClient, ImapError
 from bridge.intake import Intake, Recipient, Rejected
 from bridge.mailbuild import NoticeRef
-from bridge.model import Wake
-from bridge.store import Outgoing, Store, StoreError
+from bridge.model import Outgoing, Wake
+from bridge.store import Store, StoreError
 from bridge.worker import Worker
 
 log = logging.getLogger(__name__)

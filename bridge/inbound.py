@@ -543,9 +543,7 @@ class Inbound:
                     now=when,
                     tag=tag,
                 )
-                return MoOutcome(
-                    mails=[Outgoing("reply", mail.mail_from, mail.rcpt_to, mail.message)]
-                )
+                return MoOutcome(mails=[mail])
             if cfg.inbound.unknown_reply_text:
                 any_tenant = cfg.tenants[0].id
                 return MoOutcome(
@@ -568,11 +566,10 @@ class Inbound:
             now=when,
             original_sent_at=datetime.fromtimestamp(last.created_at, UTC) if last else None,
             tag=tag,
+            tenant_id=tenant.id,
         )
         return MoOutcome(
-            mails=[
-                Outgoing("reply", mail.mail_from, mail.rcpt_to, mail.message, tenant_id=tenant.id)
-            ],
+            mails=[mail],
             conversations=[(mail.message_id, tenant.id, msisdn, dest)],
         )
 
@@ -636,10 +633,10 @@ class Inbound:
             # Null envelope sender: a bounce must not come back as a reply to nobody.
             envelope_from="",
         )
-        return MoOutcome(mails=[Outgoing("reply", mail.mail_from, mail.rcpt_to, mail.message)])
+        return MoOutcome(mails=[mail])
 
     def notification(self, to: str, subject: str, body: str, now: float) -> Outgoing:
-        mail = build_notification(
+        return build_notification(
             from_addr=self.cfg.mail.from_,
             to_addr=to,
             subject=subject,
@@ -647,7 +644,6 @@ class Inbound:
             now=datetime.fromtimestamp(now, UTC),
             domain=self.cfg.smtp.domains[0],
         )
-        return Outgoing("notification", mail.mail_from, mail.rcpt_to, mail.message)
 
     # --- long replies whose parts never all arrived --------------------------------------------
 

@@ -1,7 +1,8 @@
 """Outbound email transports: an SMTP relay (aiosmtplib) and a local Maildir.
 
-A transport sends one `OutgoingMail` or raises `TransportError`, which says whether trying again
-can help. Retry scheduling and the durable outbox belong to the caller (the mailer worker).
+A transport sends one email (`bridge.model.Outgoing`) or raises `TransportError`, which says
+whether trying again can help. Retry scheduling and the durable outbox belong to the caller
+(the mailer worker).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Literal, Protocol
 import aiosmtplib
 
 from bridge.defaults import MAIL_TIMEOUT_S
-from bridge.mailbuild import OutgoingMail
+from bridge.model import Outgoing
 
 __all__ = ["MailTransport", "MaildirTransport", "SmtpRelayTransport", "TransportError"]
 
@@ -45,7 +46,7 @@ class TransportError(Exception):
 
 
 class MailTransport(Protocol):
-    async def send(self, mail: OutgoingMail) -> None:
+    async def send(self, mail: Outgoing) -> None:
         """Deliver `mail` or raise TransportError."""
         ...
 
@@ -126,13 +127,13 @@ class SmtpRelayTransport:
             password=self._password,
         )
 
-    async def send(self, mail: OutgoingMail) -> None:
+    async def send(self, mail: Outgoing) -> None:
         if not mail.rcpt_to:
             raise TransportError("no recipients", permanent=True)
         client = self._client()
         try:
             await client.connect()
-            refused, _ = await client.sendmail(mail.mail_from, list(mail.rcpt_to), mail.message)
+            refused, _ = await client.sendmail(mail.mail_from, list(mail.rcpt_to), mail.data)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             client.close()
             raise _all_refused(exc) from exc
@@ -213,7 +214,7 @@ class MaildirTransport:
         # "/" and ":" cannot appear in the host part of a Maildir name (the spec's escapes).
         self._host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
 
-    async def send(self, mail: OutgoingMail) -> None:
+    async def send(self, mail: Outgoing) -> None:
         try:
             await asyncio.to_thread(self._deliver, mail)
         except OSError as exc:
@@ -227,7 +228,7 @@ class MaildirTransport:
         secs, usecs = divmod(now_ns // 1000, 1_000_000)
         return f"{secs}.M{usecs}P{os.getpid()}Q{n}.{self._host}"
 
-    def _deliver(self, mail: OutgoingMail) -> Path:
+    def _deliver(self, mail: Outgoing) -> Path:
         # Return-Path records the envelope sender (RFC 5321 §4.4); Delivered-To one line per
         # recipient, as qmail and Postfix local delivery write it. Both are built from our own
         # envelope values, checked for line breaks anyway.
@@ -237,7 +238,7 @@ class MaildirTransport:
         head = f"Return-Path: <{mail.mail_from}>\n" + "".join(
             f"Delivered-To: {rcpt}\n" for rcpt in mail.rcpt_to
         )
-        data = head.encode("ascii", "replace") + mail.message.replace(b"\r\n", b"\n")
+        data = head.encode("ascii", "replace") + mail.data.replace(b"\r\n", b"\n")
         name = self._unique_name()
         tmp = self.path / "tmp" / name
         new = self.path / "new" / name
@@ -259,5 +260,5 @@ class MaildirTransport:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        log.debug("mail %s delivered to maildir as %s", mail.message_id, name)
+        log.debug("mail kind=%s ref=%s in maildir as %s", mail.kind, mail.ref or "-", name)
         return new

@@ -1,13 +1,20 @@
 """Outbound email builders: delivery status notifications, relayed patron replies, staff notices.
 
-Pure functions: values in, `OutgoingMail` out; the current time is a parameter. Nothing here
-touches the network or the store: the mail outbox stores the bytes, a `MailTransport` sends them.
+Pure functions: values in, an email (`bridge.model.Outgoing`) out; the current time is a
+parameter. Nothing here touches the network or the store: the mail outbox stores the email, a
+`MailTransport` sends it.
 
 Every message is built with `email.policy.SMTP` switched to ``cte_type="7bit"``: header lines are
 folded at 78 characters and CRLF-terminated (RFC 5322 §2.1.1, §2.2.3), and any body that is not
 short-lined ASCII gets quoted-printable or base64 (the policy picks the shorter). The result is
 pure 7-bit ASCII, so it passes any relay, with or without 8BITMIME (RFC 6152), and no line can
 exceed the 998-octet limit of RFC 5322 §2.1.1.
+
+The single-part emails (patron replies, notifications: one per patron SMS, so on a hot path)
+write those same bytes directly instead of going through `EmailMessage`, whose header registry
+parses and refolds every field (about 1 ms per reply): a field that fits one line in plain
+ASCII is written as it is, any other goes through the policy's own folder and RFC 2047 encoder,
+and the body is encoded by the rule `email.contentmanager` applies (`_text_body`).
 
 Loop prevention (RFC 3834), decided per kind of message:
 
@@ -36,31 +43,38 @@ placeholder to the rest; the mailer sends every non-DSN email from its own bounc
 
 from __future__ import annotations
 
+import binascii
 import email
+import functools
 import re
 import unicodedata
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy as email_policy
-from email.headerregistry import Address
+from email import quoprimime
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
 from email.utils import format_datetime
 from typing import Final, Literal
 
+from bridge.model import Outgoing
+
 __all__ = [
+    "DsnPlan",
     "NoticeRef",
-    "OutgoingMail",
     "build_dsn",
     "build_notification",
     "build_patron_reply",
     "build_reply_fallback",
     "clean_header_value",
+    "plan_dsn",
 ]
 
 # SMTP policy, but never 8bit bodies: see the module docstring.
 POLICY: Final = email_policy.SMTP.clone(cte_type="7bit")
+_HEADER_REGISTRY: Final = HeaderRegistry()  # what POLICY.header_factory is: the default one
 
 # Header length caps (characters before folding). Folding cannot split an unbroken ASCII word,
 # so a cap well below 998 is what guarantees RFC 5322 §2.1.1 for hostile input.
@@ -94,6 +108,11 @@ _FIELD_NAME = re.compile(r"[!-9;-~]+")
 # RFC 3463 §2: class "." subject "." detail.
 _STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")
 _DIAG_TYPE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)\s*;\s*(.*)$", re.DOTALL)
+# RFC 5322 §3.2.3 specials, and the backslash: a display name with one is quoted. The same set
+# as email.headerregistry.Address uses, so the fast builders write what it writes.
+_SPECIALS: Final = frozenset('()<>@,:;."[]\\')
+_LINE_END = re.compile(r"\r\n|\r|\n")
+_MAX_LINE: Final = 78  # POLICY.max_line_length: RFC 5322 §2.1.1's "SHOULD" limit
 
 # Headers the builders own; extra_headers may not replace them.
 _RESERVED_HEADERS: Final = frozenset(
@@ -118,16 +137,6 @@ _RESERVED_HEADERS: Final = frozenset(
         "received",
     }
 )
-
-
-@dataclass(frozen=True)
-class OutgoingMail:
-    """One message ready for a transport: SMTP envelope plus the RFC 5322 bytes (CRLF, 7-bit)."""
-
-    mail_from: str  # envelope reverse-path; "" is the null sender (MAIL FROM:<>)
-    rcpt_to: tuple[str, ...]
-    message: bytes
-    message_id: str  # "<hex@domain>", as in the Message-ID header
 
 
 @dataclass(frozen=True)
@@ -174,7 +183,8 @@ def _clean_body(s: str) -> str:
 
 def _addr_spec(addr: str, what: str) -> str:
     """Validate a plain addr-spec used in both the envelope and a header; raise ValueError."""
-    if not _ADDR_SPEC.fullmatch(addr):
+    # A dot-atom has no empty atom (RFC 5322 §3.2.3): no leading, trailing or doubled dot.
+    if not _ADDR_SPEC.fullmatch(addr) or ".." in addr or addr.startswith(".") or ".@" in addr:
         raise ValueError(f"{what} is not a plain email address: {addr!r}")
     return addr
 
@@ -186,6 +196,82 @@ def _address(addr: str, display: str, what: str) -> Address:
         display_name=clean_header_value(display, MAX_DISPLAY_NAME) if display else "",
         addr_spec=_addr_spec(addr, what),
     )
+
+
+def _mailbox(addr: str, display: str, what: str) -> str:
+    """A mailbox (RFC 5322 §3.4) as `Address(display_name, addr_spec)` renders it: the display
+    name quoted when it has specials (§3.2.3). Encoding and folding are left to `_field`."""
+    spec = _addr_spec(addr, what)
+    name = clean_header_value(display, MAX_DISPLAY_NAME) if display else ""
+    if not name:
+        return spec
+    if not _SPECIALS.isdisjoint(name):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{spec}>"
+
+
+def _field(name: str, value: str) -> str:
+    """One header field, CRLF-terminated (RFC 5322 §2.2).
+
+    A value that fits one 78-character line in printable ASCII, with nothing a reader could
+    take for an encoded word ("=?", RFC 2047 §2), is written as it is: that is what the policy
+    writes for it too. Any other value (an empty one too: the policy writes "Name:" without
+    the space) is folded (§2.2.3) and RFC 2047-encoded by the policy.
+    """
+    if (
+        value
+        and len(name) + len(value) + 2 <= _MAX_LINE
+        and value.isascii()
+        and value.isprintable()
+        and "=?" not in value
+    ):
+        return f"{name}: {value}\r\n"
+    return str(_header_class(name.lower())(name, value).fold(policy=POLICY))
+
+
+@functools.lru_cache(maxsize=64)
+def _header_class(name: str) -> type[BaseHeader]:
+    """The policy's header class for a field name (POLICY keeps the default registry).
+    `header_factory(name, value)` builds this class anew on every call, a fifth of the cost
+    of folding a non-ASCII field."""
+    return _HEADER_REGISTRY[name]
+
+
+def _text_body(text: str) -> tuple[str, str]:
+    """(Content-Transfer-Encoding, body with LF line ends) for `text` in UTF-8, chosen as
+    `email.contentmanager` chooses under a 7-bit policy: 7bit when every line is ASCII and fits
+    78 octets; else quoted-printable or base64 (RFC 2045 §6.7, §6.8), whichever is shorter on
+    the first ten lines."""
+    max_len = _MAX_LINE
+    lines = text.encode("utf-8").splitlines()
+    if max((len(line) for line in lines), default=0) <= max_len:
+        joined = b"\n".join(lines) + b"\n"
+        if joined.isascii():
+            return "7bit", joined.decode("ascii")
+    sniff = b"\r\n".join(lines[:10]) + b"\r\n"
+    sniff_qp = quoprimime.body_encode(sniff.decode("latin-1"), max_len)
+    if len(sniff_qp) <= len(binascii.b2a_base64(sniff)):
+        if len(lines) <= 10:
+            return "quoted-printable", sniff_qp
+        whole = (b"\n".join(lines) + b"\n").decode("latin-1")
+        return "quoted-printable", quoprimime.body_encode(whole, max_len)
+    data = b"\r\n".join(lines) + b"\r\n"
+    step = max_len // 4 * 3  # 57 octets: 76 base64 characters a line
+    encoded = (binascii.b2a_base64(data[i : i + step]) for i in range(0, len(data), step))
+    return "base64", b"".join(encoded).decode("ascii")
+
+
+def _render_text_mail(fields: list[tuple[str, str]], text: str) -> bytes:
+    """A text/plain UTF-8 email: `fields`, then the MIME fields, then the encoded body; CRLF
+    line ends throughout (RFC 5322 §2.1), as `EmailMessage.as_bytes` writes it."""
+    cte, body = _text_body(text)
+    head = "".join(_field(name, value) for name, value in fields)
+    head += (
+        'Content-Type: text/plain; charset="utf-8"\r\n'
+        f"Content-Transfer-Encoding: {cte}\r\n"
+        "MIME-Version: 1.0\r\n\r\n"
+    )
+    return (head + "\r\n".join(_LINE_END.split(body))).encode("ascii")
 
 
 def _domain(domain: str) -> str:
@@ -225,16 +311,39 @@ def _human_time(dt: datetime) -> str:
 
 def _new_message(
     *, from_: Address, to: Address, subject: str, now: datetime, domain: str
-) -> tuple[EmailMessage, str]:
+) -> EmailMessage:
     _require_aware(now)
     msg = EmailMessage(policy=POLICY)
-    message_id = _message_id(domain)
     msg["From"] = from_
     msg["To"] = to
     msg["Subject"] = clean_header_value(subject, MAX_SUBJECT)
     msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = message_id
-    return msg, message_id
+    msg["Message-ID"] = _message_id(domain)
+    return msg
+
+
+def _head_fields(
+    *,
+    from_: str,
+    to: str,
+    subject: str,
+    now: datetime,
+    domain: str,
+    original_message_id: str | None,
+) -> list[tuple[str, str]]:
+    """The fields `_new_message` and `_thread` set, in their order, for `_render_text_mail`."""
+    _require_aware(now)
+    fields = [
+        ("From", from_),
+        ("To", to),
+        ("Subject", clean_header_value(subject, MAX_SUBJECT)),
+        ("Date", format_datetime(now)),
+        ("Message-ID", _message_id(domain)),
+    ]
+    mid = _valid_msg_id(original_message_id)
+    if mid is not None:
+        fields += [("In-Reply-To", mid), ("References", mid)]
+    return fields
 
 
 def _thread(msg: EmailMessage, original_message_id: str | None) -> None:
@@ -243,14 +352,6 @@ def _thread(msg: EmailMessage, original_message_id: str | None) -> None:
     if mid is not None:
         msg["In-Reply-To"] = mid
         msg["References"] = mid
-
-
-def _finish(
-    msg: EmailMessage, *, mail_from: str, rcpt_to: tuple[str, ...], mid: str
-) -> OutgoingMail:
-    return OutgoingMail(
-        mail_from=mail_from, rcpt_to=rcpt_to, message=msg.as_bytes(policy=POLICY), message_id=mid
-    )
 
 
 def _ascii_field(s: str, max_len: int) -> str:
@@ -274,14 +375,38 @@ def _diagnostic_code(diagnostic: str) -> str:
     return f"{dtype}; {rest}"
 
 
-def _field_group(fields: list[tuple[str, str]]) -> Message:
+def _field_group(fields: Sequence[tuple[str, str]]) -> Message:
     group = Message(policy=POLICY)
     for name, value in fields:
         group[name] = value
     return group
 
 
-def build_dsn(
+Fields = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class DsnPlan:
+    """What one DSN says, every decision taken: `plan_dsn` makes it, `_render_dsn` writes it.
+
+    The parts are those of RFC 6522 §3 (multipart/report): the human-readable text, the
+    message/delivery-status fields of RFC 3464 (§2.2 per message, §2.3 per recipient), and the
+    header block of the original notice, as much of it as the store keeps.
+    """
+
+    from_addr: str
+    to_addr: str
+    subject: str
+    reporting_domain: str  # Reporting-MTA, and the domain of the DSN's own Message-ID
+    original_message_id: str | None  # well-formed, else None: threading and the headers part
+    now: datetime  # Date and Last-Attempt-Date
+    text: str  # the human-readable part, LF line ends
+    per_message: Fields
+    per_recipient: Fields
+    original_headers: Fields
+
+
+def plan_dsn(
     *,
     reporting_domain: str,
     from_addr: str,
@@ -296,15 +421,8 @@ def build_dsn(
     advice: str,
     sms_text: str | None,
     now: datetime,
-) -> OutgoingMail:
-    """An RFC 3464 delivery status notification about one SMS built from `notice`.
-
-    multipart/report; report-type=delivery-status (RFC 6522) with a human-readable part, the
-    machine-readable message/delivery-status part, and text/rfc822-headers with the notice
-    headers we still know (we do not keep notice bodies). Sent from the null reverse-path.
-    `to_addr` must not be empty: a notice that arrived with a null sender gets no DSN
-    (RFC 5321 §4.5.5), which the caller decides.
-    """
+) -> DsnPlan:
+    """The DSN `build_dsn` writes, as values; raise ValueError for what cannot be reported."""
     _require_aware(now)
     m = _STATUS.fullmatch(status)
     if m is None:
@@ -318,27 +436,86 @@ def build_dsn(
         raise ValueError("a failed DSN cannot carry a 2.X.X status")
     recipient_email = _addr_spec(recipient_email, "recipient_email")
     reporting_domain = _domain(reporting_domain)
+    if notice.received_at is not None:
+        _require_aware(notice.received_at)
 
     subject_prefix = (
         "Undeliverable text message: " if action == "failed" else "Delayed text message: "
     )
     original_subject = clean_header_value(notice.subject, MAX_SUBJECT) or "(no subject)"
-    msg, mid = _new_message(
-        from_=_address(from_addr, "SMS Bridge", "from_addr"),
-        to=_address(to_addr, "", "to_addr"),
-        subject=subject_prefix + original_subject,
-        now=now,
-        domain=reporting_domain,
-    )
-    _thread(msg, notice.message_id)
-    msg["Auto-Submitted"] = "auto-replied"
-    msg["X-Auto-Response-Suppress"] = "All"
-
     original_mid = _valid_msg_id(notice.message_id)
+    diag = _diagnostic_code(diagnostic)
+    text = _dsn_text(
+        action=action,
+        notice=notice,
+        original_subject=original_subject,
+        original_mid=original_mid,
+        recipient_display=recipient_display,
+        recipient_email=recipient_email,
+        technical=f"status {status}, {diag}",
+        reason=reason,
+        advice=advice,
+        sms_text=sms_text,
+        now=now,
+    )
+
+    # RFC 3464 §2.2 per-message fields, then §2.3 per-recipient fields.
+    per_message = [("Reporting-MTA", f"dns; {reporting_domain}")]
+    per_message.append(("X-SMS-Bridge-Queue-Id", _ascii_field(notice.queue_id, 100)))
+    if notice.received_at is not None:
+        per_message.append(("Arrival-Date", format_datetime(notice.received_at)))
+    per_recipient = (
+        ("Original-Recipient", f"rfc822; {recipient_email}"),
+        ("Final-Recipient", f"rfc822; {recipient_email}"),
+        ("Action", action),
+        ("Status", status),
+        ("Diagnostic-Code", diag),
+        ("Last-Attempt-Date", format_datetime(now)),
+    )
+
+    # RFC 6522 §3: text/rfc822-headers carries the original's header block. The envelope sender
+    # is what we know of the author, so it is given as Return-Path (RFC 5321 §4.4), not as a
+    # From we would have to invent.
+    original: list[tuple[str, str]] = []
+    if original_mid is not None:
+        original.append(("Message-ID", original_mid))
+    original.append(("Subject", clean_header_value(notice.subject, MAX_SUBJECT)))
+    if _ADDR_SPEC.fullmatch(notice.envelope_from):
+        original.append(("Return-Path", f"<{notice.envelope_from}>"))
+    original.append(("To", recipient_email))
+
+    return DsnPlan(
+        from_addr=_addr_spec(from_addr, "from_addr"),
+        to_addr=_addr_spec(to_addr, "to_addr"),
+        subject=subject_prefix + original_subject,
+        reporting_domain=reporting_domain,
+        original_message_id=original_mid,
+        now=now,
+        text=text,
+        per_message=tuple(per_message),
+        per_recipient=per_recipient,
+        original_headers=tuple(original),
+    )
+
+
+def _dsn_text(
+    *,
+    action: Literal["failed", "delayed"],
+    notice: NoticeRef,
+    original_subject: str,
+    original_mid: str | None,
+    recipient_display: str,
+    recipient_email: str,
+    technical: str,
+    reason: str,
+    advice: str,
+    sms_text: str | None,
+    now: datetime,
+) -> str:
+    """The human-readable part: what happened, to which notice, and what staff can do."""
     number = clean_header_value(recipient_display, MAX_DISPLAY_NAME)
     tenant = clean_header_value(notice.tenant_name, MAX_DISPLAY_NAME)
     queue_id = clean_header_value(notice.queue_id, 100)
-    diag = _diagnostic_code(diagnostic)
     if action == "failed":
         headline = "A library notice could not be delivered as a text message."
         when_label = "Failed at:"
@@ -362,56 +539,109 @@ def build_dsn(
         "",
         f"What to do: {_clean_body(advice).strip()}",
         "",
-        f"Technical detail: status {status}, {diag}",
+        f"Technical detail: {technical}",
     ]
     if sms_text:
         lines += ["", "The text message was:", ""]
         lines += [f"> {line}" for line in _clean_body(sms_text).split("\n")]
-    msg.set_content("\n".join(lines) + "\n", charset="utf-8")
-    msg.make_mixed()
+    return "\n".join(lines) + "\n"
 
-    # RFC 3464 §2.2 per-message fields, then §2.3 per-recipient fields.
-    per_message = [("Reporting-MTA", f"dns; {reporting_domain}")]
-    per_message.append(("X-SMS-Bridge-Queue-Id", _ascii_field(notice.queue_id, 100)))
-    if notice.received_at is not None:
-        _require_aware(notice.received_at)
-        per_message.append(("Arrival-Date", format_datetime(notice.received_at)))
-    per_recipient = [
-        ("Original-Recipient", f"rfc822; {recipient_email}"),
-        ("Final-Recipient", f"rfc822; {recipient_email}"),
-        ("Action", action),
-        ("Status", status),
-        ("Diagnostic-Code", diag),
-        ("Last-Attempt-Date", format_datetime(now)),
-    ]
-    status_part = EmailMessage(policy=POLICY)
-    status_part["Content-Type"] = "message/delivery-status"
-    status_part.set_payload([_field_group(per_message), _field_group(per_recipient)])
-    msg.attach(status_part)
 
-    # RFC 6522 §3: text/rfc822-headers carries the original's header block. The envelope sender
-    # is what we know of the author, so it is given as Return-Path (RFC 5321 §4.4), not as a
-    # From we would have to invent.
+def _dsn_text_part(text: str) -> EmailMessage:
+    part = EmailMessage(policy=POLICY)
+    part.set_content(text, charset="utf-8")
+    # set_content on a fresh message adds MIME-Version; it belongs only to the top level.
+    del part["MIME-Version"]
+    return part
+
+
+def _delivery_status_part(per_message: Fields, per_recipient: Fields) -> EmailMessage:
+    """message/delivery-status (RFC 3464 §2.1): one field group per message, then one per
+    recipient, each a header block of its own."""
+    part = EmailMessage(policy=POLICY)
+    part["Content-Type"] = "message/delivery-status"
+    part.set_payload([_field_group(per_message), _field_group(per_recipient)])
+    return part
+
+
+def _original_headers_part(fields: Fields) -> EmailMessage:
+    """text/rfc822-headers (RFC 6522 §4): the original's header block, folded like ours."""
     original = EmailMessage(policy=POLICY)
-    if original_mid is not None:
-        original["Message-ID"] = original_mid
-    original["Subject"] = clean_header_value(notice.subject, MAX_SUBJECT)
-    if _ADDR_SPEC.fullmatch(notice.envelope_from):
-        original["Return-Path"] = f"<{notice.envelope_from}>"
-    original["To"] = Address(addr_spec=recipient_email)
-    headers_part = EmailMessage(policy=POLICY)
-    headers_part.set_content(
+    for name, value in fields:
+        original[name] = value
+    part = EmailMessage(policy=POLICY)
+    part.set_content(
         original.as_string(policy=POLICY.clone(linesep="\n")).rstrip("\n") + "\n",
         subtype="rfc822-headers",
         charset="us-ascii",
     )
-    # set_content on a fresh message adds MIME-Version; it belongs only to the top level.
-    del headers_part["MIME-Version"]
-    msg.attach(headers_part)
+    del part["MIME-Version"]  # top level only, as above
+    return part
 
-    msg.set_type("multipart/report")
+
+def _render_dsn(plan: DsnPlan) -> bytes:
+    """multipart/report; report-type=delivery-status (RFC 6522 §3) with the plan's three parts."""
+    msg = _new_message(
+        from_=_address(plan.from_addr, "SMS Bridge", "from_addr"),
+        to=_address(plan.to_addr, "", "to_addr"),
+        subject=plan.subject,
+        now=plan.now,
+        domain=plan.reporting_domain,
+    )
+    _thread(msg, plan.original_message_id)
+    msg["Auto-Submitted"] = "auto-replied"
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg["MIME-Version"] = "1.0"
+    msg["Content-Type"] = "multipart/report"
     msg.set_param("report-type", "delivery-status")
-    return _finish(msg, mail_from="", rcpt_to=(to_addr,), mid=mid)
+    msg.attach(_dsn_text_part(plan.text))
+    msg.attach(_delivery_status_part(plan.per_message, plan.per_recipient))
+    msg.attach(_original_headers_part(plan.original_headers))
+    return msg.as_bytes(policy=POLICY)
+
+
+def build_dsn(
+    *,
+    reporting_domain: str,
+    from_addr: str,
+    to_addr: str,
+    notice: NoticeRef,
+    recipient_display: str,
+    recipient_email: str,
+    action: Literal["failed", "delayed"],
+    status: str,
+    diagnostic: str,
+    reason: str,
+    advice: str,
+    sms_text: str | None,
+    now: datetime,
+    ref: str | None = None,
+) -> Outgoing:
+    """An RFC 3464 delivery status notification about one SMS built from `notice`.
+
+    multipart/report; report-type=delivery-status (RFC 6522) with a human-readable part, the
+    machine-readable message/delivery-status part, and text/rfc822-headers with the notice
+    headers we still know (we do not keep notice bodies). Sent from the null reverse-path.
+    `to_addr` must not be empty: a notice that arrived with a null sender gets no DSN
+    (RFC 5321 §4.5.5), which the caller decides. `ref` (the queue id it is about) labels the
+    email in logs.
+    """
+    plan = plan_dsn(
+        reporting_domain=reporting_domain,
+        from_addr=from_addr,
+        to_addr=to_addr,
+        notice=notice,
+        recipient_display=recipient_display,
+        recipient_email=recipient_email,
+        action=action,
+        status=status,
+        diagnostic=diagnostic,
+        reason=reason,
+        advice=advice,
+        sms_text=sms_text,
+        now=now,
+    )
+    return Outgoing("dsn", "", (plan.to_addr,), _render_dsn(plan), ref=ref)
 
 
 def _first_words(text: str, max_len: int) -> str:
@@ -444,7 +674,8 @@ def build_patron_reply(
     original_sent_at: datetime | None = None,
     envelope_from: str | None = None,
     note: str | None = None,
-) -> OutgoingMail:
+    tenant_id: str | None = None,
+) -> Outgoing:
     """A patron's SMS reply relayed to library staff.
 
     From is the patron's reply address on the bridge (``"SMS from +1 202-555-0143"
@@ -455,28 +686,28 @@ def build_patron_reply(
     know it but is not repeated: the Subject shows what the patron said, and threading comes
     from In-Reply-To/References.
     """
-    sender = _address(f"{from_local}@{domain}", from_display, "from_local@domain")
+    sender_addr = f"{from_local}@{domain}"
+    sender = _mailbox(sender_addr, from_display, "from_local@domain")
     words = _first_words(text, REPLY_SUBJECT_WORDS_MAX) or "(empty message)"
     subject = f"SMS reply: {words}"
     if tag:
         clean_tag = clean_header_value(tag, MAX_TAG).replace("[", "").replace("]", "")
         if clean_tag:
             subject = f"[{clean_tag}] {subject}"
-    msg, mid = _new_message(
+    fields = _head_fields(
         from_=sender,
-        to=_address(to_addr, "", "to_addr"),
+        to=_mailbox(to_addr, "", "to_addr"),
         subject=subject,
         now=now,
         domain=domain,
+        original_message_id=original_message_id,
     )
-    _thread(msg, original_message_id)
     # RFC 3834 §5: see the module docstring for why a relayed SMS is "auto-generated".
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Auto-Response-Suppress"] = "All"
+    fields += [("Auto-Submitted", "auto-generated"), ("X-Auto-Response-Suppress", "All")]
     for name, value in (extra_headers or {}).items():
         if not _FIELD_NAME.fullmatch(name) or name.lower() in _RESERVED_HEADERS:
             raise ValueError(f"extra header not allowed: {name!r}")
-        msg[name] = clean_header_value(value, MAX_EXTRA_HEADER)
+        fields.append((name, clean_header_value(value, MAX_EXTRA_HEADER)))
 
     body = _clean_body(text).rstrip("\n") + "\n"
     if note:
@@ -492,11 +723,11 @@ def build_patron_reply(
             intro = f"{tenant} texted:"
         quoted = "\n".join(f"> {line}" for line in _clean_body(original_sms).split("\n"))
         body += f"\n{intro}\n{quoted}\n"
-    msg.set_content(body, charset="utf-8")
-    env_from = sender.addr_spec if envelope_from is None else envelope_from
+    env_from = sender_addr if envelope_from is None else envelope_from
     if env_from:
         _addr_spec(env_from, "envelope_from")
-    return _finish(msg, mail_from=env_from, rcpt_to=(to_addr,), mid=mid)
+    data = _render_text_mail(fields, body)
+    return Outgoing("reply", env_from, (to_addr,), data, tenant_id=tenant_id)
 
 
 def build_notification(
@@ -508,24 +739,23 @@ def build_notification(
     now: datetime,
     domain: str,
     in_reply_to: str | None = None,
-) -> OutgoingMail:
+) -> Outgoing:
     """A plain-text notice from the bridge to staff (opt-outs, config problems, ...).
 
     Built with the null envelope sender; the mailer sends it from its own bounce address, so
     a failed notification is recorded as lost rather than bouncing into an SMS.
     """
-    msg, mid = _new_message(
-        from_=_address(from_addr, "SMS Bridge", "from_addr"),
-        to=_address(to_addr, "", "to_addr"),
+    fields = _head_fields(
+        from_=_mailbox(from_addr, "SMS Bridge", "from_addr"),
+        to=_mailbox(to_addr, "", "to_addr"),
         subject=subject,
         now=now,
         domain=domain,
+        original_message_id=in_reply_to,
     )
-    _thread(msg, in_reply_to)
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Auto-Response-Suppress"] = "All"
-    msg.set_content(_clean_body(body).rstrip("\n") + "\n", charset="utf-8")
-    return _finish(msg, mail_from="", rcpt_to=(to_addr,), mid=mid)
+    fields += [("Auto-Submitted", "auto-generated"), ("X-Auto-Response-Suppress", "All")]
+    data = _render_text_mail(fields, _clean_body(body).rstrip("\n") + "\n")
+    return Outgoing("notification", "", (to_addr,), data)
 
 
 FALLBACK_SUBJECT_PREFIX: Final = "[Not delivered to "
@@ -540,7 +770,10 @@ def build_reply_fallback(
     reason: str,
     now: datetime,
     domain: str,
-) -> OutgoingMail:
+    ref: str | None = None,
+    tenant_id: str | None = None,
+    fallback_of: int | None = None,
+) -> Outgoing:
     """The copy of a lost patron reply for the library's fallback address.
 
     It is the reply itself, resent (RFC 5322 §3.6.6: Resent-From, Resent-To, Resent-Date and
@@ -559,11 +792,10 @@ def build_reply_fallback(
     msg["Subject"] = clean_header_value(
         f"{FALLBACK_SUBJECT_PREFIX}{failed}] {subject}", MAX_SUBJECT
     )
-    resent_id = _message_id(domain)
     msg["Resent-From"] = _address(from_addr, "SMS Bridge", "from_addr")
     msg["Resent-To"] = _address(to_addr, "", "to_addr")
     msg["Resent-Date"] = format_datetime(now)
-    msg["Resent-Message-ID"] = resent_id
+    msg["Resent-Message-ID"] = _message_id(domain)
     if msg.get_content_type() == "text/plain" and not msg.is_multipart():
         note = (
             f"[This patron's text reply could not be delivered to {failed}: {why}\n"
@@ -572,4 +804,12 @@ def build_reply_fallback(
         )
         body = msg.get_content()
         msg.set_content(note + _clean_body(str(body)), charset="utf-8")
-    return _finish(msg, mail_from="", rcpt_to=(to_addr,), mid=resent_id)
+    return Outgoing(
+        "fallback",
+        "",
+        (to_addr,),
+        msg.as_bytes(policy=POLICY),
+        ref=ref,
+        tenant_id=tenant_id,
+        fallback_of=fallback_of,
+    )

@@ -11,6 +11,7 @@ the outbox id, so a bounce that comes back later names the email it is about.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +27,6 @@ from bridge.mail_transport import (
     SmtpRelayTransport,
     TransportError,
 )
-from bridge.mailbuild import OutgoingMail
 from bridge.model import MailRecord
 from bridge.store import MailOutbox
 from bridge.store.base import MailInfo
@@ -83,8 +83,8 @@ class Mailer(Worker):
     async def envelope_sender(self, rec: MailRecord) -> str:
         """The email's own bounce address; a DSN keeps the null sender (RFC 5321 §4.5.5:
         a bounce is never bounced)."""
-        if rec.kind in NULL_SENDER_KINDS:
-            return rec.mail_from
+        if rec.mail.kind in NULL_SENDER_KINDS:
+            return rec.mail.mail_from
         if self._secret is None:
             self._secret = await load_secret(self.cfg, self.store)
         return verp.encode(rec.id, self._secret, bounce_domain(self.cfg))
@@ -106,7 +106,8 @@ class Mailer(Worker):
         return 1.0 if due is None else min(1.0, due - self.clock())
 
     async def _send(self, rec: MailRecord) -> None:
-        mail = OutgoingMail(await self.envelope_sender(rec), rec.rcpt_to, rec.data, message_id="")
+        # The email as queued, but sent from its own bounce address (see envelope_sender).
+        mail = dataclasses.replace(rec.mail, mail_from=await self.envelope_sender(rec))
         try:
             await self.transport.send(mail)
         except TransportError as exc:
@@ -115,13 +116,13 @@ class Mailer(Worker):
             if exc.permanent or rec.attempts >= cfg.max_attempts:
                 info = MailInfo(
                     rec.id,
-                    rec.kind,
+                    mail.kind,
                     "queued",
-                    rec.rcpt_to,
-                    rec.data,
-                    rec.tenant_id,
-                    rec.ref,
-                    rec.fallback_of,
+                    mail.rcpt_to,
+                    mail.data,
+                    mail.tenant_id,
+                    mail.ref,
+                    mail.fallback_of,
                 )
                 await record_lost(
                     self.cfg, self.store, info, "dead", f"dead letter: {exc}", now, self.metrics
@@ -129,7 +130,7 @@ class Mailer(Worker):
                 return
             delay = backoff_delay(rec.attempts - 1, cfg.retry_min_s, cfg.retry_max_s)
             await self.store.mail_done(rec.id, "queued", str(exc), now, next_at=now + delay)
-            log.warning("mail id=%d kind=%s retry in %.0f s: %s", rec.id, rec.kind, delay, exc)
+            log.warning("mail id=%d kind=%s retry in %.0f s: %s", rec.id, mail.kind, delay, exc)
             return
         await self.store.mail_done(rec.id, "sent", None, self.clock())
-        log.info("mail id=%d kind=%s ref=%s sent", rec.id, rec.kind, rec.ref or "-")
+        log.info("mail id=%d kind=%s ref=%s sent", rec.id, mail.kind, mail.ref or "-")

@@ -11,10 +11,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:  # bridge.store.base imports this module: the name is for annotations only
-    from bridge.store.base import Outgoing
+from typing import Literal
 
 
 class SmsState(enum.StrEnum):
@@ -108,16 +105,49 @@ class EnqueueResult:
 
 
 @dataclass(frozen=True)
-class MailRecord:
-    id: int
-    kind: str  # "dsn", "reply", "notification"
+class Outgoing:
+    """One email: what a builder (bridge/mailbuild.py) returns, the store queues in its mail
+    outbox and a transport (bridge/mail_transport.py) sends. The SMTP envelope, the RFC 5322
+    bytes (CRLF line ends, 7-bit), and what the bridge needs to know about it."""
+
+    kind: str  # "dsn", "reply", "notification", "report", "fallback"
+    # The envelope sender the builder chose. The mailer sends every kind but "dsn" from the
+    # email's own bounce address instead (bridge/verp.py); a DSN keeps the null reverse path
+    # "" (RFC 3464 §2, RFC 5321 §4.5.5).
     mail_from: str
     rcpt_to: tuple[str, ...]
     data: bytes
-    attempts: int
-    ref: str | None  # queue id or inbound id it came from, for logs
-    tenant_id: str | None = None
+    ref: str | None = None  # queue id or inbound id it came from, for logs
+    tenant_id: str | None = None  # the library it concerns, when one does
     fallback_of: int | None = None  # the lost email this is the fallback copy of
+
+    @property
+    def message_id(self) -> str:
+        """The Message-ID field of `data` (RFC 5322 §3.6.4), unfolded. Every email the bridge
+        builds has one; bytes without one raise ValueError."""
+        found: list[bytes] | None = None
+        for line in self.data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+            if found is not None:
+                if line[:1] not in (b" ", b"\t"):
+                    break
+                found.append(line)  # a continuation line (RFC 5322 §2.2.3)
+                continue
+            name, colon, rest = line.partition(b":")
+            if colon and name.lower() == b"message-id":
+                found = [rest]
+        value = b"".join(found or ()).strip().decode("ascii", "replace")
+        if not value:
+            raise ValueError("the email has no Message-ID field")
+        return value
+
+
+@dataclass(frozen=True)
+class MailRecord:
+    """An email of the mail outbox as the mailer claims it."""
+
+    id: int
+    attempts: int  # this one included
+    mail: Outgoing
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ import socket
 
 from bridge import defaults
 from bridge.config import StoreConfig
+from bridge.model import Outgoing
 from bridge.store.base import (
     CostLintRow,
     Inbound,
     MailOutbox,
     Operations,
     Optouts,
-    Outgoing,
     Receipts,
     SmsFilter,
     SmsOutbox,

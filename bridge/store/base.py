@@ -8,27 +8,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
-from bridge.model import EnqueueResult, MailRecord, NewSms, OptoutRecord, SmsRecord, SmsState
+from bridge.model import (
+    EnqueueResult,
+    MailRecord,
+    NewSms,
+    OptoutRecord,
+    Outgoing,
+    SmsRecord,
+    SmsState,
+)
 
 
 class StoreError(Exception):
     """The store could not read or commit. The edges turn this into 451 / ESME_RX_T_APPN."""
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """An email to queue in the durable mail outbox."""
-
-    kind: str  # "dsn", "reply", "notification", "report", "fallback"
-    # The envelope sender the builder chose. The mailer sends every kind but "dsn" from the
-    # email's own bounce address instead (bridge/verp.py); a DSN keeps the null reverse path
-    # "" (RFC 3464 §2, RFC 5321 §4.5.5).
-    mail_from: str
-    rcpt_to: tuple[str, ...]
-    data: bytes
-    ref: str | None = None
-    tenant_id: str | None = None  # the library it concerns, when one does
-    fallback_of: int | None = None  # the lost email this is the fallback copy of
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,21 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeAlias, TypeVar
 
-from bridge.model import EnqueueResult, MailRecord, NewSms, OptoutRecord, SmsRecord, SmsState
+from bridge.model import (
+    EnqueueResult,
+    MailRecord,
+    NewSms,
+    OptoutRecord,
+    Outgoing,
+    SmsRecord,
+    SmsState,
+)
 from bridge.store.base import (
     Activity,
     CostLintRow,
     HeldReceipt,
     LostMail,
     MailInfo,
-    Outgoing,
     ReportData,
     Rollup,
     SmsFilter,
@@ -273,14 +280,16 @@ def held_receipt(row: Sequence[Any]) -> HeldReceipt:
 def mail_record(row: Sequence[Any]) -> MailRecord:
     return MailRecord(
         id=int(row[0]),
-        kind=row[1],
-        mail_from=row[2],
-        rcpt_to=tuple(json.loads(row[3])),
-        data=bytes(row[4]),
         attempts=int(row[5]),
-        ref=row[6],
-        tenant_id=row[7],
-        fallback_of=None if row[8] is None else int(row[8]),
+        mail=Outgoing(
+            kind=row[1],
+            mail_from=row[2],
+            rcpt_to=tuple(json.loads(row[3])),
+            data=bytes(row[4]),
+            ref=row[6],
+            tenant_id=row[7],
+            fallback_of=None if row[8] is None else int(row[8]),
+        ),
     )
 
 

@@ -67,7 +67,7 @@ class _Handler:
             return f"{failure.code} {failure.message}"
         content = envelope.content
         data = content if isinstance(content, bytes) else str(content).encode("utf-8")
-        # aiosmtpd reports the null reverse-path as "<>"; ReceivedMail uses "" like OutgoingMail.
+        # aiosmtpd reports the null reverse-path as "<>"; ReceivedMail uses "" like Outgoing.
         mail_from = envelope.mail_from or ""
         self._sink._record(
             ReceivedMail(

@@ -212,7 +212,7 @@ async def test_bad_number_is_bounced_and_parked_not_retried(
     assert await asyncio.to_thread(dovecot.uids) == []
     assert await h.sms() == []
     assert h.wakes == 1
-    mails = await h.store.claim_mail(time.time() + 1, 10)
+    mails = [rec.mail for rec in await h.store.claim_mail(time.time() + 1, 10)]
     assert [(m.kind, m.rcpt_to) for m in mails] == [("dsn", (FROM,))]
     assert mails[0].mail_from == ""
     assert b"12345@sms.example.org" in mails[0].data

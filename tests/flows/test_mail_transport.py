@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from bridge.mail_transport import MaildirTransport, SmtpRelayTransport, TransportError
-from bridge.mailbuild import NoticeRef, OutgoingMail, build_dsn, build_patron_reply
+from bridge.mailbuild import NoticeRef, build_dsn, build_patron_reply
+from bridge.model import Outgoing
 from bridge.testing.smtp_sink import SmtpSink
 
 NOW = datetime(2026, 11, 23, 14, 5, tzinfo=UTC)
@@ -41,7 +42,7 @@ def relay(
     )
 
 
-def reply_mail(text: str = "Can I pick it up Saturday?") -> OutgoingMail:
+def reply_mail(text: str = "Can I pick it up Saturday?") -> Outgoing:
     return build_patron_reply(
         from_local="12025550143",
         domain="sms.example.org",
@@ -56,7 +57,7 @@ def reply_mail(text: str = "Can I pick it up Saturday?") -> OutgoingMail:
     )
 
 
-def dsn_mail() -> OutgoingMail:
+def dsn_mail() -> Outgoing:
     return build_dsn(
         reporting_domain="bridge.example.org",
         from_addr="mailer-daemon@bridge.example.org",
@@ -75,11 +76,11 @@ def dsn_mail() -> OutgoingMail:
     )
 
 
-async def send(transport: SmtpRelayTransport | MaildirTransport, mail: OutgoingMail) -> None:
+async def send(transport: SmtpRelayTransport | MaildirTransport, mail: Outgoing) -> None:
     await asyncio.wait_for(transport.send(mail), STEP_S)
 
 
-async def send_error(transport: SmtpRelayTransport, mail: OutgoingMail) -> TransportError:
+async def send_error(transport: SmtpRelayTransport, mail: Outgoing) -> TransportError:
     with pytest.raises(TransportError) as info:
         await send(transport, mail)
     return info.value
@@ -94,7 +95,7 @@ async def test_relay_delivers_reply(sink: SmtpSink) -> None:
     [got] = await sink.wait_for(1, timeout=STEP_S)
     assert got.mail_from == "12025550143@sms.example.org"
     assert got.rcpt_tos == ("circ@riverside.example.org",)
-    assert got.data == mail.message
+    assert got.data == mail.data
     assert got.message()["Message-ID"] == mail.message_id
 
 
@@ -104,7 +105,7 @@ async def test_relay_sends_dsn_from_null_sender(sink: SmtpSink) -> None:
     [got] = await sink.wait_for(1, timeout=STEP_S)
     assert got.mail_from == ""
     assert got.rcpt_tos == ("ils@riverside.example.org",)
-    assert got.data == mail.message
+    assert got.data == mail.data
     human = next(got.message().iter_parts()).get_content().replace("\r\n", "\n")
     assert "> .\n> .. dots\n" in human
 
@@ -115,7 +116,7 @@ async def test_relay_two_messages_two_connections(sink: SmtpSink) -> None:
     await send(transport, first)
     await send(transport, second)
     got = await sink.wait_for(2, timeout=STEP_S)
-    assert [m.data for m in got] == [first.message, second.message]
+    assert [m.data for m in got] == [first.data, second.data]
 
 
 @pytest.mark.parametrize(
@@ -144,7 +145,7 @@ async def test_relay_recovers_after_failure_is_cleared(sink: SmtpSink) -> None:
     mail = reply_mail()
     await send(transport, mail)
     [got] = await sink.wait_for(1, timeout=STEP_S)
-    assert got.data == mail.message
+    assert got.data == mail.data
 
 
 async def test_relay_port_closed_is_temporary() -> None:
@@ -236,7 +237,7 @@ async def test_maildir_writes_one_file_into_new(tmp_path: Path) -> None:
     data = files[0].read_bytes()
     assert data == (
         b"Return-Path: <12025550143@sms.example.org>\n"
-        b"Delivered-To: circ@riverside.example.org\n" + mail.message.replace(b"\r\n", b"\n")
+        b"Delivered-To: circ@riverside.example.org\n" + mail.data.replace(b"\r\n", b"\n")
     )
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     assert parsed["Message-ID"] == mail.message_id

@@ -251,7 +251,7 @@ async def test_imap_notice_over_a_limit_is_bounced_with_the_reason(
 
     await eventually(parked, what="the notice in the error folder")
     assert await h.sms() == []
-    mails = await h.store.claim_mail(time.time() + 1, 10)
+    mails = [rec.mail for rec in await h.store.claim_mail(time.time() + 1, 10)]
     assert [(m.kind, m.rcpt_to) for m in mails] == [("dsn", (FROM,))]
     assert b"nests quotes" in mails[0].data.replace(b"=\r\n", b"").replace(b"\r\n ", b" ")
     with contextlib.suppress(Exception):

@@ -110,7 +110,7 @@ def test_the_bridges_own_dsn_format_reads_back() -> None:
         sms_text="hi",
         now=now,
     )
-    rep = parse_bounce(mail.message)
+    rep = parse_bounce(mail.data)
     assert rep.failed and rep.standard and rep.status == "5.1.1"
     assert rep.recipient == "12025550143@sms.example.org"
     assert rep.diagnostic == "0x0b ESME_RINVDSTADR"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.header
 import email.message
 import email.policy
 import re
@@ -15,13 +16,14 @@ from hypothesis import strategies as st
 
 from bridge.mailbuild import (
     NoticeRef,
-    OutgoingMail,
     build_dsn,
     build_notification,
     build_patron_reply,
     build_reply_fallback,
     clean_header_value,
+    plan_dsn,
 )
+from bridge.model import Outgoing
 
 NOW = datetime(2026, 11, 23, 14, 5, 9, tzinfo=UTC)
 NOTICE_ID = "<hold-7781@ils.riverside.example.org>"
@@ -41,7 +43,7 @@ def notice(**kw: Any) -> NoticeRef:
     return NoticeRef(**base)
 
 
-def dsn(**kw: Any) -> OutgoingMail:
+def dsn(**kw: Any) -> Outgoing:
     base: dict[str, Any] = dict(
         reporting_domain="bridge.example.org",
         from_addr="mailer-daemon@bridge.example.org",
@@ -61,7 +63,7 @@ def dsn(**kw: Any) -> OutgoingMail:
     return build_dsn(**base)
 
 
-def reply(**kw: Any) -> OutgoingMail:
+def reply(**kw: Any) -> Outgoing:
     base: dict[str, Any] = dict(
         from_local="12025550143",
         domain="sms.example.org",
@@ -78,8 +80,8 @@ def reply(**kw: Any) -> OutgoingMail:
     return build_patron_reply(**base)
 
 
-def parse(mail: OutgoingMail) -> email.message.EmailMessage:
-    msg = email.message_from_bytes(mail.message, policy=email.policy.default)
+def parse(mail: Outgoing) -> email.message.EmailMessage:
+    msg = email.message_from_bytes(mail.data, policy=email.policy.default)
     assert isinstance(msg, email.message.EmailMessage)
     return msg
 
@@ -152,7 +154,7 @@ def test_dsn_structure_and_envelope() -> None:
     assert mail.mail_from == ""  # null reverse-path: a DSN never bounces (RFC 5321 §4.5.5)
     assert mail.rcpt_to == ("ils@riverside.example.org",)
     assert re.fullmatch(r"<[0-9a-f]{32}@bridge\.example\.org>", mail.message_id)
-    assert_wire_safe(mail.message)
+    assert_wire_safe(mail.data)
 
     msg = parse(mail)
     assert msg.get_content_type() == "multipart/report"
@@ -170,6 +172,42 @@ def test_dsn_structure_and_envelope() -> None:
     assert msg["Auto-Submitted"] == "auto-replied"
     assert msg["In-Reply-To"] == NOTICE_ID
     assert msg["References"] == NOTICE_ID
+
+
+def test_dsn_plan_holds_every_decision() -> None:
+    kw: dict[str, Any] = dict(
+        reporting_domain="bridge.example.org",
+        from_addr="mailer-daemon@bridge.example.org",
+        to_addr="ils@riverside.example.org",
+        notice=notice(envelope_from="<>"),
+        recipient_display="+1 202-555-0143",
+        recipient_email="2025550143@sms.example.org",
+        action="delayed",
+        status="4.4.7",
+        diagnostic="smpp; ESME_RTHROTTLED",
+        reason="the carrier asked us to slow down",
+        advice="Nothing.",
+        sms_text=None,
+        now=NOW,
+    )
+    plan = plan_dsn(**kw)
+    assert plan.subject == "Delayed text message: Hold ready for pickup"
+    assert plan.original_message_id == NOTICE_ID
+    assert plan.per_message == (
+        ("Reporting-MTA", "dns; bridge.example.org"),
+        ("X-SMS-Bridge-Queue-Id", "q-000042"),
+        ("Arrival-Date", "Mon, 23 Nov 2026 12:05:09 +0000"),
+    )
+    assert dict(plan.per_recipient)["Diagnostic-Code"] == "X-SMPP; ESME_RTHROTTLED"
+    # No Return-Path for an envelope sender that is no plain address.
+    assert [name for name, _ in plan.original_headers] == ["Message-ID", "Subject", "To"]
+    assert plan.text.startswith("A library notice has not been delivered as a text message yet.")
+    assert "Delayed at:     2026-11-23 14:05 UTC\n" in plan.text
+    assert plan_dsn(**kw) == plan  # pure: no clock, no randomness
+    # The rendered DSN says what the plan says.
+    msg = parse(dsn(**kw))
+    assert msg["Subject"] == plan.subject
+    assert body(parts(msg)[0]) == plan.text
 
 
 def test_dsn_delivery_status_fields() -> None:
@@ -269,7 +307,7 @@ def test_dsn_header_injection_via_subject() -> None:
     mail = dsn(notice=notice(subject="Hold ready" + INJECT), reason="x" + INJECT)
     msg = parse(mail)
     assert msg["Bcc"] is None
-    assert_no_injected_header(mail.message)
+    assert_no_injected_header(mail.data)
     assert msg["Subject"] == "Undeliverable text message: Hold ready Bcc: evil@x.example"
     headers = parts(msg)[2].get_content()
     assert "\nBcc:" not in headers and not headers.startswith("Bcc:")
@@ -277,7 +315,7 @@ def test_dsn_header_injection_via_subject() -> None:
 
 def test_dsn_non_ascii_subject_is_encoded() -> None:
     mail = dsn(notice=notice(subject="Reserva lista: “Cien años de soledad”"))
-    assert_wire_safe(mail.message)
+    assert_wire_safe(mail.data)
     msg = parse(mail)
     assert msg["Subject"] == "Undeliverable text message: Reserva lista: “Cien años de soledad”"
     assert "“Cien años de soledad”" in body(parts(msg)[0])
@@ -301,7 +339,7 @@ def test_patron_reply_headers_and_body() -> None:
     mail = reply(original_sent_at=NOW - timedelta(days=1))
     assert mail.mail_from == "12025550143@sms.example.org"
     assert mail.rcpt_to == ("circ@riverside.example.org",)
-    assert_wire_safe(mail.message)
+    assert_wire_safe(mail.data)
     msg = parse(mail)
     sender = msg["From"].addresses[0]
     assert sender.display_name == "SMS from +1 202-555-0143"
@@ -355,7 +393,7 @@ def test_patron_reply_header_injection() -> None:
     )
     msg = parse(mail)
     assert msg["Bcc"] is None
-    assert_no_injected_header(mail.message)
+    assert_no_injected_header(mail.data)
     # The tag is capped at 20 characters.
     assert msg["Subject"] == "[X Bcc: evil@x.exa...] SMS reply: hi Bcc: evil@x.example"
     # The body may say "Bcc: ..." on its own line; it is body text, not a header.
@@ -365,12 +403,12 @@ def test_patron_reply_header_injection() -> None:
 def test_patron_reply_long_unbroken_text_keeps_lines_short() -> None:
     for text in ("x" * 5000, "ü" * 5000, "https://example.org/" + "a" * 4980):
         mail = reply(text=text, original_sms="y" * 5000)
-        assert_wire_safe(mail.message)
+        assert_wire_safe(mail.data)
         msg = parse(mail)
         assert body(msg).startswith(text + "\n\n")
         assert msg["Subject"] == "SMS reply: " + text[:55] + "..."
         if text.isascii():  # one unfolded line; the non-ASCII one is RFC 2047 encoded words
-            assert re.search(rb"\r\nSubject: SMS reply: \S+\.\.\.\r\n", mail.message)
+            assert re.search(rb"\r\nSubject: SMS reply: \S+\.\.\.\r\n", mail.data)
 
 
 def test_patron_reply_extra_headers() -> None:
@@ -406,8 +444,115 @@ def test_patron_reply_envelope_override() -> None:
     assert reply(envelope_from="").mail_from == ""
 
 
+@pytest.mark.parametrize(
+    ("text", "display", "subject"),
+    [
+        (
+            "Can I pick it up Saturday?",
+            "SMS from +1 202-555-0143",
+            "SMS reply: Can I pick it up Saturday?",
+        ),
+        (
+            "Можно забрать книгу в субботу?",
+            "SMS from J. O'Brien, front desk",
+            "SMS reply: Можно забрать книгу в субботу?",
+        ),
+        ("Thanks 🙂👍 see you", 'SMS from Пётр "читатель"', "SMS reply: Thanks 🙂👍 see you"),
+        (
+            "Здравствуйте! Я хотел бы продлить все книги, которые у меня сейчас есть 📚 спасибо",
+            "SMS from 📚 " + "Библиотека " * 12,
+            "SMS reply: Здравствуйте! Я хотел бы продлить все книги, которые у...",
+        ),
+        (
+            "Hello, I would like to renew every single one of the books I have out right now",
+            "SMS from +1 202-555-0143",
+            "SMS reply: Hello, I would like to renew every single one of the...",
+        ),
+    ],
+)
+def test_patron_reply_parses_back_to_every_field(text: str, display: str, subject: str) -> None:
+    mail = reply(
+        text=text,
+        from_display=display,
+        tag="RENEW",
+        original_sent_at=NOW - timedelta(days=1),
+        extra_headers={"X-SMS-Bridge-Conversation": "c-17 " + text},
+        tenant_id="riverside",
+    )
+    assert (mail.kind, mail.tenant_id, mail.mail_from) == (
+        "reply",
+        "riverside",
+        "12025550143@sms.example.org",
+    )
+    assert_wire_safe(mail.data)
+    assert header_names(mail.data) == [
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "In-Reply-To",
+        "References",
+        "Auto-Submitted",
+        "X-Auto-Response-Suppress",
+        "X-SMS-Bridge-Conversation",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "MIME-Version",
+    ]
+    msg = parse(mail)
+    assert not msg.defects and all(not h.defects for h in msg.values())
+    (sender,) = msg["From"].addresses
+    assert sender.addr_spec == "12025550143@sms.example.org"
+    # The display name is read with RFC 2047 §6.2 decoding (the space between two adjacent
+    # encoded words is dropped), which the default policy's parser skips inside a phrase: it
+    # reads "Библи" "отека" back as two words.
+    raw_from = email.message_from_bytes(mail.data, policy=email.policy.compat32)["From"]
+    decoded = str(email.header.make_header(email.header.decode_header(raw_from)))
+    shown = clean_header_value(display, 100)
+    assert decoded in (f"{shown} <{sender.addr_spec}>", f'"{shown}" <{sender.addr_spec}>')
+    assert [a.addr_spec for a in msg["To"].addresses] == ["circ@riverside.example.org"]
+    # A 70-77 character value is folded onto a continuation line whole, and the stdlib's
+    # parser keeps the folding space (mail clients trim it).
+    assert msg["Subject"].strip() == f"[RENEW] {subject}"
+    assert msg["Date"] == "Mon, 23 Nov 2026 14:05:09 +0000"
+    assert re.fullmatch(r"<[0-9a-f]{32}@sms\.example\.org>", msg["Message-ID"])
+    assert msg["Message-ID"] == mail.message_id
+    assert msg["In-Reply-To"] == msg["References"] == NOTICE_ID
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["X-Auto-Response-Suppress"] == "All"
+    assert msg["X-SMS-Bridge-Conversation"].strip() == "c-17 " + text
+    assert msg["MIME-Version"] == "1.0"
+    assert msg.get_content_type() == "text/plain" and msg.get_content_charset() == "utf-8"
+    # 7bit only when every line is ASCII and fits 78 octets (RFC 5322 §2.1.1), else encoded.
+    short_ascii = text.isascii() and len(text) <= 78
+    cte = msg["Content-Transfer-Encoding"]
+    assert cte == "7bit" if short_ascii else cte in ("base64", "quoted-printable")
+    assert body(msg) == (
+        f"{text}\n"
+        "\n"
+        "On 2026-11-22 14:05 UTC, Riverside Public Library texted:\n"
+        "> Riverside Public Library: your hold is ready.\n"
+    )
+
+
 def test_message_ids_are_unique() -> None:
     assert len({reply().message_id for _ in range(50)}) == 50
+
+
+def test_message_id_is_read_from_the_bytes() -> None:
+    folded = b"Subject: x\r\nMessage-ID:\r\n <a@b.example>\r\nTo: c@d\r\n\r\nMessage-ID: <no>\r\n"
+    assert Outgoing("reply", "", ("c@d",), folded).message_id == "<a@b.example>"
+    with pytest.raises(ValueError):
+        _ = Outgoing("reply", "", ("c@d",), b"Subject: x\r\n\r\nMessage-ID: <no>\r\n").message_id
+
+
+def test_builders_label_their_emails() -> None:
+    assert (dsn(ref="q-1").kind, dsn(ref="q-1").ref) == ("dsn", "q-1")
+    assert (reply(tenant_id="riverside").kind, reply(tenant_id="riverside").tenant_id) == (
+        "reply",
+        "riverside",
+    )
 
 
 # --- staff notification ------------------------------------------------------------------------
@@ -425,7 +570,7 @@ def test_notification() -> None:
     )
     assert mail.mail_from == ""
     assert mail.rcpt_to == ("circ@riverside.example.org",)
-    assert_wire_safe(mail.message)
+    assert_wire_safe(mail.data)
     msg = parse(mail)
     assert msg["Auto-Submitted"] == "auto-generated"
     assert msg["Subject"] == "Patron +1 202-555-0143 opted out Bcc: evil@x.example"
@@ -446,8 +591,8 @@ def test_notification_never_injects_headers(subject: str, body: str) -> None:
         now=NOW,
         domain="bridge.example.org",
     )
-    assert_wire_safe(mail.message)
-    assert header_names(mail.message) == [
+    assert_wire_safe(mail.data)
+    assert header_names(mail.data) == [
         "From",
         "To",
         "Subject",
@@ -465,17 +610,26 @@ def test_reply_fallback_is_the_reply_resent_with_the_reason() -> None:
     original = reply(text="Can I pick it up Saturday? \u00e9t\u00e9")
     later = NOW + timedelta(minutes=3)
     copy = build_reply_fallback(
-        original.message,
+        original.data,
         from_addr="sms-bridge@sms.example.org",
         to_addr="desk@riverside.example.org",
         failed_rcpt="circ@riverside.example.org",
         reason="bounced: circ@riverside.example.org: 5.1.1 550 5.1.1 User unknown",
         now=later,
         domain="sms.example.org",
+        ref="mo-1",
+        tenant_id="riverside",
+        fallback_of=7,
+    )
+    assert (copy.kind, copy.ref, copy.tenant_id, copy.fallback_of) == (
+        "fallback",
+        "mo-1",
+        "riverside",
+        7,
     )
     assert copy.rcpt_to == ("desk@riverside.example.org",)
     assert copy.mail_from == ""  # the mailer gives it its own bounce address
-    assert_wire_safe(copy.message)
+    assert_wire_safe(copy.data)
     msg = parse(copy)
     first = parse(original)
     # RFC 5322 §3.6.6: the original fields stay, so staff reply to the patron and the answer
@@ -486,7 +640,9 @@ def test_reply_fallback_is_the_reply_resent_with_the_reason() -> None:
     assert msg["Auto-Submitted"] == "auto-generated"
     assert msg["Resent-To"] == "desk@riverside.example.org"
     assert "sms-bridge@sms.example.org" in msg["Resent-From"]
-    assert msg["Resent-Message-ID"] == copy.message_id != first["Message-ID"]
+    assert copy.message_id == first["Message-ID"]  # the reply itself, resent
+    assert re.fullmatch(r"<[0-9a-f]{32}@sms\.example\.org>", msg["Resent-Message-ID"])
+    assert msg["Resent-Message-ID"] != first["Message-ID"]
     assert msg["Resent-Date"] == "Mon, 23 Nov 2026 14:08:09 +0000"
     assert msg["Subject"] == (
         "[Not delivered to circ@riverside.example.org] SMS reply: Can I pick it up Saturday? "

@@ -44,6 +44,7 @@ from bridge.smpp.receipts import (
 )
 from bridge.store import Outgoing, Store, StoreError
 from bridge.store.base import HeldReceipt, ReceiptItem, ReceiptOutcome
+from bridge.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -212,20 +213,17 @@ class Inbound:
         self._held: Batcher[tuple[str, ...], list[HeldReceipt]] = Batcher(
             self._held_group, name="held-receipts"
         )
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = Sweeper(self)
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
 
     async def start(self) -> None:
         self.receipt_health, _ = self._check_receipts(self.clock())
-        self._sweeper = asyncio.create_task(self._sweep_loop(), name="mo-reassembly-sweeper")
+        await self._sweeper.start()
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await self._sweeper.stop()
 
     # --- entry point ---------------------------------------------------------------------------
 
@@ -714,29 +712,6 @@ class Inbound:
 
     # --- long replies whose parts never all arrived --------------------------------------------
 
-    async def _sweep_loop(self) -> None:
-        while True:
-            cfg = self.cfg.inbound
-            await asyncio.sleep(
-                max(
-                    0.05,
-                    min(
-                        30.0,
-                        cfg.reassembly_timeout_s / 2,
-                        cfg.receipt_match_delay_s / 2,
-                        self.cfg.smpp.receipt_timeout_s / 4,
-                    ),
-                )
-            )
-            try:
-                await self.sweep(self.clock())
-                await self.sweep_receipts(self.clock())
-                await self.sweep_deadlines(self.clock())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("mo reassembly sweep failed; trying again later")
-
     async def sweep(self, now: float) -> int:
         stale = await self.store.stale_mo_groups(now - self.cfg.inbound.reassembly_timeout_s)
         for group, total, parts in stale:
@@ -757,3 +732,34 @@ class Inbound:
             )
             await self.route(msisdn, dest, text, digest, now, done_group=group)
         return len(stale)
+
+
+class Sweeper(Worker):
+    """The inbound router's timed work: long replies whose parts never all arrived, held
+    receipts (other id bases, then given up), and the receipt deadline."""
+
+    name = "mo-reassembly-sweeper"
+
+    def __init__(self, inbound: Inbound) -> None:
+        self.inbound = inbound
+        super().__init__()
+
+    def interval(self) -> float:
+        """Often enough for the shortest of the timeouts it serves (at most 30 s)."""
+        cfg = self.inbound.cfg
+        return max(
+            0.05,
+            min(
+                30.0,
+                cfg.inbound.reassembly_timeout_s / 2,
+                cfg.inbound.receipt_match_delay_s / 2,
+                cfg.smpp.receipt_timeout_s / 4,
+            ),
+        )
+
+    async def step(self) -> float:
+        inbound = self.inbound
+        await inbound.sweep(inbound.clock())
+        await inbound.sweep_receipts(inbound.clock())
+        await inbound.sweep_deadlines(inbound.clock())
+        return self.interval()

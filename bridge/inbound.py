@@ -213,6 +213,7 @@ class Inbound:
         self._held: Batcher[tuple[str, ...], list[HeldReceipt]] = Batcher(
             self._held_group, name="held-receipts"
         )
+        self._held_busy = False
         self._sweeper = Sweeper(self)
 
     def reload(self, cfg: Config) -> None:
@@ -350,7 +351,7 @@ class Inbound:
         inbound.receipt_match_delay_s."""
         if self.cfg.smpp.registered_delivery == "all":
             self.watch.submitted(self.clock())
-        held = await self._held(tuple(smsc_ids))
+        held = await self._held_for(tuple(smsc_ids))
         if not held:
             return
         items = [
@@ -360,6 +361,20 @@ class Inbound:
         outs = await asyncio.gather(*(self._apply_receipt(item) for item in items))
         for item, out in zip(items, outs, strict=True):
             self._done(item, out)
+
+    async def _held_for(self, smsc_ids: tuple[str, ...]) -> list[HeldReceipt]:
+        """Held receipts for one text's ids: straight to the store unless a lookup is in
+        flight, else through the Batcher with the others that arrive meanwhile. A SQLite point
+        read never leaves the loop's thread, so it is never in flight and pays no Batcher
+        hop; PostgreSQL's round trips are shared."""
+        if self._held_busy:
+            return await self._held(smsc_ids)
+        self._held_busy = True
+        try:
+            (rows,) = await self._held_group([smsc_ids])
+        finally:
+            self._held_busy = False
+        return rows
 
     async def _held_group(self, asks: Sequence[tuple[str, ...]]) -> list[list[HeldReceipt]]:
         """held_for of several texts' ids in one read; each held row goes to the first text

@@ -343,12 +343,11 @@ class Inbound:
     async def submitted(self, rec: SmsRecord, smsc_ids: Sequence[str]) -> None:
         """The dispatcher recorded these ids: apply receipts that overtook them.
 
-        Nearly always nothing is held: the lookups of the texts recorded together share one
-        read (a Batcher). The read runs after the submit's commit; apply_receipts matches or
-        holds in one transaction, so a receipt committed before the submit is seen here. One
-        whose transaction overlaps the submit's (PostgreSQL, where transactions run side by
-        side, on this instance or another) is held unseen and matched by the sweeper after
-        inbound.receipt_match_delay_s."""
+        Nearly always nothing is held, so the lookup is one cheap read (_held_for). It runs
+        after the submit's commit; apply_receipts matches or holds in one transaction, so a
+        receipt committed before the submit is seen here. One whose transaction overlaps the
+        submit's (PostgreSQL, where transactions run side by side, on this instance or
+        another) is held unseen and matched by the sweeper after receipt_match_delay_s."""
         if self.cfg.smpp.registered_delivery == "all":
             self.watch.submitted(self.clock())
         held = await self._held_for(tuple(smsc_ids))

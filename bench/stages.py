@@ -5,8 +5,10 @@ of benchmark 8 (bench.kannel_bench.bridge_overrides over bench.common.BASE) and 
 in a temp dir; CPU is `time.thread_time()` around pure code and `time.process_time()` around
 store calls (the store commits on its own writer thread, which process_time includes). The
 texts flow through the stages in order: admitted, parsed, inserted, claimed, checked, shaped,
-encoded, built as submit_sm, recorded; their receipts parsed, matched and applied; a patron
-reply to each parsed, routed to an email and committed.
+encoded, built as submit_sm, recorded (and checked for held receipts); their receipts parsed,
+then matched and applied smpp.inbound_window at a time, as the session's handlers hand them to
+one Store.apply_receipts (and once more one at a time, for comparison); a patron reply to each
+parsed, routed to an email and committed.
 
 The whole comes from the bridge as it runs (`python -m bridge run`, benchmark 8's runner):
 its CPU from /proc over the intake of N_E2E notices by SMTP with the SMSC away, then over
@@ -47,6 +49,7 @@ from bridge.smpp import pdu as p
 from bridge.smpp.encoding import decode_payload, encode_sms, split_udh
 from bridge.smpp.receipts import parse_receipt
 from bridge.store import SqliteStore
+from bridge.store.base import ReceiptItem
 
 BENCH = "9. CPU per stage"
 N = 1000  # texts per stage (each store stage is N commits)
@@ -58,6 +61,11 @@ PROFILE_TEXTS = 2000
 RESULTS = procs.REPO / "bench" / "results"
 PROFILE_HTML = RESULTS / "profile-drain.html"
 LIBRARY = "+12025550100"  # BASE smpp.source_addr, canonical
+# Why a phase's rows have no whole to be a share of.
+NO_WHOLE = {
+    "replies": "no whole measured for replies (no MO load)",
+    "alone": "a comparison row: a drain groups receipts as the row above",
+}
 
 
 @dataclass
@@ -281,6 +289,12 @@ async def _round(cfg: Config, store: SqliteStore, n: int, seq0: int) -> list[Sta
 
     add("drain", "record: Store.record_submitted", await _awaited(n, record))
 
+    async def submitted(i: int) -> None:
+        # the dispatcher's call after every record: receipts held for these ids (none here)
+        await inbound.submitted(t.records[i], [t.smsc_ids[i]])
+
+    add("drain", "held receipts: Inbound.submitted, nothing held", await _awaited(n, submitted))
+
     # receipts ---------------------------------------------------------------------------------
     t.receipt_pdus = [
         _receipt_pdu(rec.msisdn.lstrip("+"), t.smsc_ids[i], t.texts[i])
@@ -292,32 +306,46 @@ async def _round(cfg: Config, store: SqliteStore, n: int, seq0: int) -> list[Sta
         delivers[i] = p.parse_deliver_sm(t.receipt_pdus[i])
 
     add("drain", "receipt PDU: smpp.pdu.parse_deliver_sm", _pure(n, parse_pdu))
-    receipts: list[Any] = [None] * n
-    patrons: list[Any] = [None] * n
+    items: list[Any] = [None] * n
 
     def parse_text(i: int) -> None:
         d = delivers[i]
         text = decode_payload(d.data_coding, d.message_payload or d.short_message)
-        receipts[i] = parse_receipt(
-            text, d.receipted_message_id, d.message_state, d.network_error_code
-        )
-        patrons[i] = addressing.canonical_address(
+        r = parse_receipt(text, d.receipted_message_id, d.message_state, d.network_error_code)
+        assert r is not None
+        patron = addressing.canonical_address(
             d.source_addr, tenant.region, ton=d.source_addr_ton
         ).value
+        items[i] = ReceiptItem(r.message_id, patron, r.state, r.error, r.raw_stat or r.state)
 
     add("drain", "receipt: smpp.receipts.parse_receipt, patron number", _pure(n, parse_text))
-    segments: list[Any] = []
 
-    async def match(i: int) -> None:
-        segments.append(await inbound._match(receipts[i].message_id, patrons[i], variants=False))
-
-    add("drain", "receipt match: Store.find_segments", await _awaited(n, match))
+    # As a drain has them: up to smpp.inbound_window deliver_sm in hand at once, each handler
+    # awaiting its own receipt, grouped by the Batcher into one Store.apply_receipts.
+    window = cfg.smpp.inbound_window
+    runs0 = inbound._receipts.runs
 
     async def apply(i: int) -> None:
-        r = receipts[i]
-        await inbound._apply(segments[i], r.message_id, r.state, r.error, r.raw_stat or r.state)
+        if i % window == 0:
+            group = range(i, min(n, i + window))
+            outs = await asyncio.gather(*(inbound._apply_receipt(items[k]) for k in group))
+            for k, out in zip(group, outs, strict=True):
+                assert out.segment is not None, "every receipt should match its text"
+                inbound._done(items[k], out)
 
-    add("drain", "receipt apply: Store.apply_receipt", await _awaited(n, apply))
+    add(
+        "drain",
+        f"receipt match + apply: Inbound via Store.apply_receipts, {window} at once",
+        await _awaited(n, apply),
+    )
+    assert inbound._receipts.runs - runs0 <= n // window + 2, "receipts were not grouped"
+
+    async def alone(i: int) -> None:
+        # the same receipts again, one at a time (a lone receipt on a quiet link): one
+        # transaction each; the texts are final, so only the segment write and roll-up run
+        inbound._done(items[i], await inbound._apply_receipt(items[i]))
+
+    add("alone", "receipt match + apply, one at a time (not in the sums)", await _awaited(n, alone))
 
     # replies ----------------------------------------------------------------------------------
     t.mo_pdus = [
@@ -449,7 +477,7 @@ def _rows(stages: list[Stage], wholes: list[Whole], prof: dict[str, Any] | None)
                 aim="(none: informs)",
                 meets=None,
                 notes=f"wall {s.wall_us:.0f} µs"
-                + ("" if whole else "; no whole measured for replies (no MO load)"),
+                + ("" if whole else f"; {NO_WHOLE.get(s.phase, 'no whole measured')}"),
             )
         )
     for phase in ("intake", "drain"):

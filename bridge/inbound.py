@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bridge import addressing
+from bridge.batcher import Batcher
 from bridge.bounces import build_bounces
 from bridge.config import Config, TenantConfig
 from bridge.mailbuild import build_notification, build_patron_reply
@@ -42,7 +43,8 @@ from bridge.smpp.receipts import (
     parse_receipt,
 )
 from bridge.store import Outgoing, Store, StoreError
-from bridge.store.base import SegmentRef
+from bridge.store.base import HeldReceipt, ReceiptItem, ReceiptOutcome
+from bridge.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -203,20 +205,26 @@ class Inbound:
         # Receipts on this bind against the texts that asked for one (bridge/receipt_watch.py).
         self.watch = ReceiptWatch(clock())
         self.receipt_health: ReceiptHealth | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        # Receipts that arrive together (up to smpp.inbound_window deliver_sm in hand) share
+        # one transaction; so do the held-receipt lookups of texts recorded together.
+        self._receipts: Batcher[ReceiptItem, ReceiptOutcome | Exception] = Batcher(
+            self._apply_group, name="receipts"
+        )
+        self._held: Batcher[tuple[str, ...], list[HeldReceipt]] = Batcher(
+            self._held_group, name="held-receipts"
+        )
+        self._held_busy = False
+        self._sweeper = Sweeper(self)
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
 
     async def start(self) -> None:
         self.receipt_health, _ = self._check_receipts(self.clock())
-        self._sweeper = asyncio.create_task(self._sweep_loop(), name="mo-reassembly-sweeper")
+        await self._sweeper.start()
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await self._sweeper.stop()
 
     # --- entry point ---------------------------------------------------------------------------
 
@@ -259,89 +267,156 @@ class Inbound:
         patron = addressing.canonical_address(
             pdu.source_addr, self.cfg.tenants[0].region, ton=pdu.source_addr_ton
         ).value
-        raw = receipt.raw_stat or receipt.state
-        seg = await self._match(receipt.message_id, patron, variants=False)
-        if seg is None:
-            # Not (yet) ours: the submit_sm_resp it answers may still be on its way to the
-            # store, or the carrier writes the id in another base. Held durably, matched when
-            # that submit is recorded or by the sweeper; the SMSC gets ESME_ROK either way.
-            await self.store.hold_receipt(
-                receipt.message_id, patron, receipt.state, receipt.error, raw, self.clock()
-            )
-            log.info(
-                "receipt smsc_id=%s stat=%s held until its submit is known", receipt.message_id, raw
-            )
-            return
-        await self._apply(seg, receipt.message_id, receipt.state, receipt.error, raw)
+        item = ReceiptItem(
+            receipt.message_id,
+            patron,
+            receipt.state,
+            receipt.error,
+            receipt.raw_stat or receipt.state,
+        )
+        # Not (yet) ours when nothing matches: the submit_sm_resp it answers may still be on
+        # its way to the store, or the carrier writes the id in another base. Then it is held
+        # durably, matched when that submit is recorded or by the sweeper; the SMSC gets
+        # ESME_ROK either way, after the commit.
+        self._done(item, await self._apply_receipt(item))
 
-    async def _match(self, smsc_id: str, patron: str, *, variants: bool) -> SegmentRef | None:
-        """The segment a receipt is for. The exact id first (newest first: SMSCs reuse ids
-        after a restart); hex/decimal forms only when asked, and then only for the same patron,
-        since a short all-digit id reads validly in both bases."""
-        exact = await self.store.find_segments([smsc_id])
-        if patron:
-            exact = [c for c in exact if _same_number(c.msisdn, patron)]
-        if exact or not variants:
-            return exact[0] if exact else None
-        if not patron:
-            return None
-        other = [v for v in id_variants(smsc_id) if v != smsc_id]
-        candidates = await self.store.find_segments(other)
-        candidates = [c for c in candidates if _same_number(c.msisdn, patron)]
-        return candidates[0] if candidates else None
+    async def _apply_receipt(self, item: ReceiptItem) -> ReceiptOutcome:
+        """One receipt through the receipt batcher: committed when this returns."""
+        out = await self._receipts(item)
+        if isinstance(out, Exception):
+            raise out
+        return out
 
-    async def _apply(
-        self, seg: SegmentRef, smsc_id: str, state: str, error: str | None, raw: str
-    ) -> None:
+    async def _apply_group(
+        self, items: Sequence[ReceiptItem]
+    ) -> Sequence[ReceiptOutcome | Exception]:
+        """The receipts that arrived together (Batcher), matched and applied or held in one
+        transaction (Store.apply_receipts)."""
         now = self.clock()
         cfg = self.cfg
 
-        def bounces(rec: SmsRecord, final: SmsState, reason: str | None) -> list[Outgoing]:
-            return build_bounces(cfg, rec, _receipt_failure(final, reason, raw), now)
+        def bounces(
+            item: ReceiptItem, rec: SmsRecord, final: SmsState, reason: str | None
+        ) -> list[Outgoing]:
+            return build_bounces(cfg, rec, _receipt_failure(final, reason, item.raw), now)
 
-        new_state = await self.store.apply_receipt(
-            seg.queue_id, seg.seq, state, error, now, rollup, bounces
-        )
+        try:
+            return await self.store.apply_receipts(items, now, rollup, bounces, _same_number)
+        except StoreError:
+            raise  # the store is down: every receipt of the group is retried by the SMSC
+        except Exception:
+            if len(items) == 1:
+                raise
+        # A bug that one receipt triggers (its bounce, say) must not make the SMSC retry the
+        # others with it for ever: each alone, and only the culprit fails.
+        out: list[ReceiptOutcome | Exception] = []
+        for item in items:
+            try:
+                out.extend(await self._apply_group([item]))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def _done(self, item: ReceiptItem, out: ReceiptOutcome) -> None:
+        seg = out.segment
+        if seg is None:
+            if item.held_id is None:
+                log.info(
+                    "receipt smsc_id=%s stat=%s held until its submit is known",
+                    item.smsc_id,
+                    item.raw,
+                )
+            return
         if self.metrics is not None:
-            self.metrics.receipt(state)
+            self.metrics.receipt(item.state)
         log.info(
             "receipt queue_id=%s segment=%d smsc_id=%s stat=%s%s",
             seg.queue_id,
             seg.seq,
-            smsc_id,
-            raw,
-            f" state={new_state.value}" if new_state else "",
+            item.smsc_id,
+            item.raw,
+            f" state={out.new_state.value}" if out.new_state else "",
         )
-        if new_state in (SmsState.FAILED, SmsState.EXPIRED):
+        if out.new_state in (SmsState.FAILED, SmsState.EXPIRED):
             self.wake.mail()
 
     async def submitted(self, rec: SmsRecord, smsc_ids: Sequence[str]) -> None:
-        """The dispatcher recorded these ids: apply receipts that overtook them."""
+        """The dispatcher recorded these ids: apply receipts that overtook them.
+
+        Nearly always nothing is held, so the lookup is one cheap read (_held_for). It runs
+        after the submit's commit; apply_receipts matches or holds in one transaction, so a
+        receipt committed before the submit is seen here. One whose transaction overlaps the
+        submit's (PostgreSQL, where transactions run side by side, on this instance or
+        another) is held unseen and matched by the sweeper after receipt_match_delay_s."""
         if self.cfg.smpp.registered_delivery == "all":
             self.watch.submitted(self.clock())
-        for smsc_id in smsc_ids:
-            for row_id, held_id, patron, state, error, raw, _ in await self.store.held_for(smsc_id):
-                seg = await self._match(held_id, patron, variants=False)
-                if seg is not None:
-                    await self._apply(seg, held_id, state, error, raw or state)
-                    await self.store.drop_held_receipt(row_id)
+        held = await self._held_for(tuple(smsc_ids))
+        if not held:
+            return
+        items = [
+            ReceiptItem(smsc_id, patron, state, error, raw or state, held_id=row_id)
+            for row_id, smsc_id, patron, state, error, raw, _ in held
+        ]
+        outs = await asyncio.gather(*(self._apply_receipt(item) for item in items))
+        for item, out in zip(items, outs, strict=True):
+            self._done(item, out)
+
+    async def _held_for(self, smsc_ids: tuple[str, ...]) -> list[HeldReceipt]:
+        """Held receipts for one text's ids: straight to the store unless a lookup is in
+        flight, else through the Batcher with the others that arrive meanwhile. A SQLite point
+        read never leaves the loop's thread, so it is never in flight and pays no Batcher
+        hop; PostgreSQL's round trips are shared."""
+        if self._held_busy:
+            return await self._held(smsc_ids)
+        self._held_busy = True
+        try:
+            (rows,) = await self._held_group([smsc_ids])
+        finally:
+            self._held_busy = False
+        return rows
+
+    async def _held_group(self, asks: Sequence[tuple[str, ...]]) -> list[list[HeldReceipt]]:
+        """held_for of several texts' ids in one read; each held row goes to the first text
+        that asks for its id (two texts carrying one id, an SMSC reusing ids, must not apply
+        it twice)."""
+        rows = await self.store.held_for(sorted({i for ids in asks for i in ids}))
+        given: set[int] = set()
+        out: list[list[HeldReceipt]] = []
+        for ids in asks:
+            wanted = set(ids)
+            mine = [r for r in rows if r[1] in wanted and r[0] not in given]
+            given.update(r[0] for r in mine)
+            out.append(mine)
+        return out
 
     async def sweep_receipts(self, now: float) -> int:
         """Held receipts: after receipt_match_delay_s try the id's other bases; after
         receipt_hold_s give up on them as unknown."""
         applied = 0
         cfg = self.cfg.inbound
-        for row_id, smsc_id, patron, state, error, raw, at in await self.store.held_receipts(
-            now - cfg.receipt_match_delay_s
-        ):
-            seg = await self._match(smsc_id, patron, variants=True)
-            if seg is not None:
-                await self._apply(seg, smsc_id, state, error, raw or state)
-                await self.store.drop_held_receipt(row_id)
+        held = await self.store.held_receipts(now - cfg.receipt_match_delay_s)
+        items = [
+            ReceiptItem(
+                smsc_id,
+                patron,
+                state,
+                error,
+                raw or state,
+                held_id=row_id,
+                variants=tuple(v for v in id_variants(smsc_id) if v != smsc_id),
+            )
+            for row_id, smsc_id, patron, state, error, raw, _ in held
+        ]
+        outs = await asyncio.gather(*(self._apply_receipt(item) for item in items))
+        for item, out, (row_id, *_, at) in zip(items, outs, held, strict=True):
+            if out.segment is not None:
+                self._done(item, out)
                 applied += 1
             elif at < now - cfg.receipt_hold_s:
                 self.counters.receipts_unknown += 1
-                log.warning("receipt for unknown smsc_id=%s stat=%s dropped", smsc_id, raw)
+                log.warning(
+                    "receipt for unknown smsc_id=%s stat=%s dropped", item.smsc_id, item.raw
+                )
                 await self.store.drop_held_receipt(row_id)
         return applied
 
@@ -647,29 +722,6 @@ class Inbound:
 
     # --- long replies whose parts never all arrived --------------------------------------------
 
-    async def _sweep_loop(self) -> None:
-        while True:
-            cfg = self.cfg.inbound
-            await asyncio.sleep(
-                max(
-                    0.05,
-                    min(
-                        30.0,
-                        cfg.reassembly_timeout_s / 2,
-                        cfg.receipt_match_delay_s / 2,
-                        self.cfg.smpp.receipt_timeout_s / 4,
-                    ),
-                )
-            )
-            try:
-                await self.sweep(self.clock())
-                await self.sweep_receipts(self.clock())
-                await self.sweep_deadlines(self.clock())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("mo reassembly sweep failed; trying again later")
-
     async def sweep(self, now: float) -> int:
         stale = await self.store.stale_mo_groups(now - self.cfg.inbound.reassembly_timeout_s)
         for group, total, parts in stale:
@@ -690,3 +742,34 @@ class Inbound:
             )
             await self.route(msisdn, dest, text, digest, now, done_group=group)
         return len(stale)
+
+
+class Sweeper(Worker):
+    """The inbound router's timed work: long replies whose parts never all arrived, held
+    receipts (other id bases, then given up), and the receipt deadline."""
+
+    name = "mo-reassembly-sweeper"
+
+    def __init__(self, inbound: Inbound) -> None:
+        self.inbound = inbound
+        super().__init__()
+
+    def interval(self) -> float:
+        """Often enough for the shortest of the timeouts it serves (at most 30 s)."""
+        cfg = self.inbound.cfg
+        return max(
+            0.05,
+            min(
+                30.0,
+                cfg.inbound.reassembly_timeout_s / 2,
+                cfg.inbound.receipt_match_delay_s / 2,
+                cfg.smpp.receipt_timeout_s / 4,
+            ),
+        )
+
+    async def step(self) -> float:
+        inbound = self.inbound
+        await inbound.sweep(inbound.clock())
+        await inbound.sweep_receipts(inbound.clock())
+        await inbound.sweep_deadlines(inbound.clock())
+        return self.interval()

@@ -30,7 +30,6 @@ a live instance look dead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 
 from bridge import defaults
 from bridge.model import Peer
+from bridge.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def share(
 Beat = Callable[[], Awaitable[tuple[float, list[Peer]]]]
 
 
-class RateBudget:
+class RateBudget(Worker):
     """Beats every `beat_every_s` and hands this instance's share to `apply` when it changes.
 
     `beat` is the store's heartbeat (PostgresStore.heartbeat): it records this instance and
@@ -125,6 +125,8 @@ class RateBudget:
     (SmppSession.set_max_tps). start() returns once this instance has settled in and its first
     share is applied: start the dispatcher after it.
     """
+
+    name = "rate-budget"
 
     def __init__(
         self,
@@ -147,7 +149,7 @@ class RateBudget:
         self.current: float = 0.0  # the share last applied
         self.live: int = 0  # live instances at the last beat
         self.standby = False  # settled, while other instances hold the whole budget
-        self._task: asyncio.Task[None] | None = None
+        super().__init__()
 
     def reload(self, max_tps: float) -> None:
         self.max_tps = max_tps
@@ -167,14 +169,7 @@ class RateBudget:
             if got.settled:
                 break
             await asyncio.sleep(self.beat_every_s)
-        self._task = asyncio.create_task(self._run(), name="rate-budget")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await super().start()
 
     async def _tick(self) -> Share:
         now, peers = await self._beat()
@@ -214,14 +209,16 @@ class RateBudget:
             self.current = got.rate
         return got
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.beat_every_s)
-            try:
-                await self._tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Keep the last share: peers still count this instance until its beat
-                # expires, and a store that is down stops the dispatcher from claiming anyway.
-                log.error("rate budget: heartbeat failed (%s); keeping %.2f/s", exc, self.current)
+    async def step(self) -> float:
+        # The loop's first round comes one beat after start(), whose beats settled us in.
+        await self.sleep(self.beat_every_s)
+        if self.stopping:
+            return 0.0
+        try:
+            await self._tick()
+        except Exception as exc:
+            # Keep the last share: peers still count this instance until its beat expires,
+            # and a store that is down stops the dispatcher from claiming anyway. (Not the
+            # base's error pause: the next beat comes at the usual time.)
+            log.error("rate budget: heartbeat failed (%s); keeping %.2f/s", exc, self.current)
+        return 0.0

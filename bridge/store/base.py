@@ -129,6 +129,39 @@ Rollup: TypeAlias = Callable[[SmsRecord, list[str]], tuple[SmsState, str | None]
 Bouncer: TypeAlias = Callable[[SmsRecord, SmsState, str | None], Sequence[Outgoing]]
 
 
+@dataclass(frozen=True)
+class ReceiptItem:
+    """One delivery receipt for `apply_receipts`: matched to a segment, applied, or held."""
+
+    smsc_id: str
+    patron: str  # canonical (bridge.addressing); "" when the SMSC gave none
+    state: str  # the segment state (bridge/smpp/receipts.py)
+    error: str | None
+    raw: str  # the stat as the SMSC wrote it: the bounce quotes it, a held row keeps it
+    # A held receipt tried again: its row is dropped when it matches and kept when not (no
+    # second row). None: a fresh receipt, held when nothing matches.
+    held_id: int | None = None
+    # Other forms of smsc_id (hex/decimal), tried only when the exact id matches nothing and
+    # only for the same patron: the sweeper's fallback.
+    variants: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReceiptOutcome:
+    """What `apply_receipts` did with one ReceiptItem."""
+
+    segment: SegmentRef | None  # the segment it matched; None: held (or kept held)
+    new_state: SmsState | None  # the message's new state, when the receipt changed it
+
+
+# apply_receipts' bounce builder: Bouncer, told which receipt caused the failure.
+ReceiptBouncer: TypeAlias = Callable[
+    [ReceiptItem, SmsRecord, SmsState, str | None], Sequence[Outgoing]
+]
+# Whether a segment's number (first) is the receipt's patron (second): bridge/inbound.py.
+SameNumber: TypeAlias = Callable[[str, str], bool]
+
+
 # --------------------------------------------------------------------------- the interface
 
 
@@ -221,7 +254,16 @@ class Receipts(Protocol):
         self, smsc_id: str, patron: str, state: str, error: str | None, raw: str | None, now: float
     ) -> None: ...
 
-    async def held_for(self, smsc_id: str) -> list[HeldReceipt]: ...
+    async def apply_receipts(
+        self,
+        items: Sequence[ReceiptItem],
+        now: float,
+        rollup: Rollup,
+        bounces: ReceiptBouncer,
+        same_number: SameNumber,
+    ) -> list[ReceiptOutcome]: ...
+
+    async def held_for(self, smsc_ids: Sequence[str]) -> list[HeldReceipt]: ...
 
     async def held_receipts(self, older_than: float) -> list[HeldReceipt]: ...
 

@@ -31,8 +31,11 @@ from bridge.store.base import (
     HeldReceipt,
     LostMail,
     MailInfo,
+    ReceiptItem,
     ReportData,
     Rollup,
+    SameNumber,
+    SegmentRef,
     SmsFilter,
 )
 
@@ -379,6 +382,27 @@ def receipt_change(
 def bounces_on(state: SmsState) -> bool:
     """A receipt that makes a message one of these queues its bounce (DSN) emails."""
     return state in (SmsState.FAILED, SmsState.EXPIRED)
+
+
+def pick_segment(
+    found: Sequence[SegmentRef], patron: str, same_number: SameNumber
+) -> SegmentRef | None:
+    """The segment a receipt is for among `found` (newest first: SMSCs reuse ids after a
+    restart): the first sent to the receipt's patron, or the first when it names none."""
+    for seg in found:
+        if not patron or same_number(seg.msisdn, patron):
+            return seg
+    return None
+
+
+def receipt_tries(item: ReceiptItem) -> list[tuple[str, ...]]:
+    """The id lists to look a receipt up by, in order: its exact id; then, for the sweeper, the
+    id's other bases, only for a known patron (a short all-digit id reads validly in both
+    bases, so another text's segment could carry it)."""
+    tries: list[tuple[str, ...]] = [(item.smsc_id,)]
+    if item.variants and item.patron:
+        tries.append(item.variants)
+    return tries
 
 
 # --------------------------------------------------------------------------- purge

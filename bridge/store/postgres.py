@@ -57,8 +57,12 @@ from bridge.store.base import (
     LostMail,
     MailInfo,
     PurgeCounts,
+    ReceiptBouncer,
+    ReceiptItem,
+    ReceiptOutcome,
     ReportData,
     Rollup,
+    SameNumber,
     SegmentRef,
     SmsFilter,
     StoreError,
@@ -510,13 +514,7 @@ class PostgresStore:
         if not smsc_ids:
             return []
         async with self._tx() as conn:
-            rows = await conn.fetch(
-                "SELECT g.queue_id, g.seq, s.msisdn, s.tenant_id, s.state FROM sms_segment g"
-                " JOIN sms s ON s.queue_id = g.queue_id WHERE g.smsc_message_id = ANY($1::text[])"
-                " ORDER BY s.created_at DESC",
-                list(smsc_ids),
-            )
-        return [SegmentRef(r[0], int(r[1]), r[2], r[3], SmsState(r[4])) for r in rows]
+            return [seg for _, seg in await _segments(conn, smsc_ids)]
 
     async def apply_receipt(
         self,
@@ -533,43 +531,131 @@ class PostgresStore:
         The message row is locked first: receipts for two segments of one text can arrive on
         two instances' binds at once, and each must see the other's segment state."""
         async with self._tx() as conn:
-            row = await conn.fetchrow(
-                f"SELECT {SMS_COLUMNS} FROM sms WHERE queue_id=$1 FOR UPDATE", queue_id
+            return await self._apply_segment(
+                conn, queue_id, seq, segment_state, error, now, rollup, bounces
             )
-            await conn.execute(
-                "UPDATE sms_segment SET state=$1, error=$2, updated_at=$3"
-                " WHERE queue_id=$4 AND seq=$5",
-                segment_state,
-                error,
-                now,
-                queue_id,
-                seq,
+
+    @staticmethod
+    async def _apply_segment(
+        conn: Any,
+        queue_id: str,
+        seq: int,
+        segment_state: str,
+        error: str | None,
+        now: float,
+        rollup: Rollup,
+        bounces: Bouncer,
+    ) -> SmsState | None:
+        """apply_receipt inside a transaction on `conn`."""
+        row = await conn.fetchrow(
+            f"SELECT {SMS_COLUMNS} FROM sms WHERE queue_id=$1 FOR UPDATE", queue_id
+        )
+        await conn.execute(
+            "UPDATE sms_segment SET state=$1, error=$2, updated_at=$3 WHERE queue_id=$4 AND seq=$5",
+            segment_state,
+            error,
+            now,
+            queue_id,
+            seq,
+        )
+        if row is None:
+            return None
+        rec = sms_record(row)
+        states = [
+            str(r[0])
+            for r in await conn.fetch(
+                "SELECT state FROM sms_segment WHERE queue_id=$1 ORDER BY seq", queue_id
             )
-            if row is None:
-                return None
-            rec = sms_record(row)
-            states = [
-                str(r[0])
-                for r in await conn.fetch(
-                    "SELECT state FROM sms_segment WHERE queue_id=$1 ORDER BY seq", queue_id
+        ]
+        change = common.receipt_change(rec, states, rollup)
+        if change is None:
+            return None
+        state, reason = change
+        await conn.execute(
+            "UPDATE sms SET state=$1, reason=$2, final_at=$3, updated_at=$4 WHERE queue_id=$5",
+            state.value,
+            reason,
+            now if state.final else None,
+            now,
+            queue_id,
+        )
+        if common.bounces_on(state):
+            for mail in bounces(rec, state, reason):
+                await _insert_mail(conn, mail, now)
+        return state
+
+    async def apply_receipts(
+        self,
+        items: Sequence[ReceiptItem],
+        now: float,
+        rollup: Rollup,
+        bounces: ReceiptBouncer,
+        same_number: SameNumber,
+    ) -> list[ReceiptOutcome]:
+        """SqliteStore.apply_receipts: match, apply or hold all of `items` in one transaction.
+
+        Every exact id is looked up in one query; then the matched messages' rows are locked
+        in queue_id order before any is changed, so two instances applying receipts for the
+        same texts in different orders wait for each other instead of deadlocking. Under READ
+        COMMITTED a receipt held here while another instance commits the submit it answers
+        may be missed by that instance's held_for; the sweeper matches it after
+        inbound.receipt_match_delay_s."""
+        if not items:
+            return []
+        async with self._tx() as conn:
+            exact = await _segments(conn, sorted({item.smsc_id for item in items}))
+            by_id: dict[str, list[SegmentRef]] = {}
+            for smsc_id, ref in exact:
+                by_id.setdefault(smsc_id, []).append(ref)
+            matched: list[SegmentRef | None] = []
+            for item in items:
+                seg = common.pick_segment(by_id.get(item.smsc_id, []), item.patron, same_number)
+                for ids in common.receipt_tries(item)[1:]:
+                    if seg is None:
+                        found = [g for _, g in await _segments(conn, ids)]
+                        seg = common.pick_segment(found, item.patron, same_number)
+                matched.append(seg)
+            locks = sorted({seg.queue_id for seg in matched if seg is not None})
+            if locks:
+                await conn.execute(
+                    "SELECT 1 FROM sms WHERE queue_id = ANY($1::text[])"
+                    " ORDER BY queue_id FOR UPDATE",
+                    locks,
                 )
-            ]
-            change = common.receipt_change(rec, states, rollup)
-            if change is None:
-                return None
-            state, reason = change
-            await conn.execute(
-                "UPDATE sms SET state=$1, reason=$2, final_at=$3, updated_at=$4 WHERE queue_id=$5",
-                state.value,
-                reason,
-                now if state.final else None,
-                now,
-                queue_id,
-            )
-            if common.bounces_on(state):
-                for mail in bounces(rec, state, reason):
-                    await _insert_mail(conn, mail, now)
-            return state
+            out: list[ReceiptOutcome] = []
+            held: list[tuple[object, ...]] = []
+            dropped: list[int] = []
+            for item, seg in zip(items, matched, strict=True):
+                if seg is None:
+                    if item.held_id is None:
+                        held.append(
+                            (item.smsc_id, item.patron, item.state, item.error, item.raw, now)
+                        )
+                    out.append(ReceiptOutcome(None, None))
+                    continue
+
+                def bouncer(
+                    rec: SmsRecord, st: SmsState, why: str | None, item: ReceiptItem = item
+                ) -> Sequence[Outgoing]:
+                    return bounces(item, rec, st, why)
+
+                new_state = await self._apply_segment(
+                    conn, seg.queue_id, seg.seq, item.state, item.error, now, rollup, bouncer
+                )
+                if item.held_id is not None:
+                    dropped.append(item.held_id)
+                out.append(ReceiptOutcome(seg, new_state))
+            if held:
+                await conn.executemany(
+                    "INSERT INTO pending_receipt (smsc_message_id, patron, state, error,"
+                    " raw_stat, received_at) VALUES ($1,$2,$3,$4,$5,$6)",
+                    held,
+                )
+            if dropped:
+                await conn.execute(
+                    "DELETE FROM pending_receipt WHERE id = ANY($1::bigint[])", dropped
+                )
+        return out
 
     async def settle_overdue(
         self, submitted_before: float, state: SmsState, reason: str, now: float, limit: int = 500
@@ -606,12 +692,17 @@ class PostgresStore:
                 now,
             )
 
-    async def held_for(self, smsc_id: str) -> list[HeldReceipt]:
+    async def held_for(self, smsc_ids: Sequence[str]) -> list[HeldReceipt]:
+        """Held receipts for any of `smsc_ids`, oldest first, whichever instance held them."""
+        if isinstance(smsc_ids, str):
+            raise TypeError("held_for takes a sequence of ids, not one id")
+        if not smsc_ids:
+            return []
         async with self._tx() as conn:
             rows = await conn.fetch(
                 "SELECT id, smsc_message_id, patron, state, error, raw_stat, received_at"
-                " FROM pending_receipt WHERE smsc_message_id=$1 ORDER BY id",
-                smsc_id,
+                " FROM pending_receipt WHERE smsc_message_id = ANY($1::text[]) ORDER BY id",
+                list(smsc_ids),
             )
         return [common.held_receipt(r) for r in rows]
 
@@ -1083,6 +1174,18 @@ async def _insert_sms(conn: Any, item: NewSms, now: float) -> str:
     qid = new_queue_id()
     await _insert(conn, "sms", common.sms_row(qid, item, now))
     return qid
+
+
+async def _segments(conn: Any, smsc_ids: Sequence[str]) -> list[tuple[str, SegmentRef]]:
+    """(smsc id, segment) for every segment whose SMSC message id is any of `smsc_ids`,
+    newest text first."""
+    rows = await conn.fetch(
+        "SELECT g.smsc_message_id, g.queue_id, g.seq, s.msisdn, s.tenant_id, s.state"
+        " FROM sms_segment g JOIN sms s ON s.queue_id = g.queue_id"
+        " WHERE g.smsc_message_id = ANY($1::text[]) ORDER BY s.created_at DESC",
+        list(smsc_ids),
+    )
+    return [(str(r[0]), SegmentRef(r[1], int(r[2]), r[3], r[4], SmsState(r[5]))) for r in rows]
 
 
 async def _write_optout(conn: Any, rec: OptoutRecord, mo_ref: str | None) -> None:

@@ -43,8 +43,12 @@ from bridge.store.base import (
     LostMail,
     MailInfo,
     PurgeCounts,
+    ReceiptBouncer,
+    ReceiptItem,
+    ReceiptOutcome,
     ReportData,
     Rollup,
+    SameNumber,
     SegmentRef,
     SmsFilter,
     StoreError,
@@ -539,17 +543,7 @@ class SqliteStore:
     async def find_segments(self, smsc_ids: Sequence[str]) -> list[SegmentRef]:
         """Segments whose SMSC message id is any of `smsc_ids` (the id's hex/decimal variants)."""
 
-        def fn(conn: sqlite3.Connection) -> list[SegmentRef]:
-            marks = ",".join("?" * len(smsc_ids))
-            rows = conn.execute(
-                "SELECT g.queue_id, g.seq, s.msisdn, s.tenant_id, s.state FROM sms_segment g"
-                f" JOIN sms s ON s.queue_id = g.queue_id WHERE g.smsc_message_id IN ({marks})"
-                " ORDER BY s.created_at DESC",
-                list(smsc_ids),
-            ).fetchall()
-            return [SegmentRef(r[0], r[1], r[2], r[3], SmsState(r[4])) for r in rows]
-
-        return await self._read(fn) if smsc_ids else []
+        return await self._read(lambda conn: _segments(conn, smsc_ids)) if smsc_ids else []
 
     async def apply_receipt(
         self,
@@ -569,37 +563,102 @@ class SqliteStore:
         Returns the message's new state when it changed.
         """
 
-        def fn(conn: sqlite3.Connection) -> SmsState | None:
-            conn.execute(
-                "UPDATE sms_segment SET state=?, error=?, updated_at=? WHERE queue_id=? AND seq=?",
-                (segment_state, error, now, queue_id, seq),
+        return await self._call(
+            lambda conn: self._apply_segment(
+                conn, queue_id, seq, segment_state, error, now, rollup, bounces
             )
-            row = conn.execute(
-                f"SELECT {SMS_COLUMNS} FROM sms WHERE queue_id=?", (queue_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            rec = sms_record(row)
-            states = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT state FROM sms_segment WHERE queue_id=? ORDER BY seq", (queue_id,)
-                )
-            ]
-            change = common.receipt_change(rec, states, rollup)
-            if change is None:
-                return None
-            state, reason = change
-            conn.execute(
-                "UPDATE sms SET state=?, reason=?, final_at=?, updated_at=? WHERE queue_id=?",
-                (state.value, reason, now if state.final else None, now, queue_id),
-            )
-            if common.bounces_on(state):
-                for mail in bounces(rec, state, reason):
-                    _insert_mail(conn, mail, now)
-            return state
+        )
 
-        return await self._call(fn)
+    @staticmethod
+    def _apply_segment(
+        conn: sqlite3.Connection,
+        queue_id: str,
+        seq: int,
+        segment_state: str,
+        error: str | None,
+        now: float,
+        rollup: Rollup,
+        bounces: Bouncer,
+    ) -> SmsState | None:
+        """apply_receipt inside the writer's transaction."""
+        conn.execute(
+            "UPDATE sms_segment SET state=?, error=?, updated_at=? WHERE queue_id=? AND seq=?",
+            (segment_state, error, now, queue_id, seq),
+        )
+        row = conn.execute(
+            f"SELECT {SMS_COLUMNS} FROM sms WHERE queue_id=?", (queue_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        rec = sms_record(row)
+        states = [
+            r[0]
+            for r in conn.execute(
+                "SELECT state FROM sms_segment WHERE queue_id=? ORDER BY seq", (queue_id,)
+            )
+        ]
+        change = common.receipt_change(rec, states, rollup)
+        if change is None:
+            return None
+        state, reason = change
+        conn.execute(
+            "UPDATE sms SET state=?, reason=?, final_at=?, updated_at=? WHERE queue_id=?",
+            (state.value, reason, now if state.final else None, now, queue_id),
+        )
+        if common.bounces_on(state):
+            for mail in bounces(rec, state, reason):
+                _insert_mail(conn, mail, now)
+        return state
+
+    async def apply_receipts(
+        self,
+        items: Sequence[ReceiptItem],
+        now: float,
+        rollup: Rollup,
+        bounces: ReceiptBouncer,
+        same_number: SameNumber,
+    ) -> list[ReceiptOutcome]:
+        """Match, apply or hold every receipt of `items` in one write transaction.
+
+        Each is looked up as find_segments does and matched by `common.pick_segment` (its
+        exact id, then `variants` for the same patron); a match is applied as apply_receipt
+        does and drops the item's held row; no match holds a fresh receipt (hold_receipt) and
+        keeps a held one. Matching in the writer, in the same transaction as the hold, means
+        a receipt is either matched or held before any submit recorded after it commits, so
+        `held_for` after record_submitted always finds it."""
+
+        def fn(conn: sqlite3.Connection) -> list[ReceiptOutcome]:
+            out: list[ReceiptOutcome] = []
+            for item in items:
+                seg = None
+                for ids in common.receipt_tries(item):
+                    seg = common.pick_segment(_segments(conn, ids), item.patron, same_number)
+                    if seg is not None:
+                        break
+                if seg is None:
+                    if item.held_id is None:
+                        conn.execute(
+                            "INSERT INTO pending_receipt (smsc_message_id, patron, state, error,"
+                            " raw_stat, received_at) VALUES (?,?,?,?,?,?)",
+                            (item.smsc_id, item.patron, item.state, item.error, item.raw, now),
+                        )
+                    out.append(ReceiptOutcome(None, None))
+                    continue
+
+                def bouncer(
+                    rec: SmsRecord, st: SmsState, why: str | None, item: ReceiptItem = item
+                ) -> Sequence[Outgoing]:
+                    return bounces(item, rec, st, why)
+
+                new_state = self._apply_segment(
+                    conn, seg.queue_id, seg.seq, item.state, item.error, now, rollup, bouncer
+                )
+                if item.held_id is not None:
+                    conn.execute("DELETE FROM pending_receipt WHERE id=?", (item.held_id,))
+                out.append(ReceiptOutcome(seg, new_state))
+            return out
+
+        return await self._call(fn) if items else []
 
     async def settle_overdue(
         self, submitted_before: float, state: SmsState, reason: str, now: float, limit: int = 500
@@ -636,16 +695,26 @@ class SqliteStore:
 
         await self._call(fn)
 
-    async def held_for(self, smsc_id: str) -> list[HeldReceipt]:
+    async def held_for(self, smsc_ids: Sequence[str]) -> list[HeldReceipt]:
+        """Held receipts for any of `smsc_ids`, oldest first. Called after every submit, and
+        nearly always empty: an indexed point read on the loop's thread (_point_read), not a
+        write. A read sees every receipt held before it: apply_receipts matches or holds in
+        one transaction, so one held before the submit's commit is visible after it."""
+        if isinstance(smsc_ids, str):
+            raise TypeError("held_for takes a sequence of ids, not one id")
+        if not smsc_ids:
+            return []
+
         def fn(conn: sqlite3.Connection) -> list[HeldReceipt]:
+            marks = ",".join("?" * len(smsc_ids))
             rows = conn.execute(
                 "SELECT id, smsc_message_id, patron, state, error, raw_stat, received_at"
-                " FROM pending_receipt WHERE smsc_message_id=? ORDER BY id",
-                (smsc_id,),
+                f" FROM pending_receipt WHERE smsc_message_id IN ({marks}) ORDER BY id",
+                list(smsc_ids),
             ).fetchall()
             return [common.held_receipt(r) for r in rows]
 
-        return await self._call(fn)
+        return await self._point_read(fn)
 
     async def held_receipts(self, older_than: float) -> list[HeldReceipt]:
         """Held receipts received before `older_than` (HeldReceipt)."""
@@ -1187,6 +1256,18 @@ def _write_optout(conn: sqlite3.Connection, rec: OptoutRecord, mo_ref: str | Non
 
 def _insert_mail(conn: sqlite3.Connection, mail: Outgoing, now: float) -> int:
     return _insert(conn, "mail_outbox", common.mail_row(mail, now))
+
+
+def _segments(conn: sqlite3.Connection, smsc_ids: Sequence[str]) -> list[SegmentRef]:
+    """Segments whose SMSC message id is any of `smsc_ids`, newest text first."""
+    marks = ",".join("?" * len(smsc_ids))
+    rows = conn.execute(
+        "SELECT g.queue_id, g.seq, s.msisdn, s.tenant_id, s.state FROM sms_segment g"
+        f" JOIN sms s ON s.queue_id = g.queue_id WHERE g.smsc_message_id IN ({marks})"
+        " ORDER BY s.created_at DESC",
+        list(smsc_ids),
+    ).fetchall()
+    return [SegmentRef(r[0], r[1], r[2], r[3], SmsState(r[4])) for r in rows]
 
 
 def _enqueue_step(conn: sqlite3.Connection, step: common.EnqueueStep, now: float) -> str | None:

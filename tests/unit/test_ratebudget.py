@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from bridge.ratebudget import (
     plan,
     share,
 )
+from bridge.store.base import StoreError
 from tests.waiting import eventually
 
 
@@ -145,3 +147,40 @@ async def test_budget_stands_by_behind_an_older_instance_then_takes_over() -> No
     await eventually(lambda: applied[-1] == 1.0, 5, "the rate 1.0 applied")
     assert budget.sending() and not budget.standby
     await budget.stop()
+
+
+async def test_first_beat_must_succeed_and_a_later_failure_keeps_the_share(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = [100.0]
+    failing = [True]
+    beats = [0]
+    applied: list[float] = []
+
+    async def beat() -> tuple[float, list[Peer]]:
+        beats[0] += 1
+        if failing[0]:
+            raise StoreError("database down")
+        clock[0] += 1.0
+        return clock[0], [Peer("a", 0.0, clock[0])]
+
+    budget = RateBudget(
+        beat, applied.append, instance_id="a", max_tps=10.0, beat_every_s=0.01, settle_s=3.0
+    )
+    with pytest.raises(StoreError):
+        await asyncio.wait_for(budget.start(), timeout=5)
+    assert applied == [] and not budget.sending()
+    failing[0] = False
+    await asyncio.wait_for(budget.start(), timeout=5)
+    assert applied == [10.0]
+    failing[0] = True
+    seen = beats[0]
+    await eventually(lambda: beats[0] >= seen + 3, 5, "three more (failing) beats")
+    assert applied == [10.0] and budget.current == 10.0 and budget.sending()
+    assert "heartbeat failed (database down); keeping 10.00/s" in caplog.text
+    failing[0] = False
+    seen = beats[0]
+    await eventually(lambda: beats[0] >= seen + 2, 5, "beats again")
+    await budget.stop()
+    assert applied == [10.0] and budget.current == 10.0
+    assert budget._task is None

@@ -15,7 +15,14 @@ import pytest
 from bridge.model import NewSms, OptoutRecord, Outgoing, SmsRecord, SmsState
 from bridge.ratebudget import Peer, share
 from bridge.store import common
-from bridge.store.base import ACTIVITY_BUCKET_S, CostLintRow, SmsFilter, Store
+from bridge.store.base import (
+    ACTIVITY_BUCKET_S,
+    CostLintRow,
+    ReceiptItem,
+    ReceiptOutcome,
+    SmsFilter,
+    Store,
+)
 from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
 from tests.pg import create_database, drop_database, url_for
@@ -285,13 +292,113 @@ async def test_receipts_roll_up_and_bounce(store: Store) -> None:
 async def test_held_receipts(store: Store) -> None:
     await store.hold_receipt("77", "12025550143", "delivered", None, "DELIVRD", now=5.0)
     await store.hold_receipt("78", "12025550143", "undelivered", "001", None, now=6.0)
-    (held,) = await store.held_for("77")
+    (held,) = await store.held_for(["77"])
     assert held[1:] == ("77", "12025550143", "delivered", None, "DELIVRD", 5.0)
     old = await store.held_receipts(older_than=5.5)
     assert [h[1] for h in old] == ["77"]
     await store.drop_held_receipt(held[0])
-    assert await store.held_for("77") == []
+    assert await store.held_for(["77", "79"]) == []
+    assert [h[1] for h in await store.held_for(["78", "77", "79"])] == ["78"]
+    assert await store.held_for([]) == []
     assert [h[1] for h in await store.held_receipts(older_than=10.0)] == ["78"]
+
+
+def _same(msisdn: str, patron: str) -> bool:
+    return msisdn.lstrip("+") == patron.lstrip("+")
+
+
+def _receipt_bounces(
+    item: ReceiptItem, rec: SmsRecord, state: SmsState, reason: str | None
+) -> Sequence[Outgoing]:
+    return [Outgoing("dsn", "", (rec.envelope_from,), f"{state.value}: {item.raw}".encode())]
+
+
+async def _apply(store: Store, items: Sequence[ReceiptItem], now: float) -> list[ReceiptOutcome]:
+    return await store.apply_receipts(items, now, _rollup, _receipt_bounces, _same)
+
+
+async def test_apply_receipts_matches_applies_and_holds_in_one_call(store: Store) -> None:
+    await store.enqueue_sms([sms(1, None), sms(2, None)], now=1.0, dedup_window_s=0)
+    a, b = await store.claim_sms(now=1.0, limit=2)
+    await store.record_submitted(a.queue_id, ["10", "11"], 2, "gsm7", now=2.0)
+    await store.record_submitted(b.queue_id, ["12"], 1, "gsm7", now=2.0)
+    p = "12025550143"
+    out = await _apply(
+        store,
+        [
+            ReceiptItem("10", p, "delivered", None, "DELIVRD"),
+            ReceiptItem("11", p, "delivered", None, "DELIVRD"),  # a's last segment: delivered
+            ReceiptItem("12", "12025550199", "delivered", None, "DELIVRD"),  # another patron
+            ReceiptItem("0xC", p, "delivered", None, "DELIVRD"),  # no variants: held
+            ReceiptItem("12", "", "undelivered", "001", "UNDELIV"),  # no patron: any segment
+        ],
+        now=3.0,
+    )
+    assert [(o.segment and (o.segment.queue_id, o.segment.seq), o.new_state) for o in out] == [
+        ((a.queue_id, 0), None),
+        ((a.queue_id, 1), SmsState.DELIVERED),
+        (None, None),
+        (None, None),
+        ((b.queue_id, 0), SmsState.FAILED),
+    ]
+    got = await store.get_sms(b.queue_id)
+    assert got is not None and got.state is SmsState.FAILED
+    (mail,) = await store.claim_mail(now=3.0, limit=5)
+    assert mail.data == b"failed: UNDELIV"  # the bounce names its own receipt's stat
+    held = await store.held_receipts(older_than=10.0)
+    assert [(h[1], h[2], h[3], h[5], h[6]) for h in held] == [
+        ("12", "12025550199", "delivered", "DELIVRD", 3.0),
+        ("0xC", p, "delivered", "DELIVRD", 3.0),
+    ]
+    assert await _apply(store, [], now=4.0) == []
+
+
+async def test_apply_receipts_held_rows_and_variants(store: Store) -> None:
+    await store.enqueue_sms([sms(1, None)], now=1.0, dedup_window_s=0)
+    await store.enqueue_sms([sms(2, None)], now=1.5, dedup_window_s=0)  # created later
+    old, new = await store.claim_sms(now=2.0, limit=2)
+    p = "12025550143"
+    # an unknown id, held; then retried as held (kept, no second row) before its submit
+    (first,) = await _apply(store, [ReceiptItem("20", p, "delivered", None, "DELIVRD")], 2.0)
+    assert first.segment is None
+    (row,) = await store.held_for(["20"])
+    retry = ReceiptItem("20", p, "delivered", None, "DELIVRD", held_id=row[0])
+    assert (await _apply(store, [retry], 2.5))[0].segment is None
+    assert await store.held_for(["20"]) == [row]
+    # its submit recorded: the held row matches and is dropped in the same transaction
+    await store.record_submitted(old.queue_id, ["20"], 1, "gsm7", now=3.0)
+    (done,) = await _apply(store, [retry], 3.5)
+    assert done.segment is not None and done.segment.queue_id == old.queue_id
+    assert done.new_state is SmsState.DELIVERED and await store.held_for(["20"]) == []
+    # an id reused by the SMSC: the newest text first
+    await store.record_submitted(new.queue_id, ["20", "0x1F"], 2, "gsm7", now=4.0)
+    (reused,) = await _apply(store, [ReceiptItem("20", p, "delivered", None, "x")], 5.0)
+    assert reused.segment is not None and reused.segment.queue_id == new.queue_id
+    # variants: only when the exact id matches nothing, and only for a known patron
+    swept = ReceiptItem("31", p, "delivered", None, "DELIVRD", variants=("0x1F", "0x1f"))
+    (by_variant,) = await _apply(store, [swept], 6.0)
+    assert by_variant.segment is not None
+    assert (by_variant.segment.queue_id, by_variant.segment.seq) == (new.queue_id, 1)
+    assert by_variant.new_state is SmsState.DELIVERED
+    nobody = ReceiptItem("31", "", "delivered", None, "DELIVRD", variants=("0x1F",))
+    assert (await _apply(store, [nobody], 7.0))[0].segment is None
+
+
+async def test_apply_receipts_crossing_groups(open_store: Opener) -> None:
+    """Two stores (on PostgreSQL two instances) apply receipts for the same texts in opposite
+    orders at once: both commit, neither deadlocks, every segment ends delivered."""
+    a, b = await open_store("a"), await open_store("b")
+    await a.enqueue_sms([sms(i, None) for i in range(6)], now=1.0, dedup_window_s=0)
+    recs = await a.claim_sms(now=1.0, limit=6)
+    for i, rec in enumerate(recs):
+        await a.record_submitted(rec.queue_id, [f"s{i}", f"t{i}"], 2, "gsm7", now=2.0)
+    p = "12025550143"
+    first = [ReceiptItem(f"s{i}", p, "delivered", None, "DELIVRD") for i in range(6)]
+    second = [ReceiptItem(f"t{i}", p, "delivered", None, "DELIVRD") for i in reversed(range(6))]
+    for _ in range(3):
+        outs = await asyncio.gather(_apply(a, first, 3.0), _apply(b, second, 3.0))
+        assert all(o.segment is not None for group in outs for o in group)
+    assert await a.counts() == {"delivered": 6}
 
 
 # --- inbound -------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ async def test_receipts_that_overtook_their_submits_are_applied_when_recorded(
         SmsState.SUBMITTED,  # no receipt for it yet
     ]
     (dsn,) = await store.claim_mail(time.time(), 5)
-    assert b"UNDELIV" in dsn.data
+    assert b"UNDELIV" in dsn.mail.data
 
 
 async def test_held_lookups_give_a_row_to_one_text_only(

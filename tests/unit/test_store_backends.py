@@ -344,7 +344,7 @@ async def test_apply_receipts_matches_applies_and_holds_in_one_call(store: Store
     got = await store.get_sms(b.queue_id)
     assert got is not None and got.state is SmsState.FAILED
     (mail,) = await store.claim_mail(now=3.0, limit=5)
-    assert mail.data == b"failed: UNDELIV"  # the bounce names its own receipt's stat
+    assert mail.mail.data == b"failed: UNDELIV"  # the bounce names its own receipt's stat
     held = await store.held_receipts(older_than=10.0)
     assert [(h[1], h[2], h[3], h[5], h[6]) for h in held] == [
         ("12", "12025550199", "delivered", "DELIVRD", 3.0),

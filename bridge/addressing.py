@@ -420,7 +420,16 @@ def _canonical(
     elif ton == TON_INTERNATIONAL:
         found = _international(digits) or _after_idd(digits) or _valid_reading(digits, region)
     else:
-        national, international = _valid_reading(digits, region), _international(digits)
+        national = _valid_reading(digits, region)
+        home = str(phonenumbers.country_code_for_region(region))
+        if national and not digits.startswith(home):
+            # The "+<digits>" reading could only win by being in the region's own country,
+            # i.e. by starting with its calling code (calling codes are prefix-free, ITU-T
+            # E.164 §6.2.1); these digits do not, so the national reading stands, and the
+            # other one (a second phonenumbers parse, the costliest step of a RCPT) is not
+            # made.
+            return SmsAddress(national[0], "e164"), national[1]
+        international = _international(digits)
         if national and international and national[0] != international[0]:
             # Both readings are numbers: "2015550100" is a US number and an Egyptian one,
             # "4915123456789" a German number with and without its country code. The reading

@@ -95,6 +95,9 @@ _PARSE_POOL = ThreadPoolExecutor(
 # The end of the header section (RFC 5322 §2.1: the first empty line).
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
+# Peer addresses whose tenants network_tenants remembers (cleared whole when full).
+_NETWORK_CACHE_MAX = 1024
+
 ERR_451_PARSE_BUDGET = "Temporary overload: the notice could not be read in time; try again later"
 
 
@@ -116,11 +119,13 @@ class Intake:
         self.wake = wake or Wake()
         self._backlog = 0
         self._backlog_at = float("-inf")
+        self._by_network: dict[str, tuple[TenantConfig, ...]] = {}
         # Bounces to the bridge's own addresses take a separate path (null sender, no tenant).
         self.bounces = BounceIntake(cfg, store, clock=clock, wake=self.wake, metrics=metrics)
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
+        self._by_network.clear()
         self.bounces.reload(cfg)
 
     # --- who may send ------------------------------------------------------------------------
@@ -132,11 +137,20 @@ class Intake:
         return None
 
     def network_tenants(self, peer_ip: str) -> list[TenantConfig]:
+        """The tenants whose `networks` hold `peer_ip`: asked at every connection and every
+        MAIL, by the same few ILS hosts, so the answer is kept per address until a reload."""
+        found = self._by_network.get(peer_ip)
+        if found is not None:
+            return list(found)
         try:
             ip = ipaddress.ip_address(peer_ip)
         except ValueError:
             return []
-        return [t for t in self.cfg.tenants if any(ip in net for net in t.networks)]
+        tenants = tuple(t for t in self.cfg.tenants if any(ip in net for net in t.networks))
+        if len(self._by_network) >= _NETWORK_CACHE_MAX:
+            self._by_network.clear()  # many addresses (a scan): start over, stay bounded
+        self._by_network[peer_ip] = tenants
+        return list(tenants)
 
     def tenant_for_sender(self, peer_ip: str, login: str | None, mail_from: str) -> TenantConfig:
         """The tenant this envelope belongs to, or Rejected.

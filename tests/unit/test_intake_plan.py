@@ -164,3 +164,21 @@ def test_accepted_lines_mask_numbers_and_name_duplicates() -> None:
     assert lines[0].endswith("message_id=<n1@ils> chars=19")
     assert lines[1].startswith("duplicate of queue_id=Q0")
     assert lines[1].endswith("duplicate=yes: not sent again")
+
+
+def test_network_tenants_follow_a_reload() -> None:
+    from typing import cast
+
+    from bridge.intake import Intake
+    from bridge.store import Store
+
+    base = {**BASE["tenants"][0], "networks": ["192.0.2.0/24"]}
+    cfg = load_config_text(yaml.safe_dump(merge(BASE, {"tenants": [base]})))
+    intake = Intake(cfg, cast(Store, object()))
+    assert [t.id for t in intake.network_tenants("192.0.2.7")] == ["riverside"]
+    assert intake.network_tenants("198.51.100.1") == []
+    assert intake.network_tenants("not an address") == []
+    moved = {**base, "networks": ["198.51.100.0/24"]}
+    intake.reload(load_config_text(yaml.safe_dump(merge(BASE, {"tenants": [moved]}))))
+    assert intake.network_tenants("192.0.2.7") == []
+    assert [t.id for t in intake.network_tenants("198.51.100.1")] == ["riverside"]

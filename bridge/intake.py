@@ -294,7 +294,8 @@ class Intake:
     async def _check_thread(
         self, tenant: TenantConfig, notice: ParsedNotice, recipients: Sequence[Recipient]
     ) -> str:
-        """ "notice" or "reply" (thread_kind), after the one store lookup it needs."""
+        """The notice's kind, "notice" or a staff "reply" (thread_kind), after the one store
+        lookup that needs."""
         refs = thread_refs(notice)
         if not refs:
             return "notice"
@@ -348,12 +349,10 @@ class AcceptPlan:
     """The store write one accepted notice makes, decided before anything is written.
 
     `items`: one text per distinct number, in RCPT order (two spellings of one number, e.g.
-    "2025550143@" and "+12025550143@", are one patron and get one text). `rcpt_item`: for each
-    recipient in RCPT order, the index of the item that carries it. `lint`: the cost-lint rows,
-    one per item, when the text costs more than one GSM-7 segment."""
+    "2025550143@" and "+12025550143@", are one patron and get one text). `lint`: the cost-lint
+    rows, one per item, when the text costs more than one GSM-7 segment."""
 
     items: tuple[NewSms, ...]
-    rcpt_item: tuple[int, ...]
     lint: tuple[CostLintRow, ...]
     message_id: str | None
     chars: int
@@ -406,16 +405,12 @@ def plan_accept(
     urgent = is_urgent(tenant, notice)
     # Folded once per notice, not once per recipient: the key differs only by number.
     dup_words = duplicate_words(notice.text) if kind == "notice" else None
-    index: dict[str, int] = {}
-    rcpt_item: list[int] = []
+    seen: set[str] = set()
     items: list[NewSms] = []
     for rcpt in recipients:
-        known = index.get(rcpt.msisdn)
-        if known is not None:  # two spellings of one number: one text
-            rcpt_item.append(known)
+        if rcpt.msisdn in seen:  # two spellings of one number: one text
             continue
-        index[rcpt.msisdn] = len(items)
-        rcpt_item.append(len(items))
+        seen.add(rcpt.msisdn)
         items.append(
             NewSms(
                 tenant_id=tenant.id,
@@ -445,7 +440,6 @@ def plan_accept(
         )
     return AcceptPlan(
         items=tuple(items),
-        rcpt_item=tuple(rcpt_item),
         lint=lint_rows,
         message_id=notice.message_id,
         chars=len(notice.text),

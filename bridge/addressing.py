@@ -72,7 +72,12 @@ class AddressError(ValueError):
 
 def _smtp_safe(text: str, *, limit: int) -> str:
     """Printable ASCII only, at most ``limit`` characters: safe inside one SMTP reply line."""
-    cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+    # Printable ASCII already (the usual case: an ILS address): str.isprintable on an ASCII
+    # string is exactly " " to "~", checked in C rather than per character here.
+    if text.isascii() and text.isprintable():
+        cleaned = text
+    else:
+        cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
     if len(cleaned) > limit:
         cleaned = cleaned[: limit - 3] + "..."
     return cleaned
@@ -227,6 +232,10 @@ def e164_to_local_part(e164: str) -> str:
     return e164[1:]
 
 
+# Whitespace (the same characters as str.isspace) or an angle bracket.
+_SPACE_OR_ANGLE = re.compile(r"[\s<>]")
+
+
 def split_address(addr: str) -> tuple[str, str]:
     """Split an envelope address into (local part, lower-cased domain).
 
@@ -254,7 +263,7 @@ def split_address(addr: str) -> tuple[str, str]:
     domain = domain.rstrip(".").lower()
     if local == "" or domain == "":
         raise AddressError(f"{shown} is not an address of the form user@domain")
-    if any(ch.isspace() or ch in "<>" for ch in value):
+    if _SPACE_OR_ANGLE.search(value) is not None:
         raise AddressError(f"{shown} contains spaces or angle brackets; use user@domain")
     return local, domain
 

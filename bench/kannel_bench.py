@@ -51,6 +51,32 @@ CASES: tuple[tuple[str, bool, bool], ...] = (
 # ratios are reported against the same Kannel run. Every case: a bridge run takes 5-10 s here,
 # so the section grows by about a third. Trim this tuple if the section has to be shorter.
 UVLOOP_CASES: tuple[tuple[str, bool, bool], ...] = CASES
+# BENCH_KANNEL_CASES="slow:20,receipts,live;ok,noreceipts,queued" runs only these cases (for
+# iterating on one of them: the whole section takes ~10 minutes). BENCH_KANNEL_SYSTEMS=bridge
+# leaves Kannel out (the rows then have no ratio), BENCH_KANNEL_UVLOOP=0 the uvloop runs.
+CASES_ENV = "BENCH_KANNEL_CASES"
+
+
+def parse_cases(spec: str) -> tuple[tuple[str, bool, bool], ...]:
+    """Cases from BENCH_KANNEL_CASES: per case, the scenario then any of receipts/noreceipts
+    (default receipts) and queued/live (default queued), comma-separated; cases by ";"."""
+    cases = []
+    for part in spec.split(";"):
+        fields = [f.strip() for f in part.split(",") if f.strip()]
+        if not fields:
+            continue
+        receipts, queued = True, True
+        for flag in fields[1:]:
+            if flag in ("receipts", "noreceipts"):
+                receipts = flag == "receipts"
+            elif flag in ("queued", "live"):
+                queued = flag == "queued"
+            else:
+                raise ValueError(f"{CASES_ENV}: unknown flag {flag!r} in {part!r}")
+        cases.append((fields[0], receipts, queued))
+    return tuple(cases)
+
+
 DONE_LIMIT_S = 90.0  # one system's phase; a stall is reported, not waited out
 INJECT_CONNECTIONS = 4
 BEARERBOX = "/usr/sbin/bearerbox"
@@ -111,6 +137,9 @@ class Measured:
     cpu_per_text_ms: float
     texts: int  # submits the simulator saw
     done: bool  # every text (and receipt) finished within the limit
+    # Live rows: the submit rate while texts were still going in, and how long that took.
+    rate_injecting: float | None = None
+    inject_s: float | None = None
 
 
 # --- Kannel ---------------------------------------------------------------------------------
@@ -354,9 +383,14 @@ class _Bridge:
 
     async def inject(self, n: int) -> None:
         per = n // INJECT_CONNECTIONS
+        # Text i to FAKE_NUMBERS[i % 100] in the same order as Kannel's injection (a shared
+        # queue over the connections). In blocks of 500 per connection, all four connections
+        # texted one patron at once, and the dispatcher sends one text per number at a time
+        # (compliance.NumberLocks): about 5 numbers, not 10, filled the window.
         load = await procs.spawn(
-            "bench.smtp_load", str(self.smtp_port), str(INJECT_CONNECTIONS), str(per), "0"
-        )
+            "bench.smtp_load",
+            str(self.smtp_port), str(INJECT_CONNECTIONS), str(per), "0", "interleaved",
+        )  # fmt: skip
         try:
             result = await procs.read_json_line(load, 150.0)
         finally:
@@ -428,24 +462,35 @@ async def _measure(
                 await system.inject(N)  # the link is down: everything waits in the system
             cpu0 = _cpu_s(system.pids())
             async with procs.simulator(scenario, receipts=receipts, port=sim_port) as sim:
+                injected: tuple[float, float] | None = None
                 if not queued:
+                    start = time.monotonic()
                     await system.inject(N)
+                    injected = (start, time.monotonic())
                 done = await _wait_finished(system, N)
                 cpu = _cpu_s(system.pids()) - cpu0
         finally:
             await system.stop()
     times = sim.submit_times
+    during = None
+    if injected is not None:
+        # Simulator arrival times are CLOCK_MONOTONIC too (same host, see bench 4).
+        sent = sum(1 for t in times if injected[0] <= t <= injected[1])
+        during = sent / max(injected[1] - injected[0], 1e-9)
     return Measured(
         rate=rate_from_times(times),
         cpu_per_text_ms=1000.0 * cpu / max(1, len(times)),
         texts=len(times),
         done=done,
+        rate_injecting=during,
+        inject_s=None if injected is None else injected[1] - injected[0],
     )
 
 
 async def side_by_side() -> list[Row]:
     try:
-        await ensure_kannel()
+        if os.environ.get("BENCH_KANNEL_SYSTEMS", "kannel,bridge") != "bridge":
+            await ensure_kannel()
     except Unavailable as exc:
         return [
             Row(
@@ -463,8 +508,15 @@ async def side_by_side() -> list[Row]:
         ]
     rows: list[Row] = []
     uvloop = uvloop_available()
-    for scenario, receipts, queued in CASES:
-        kannel = await _measure(_Kannel, scenario, receipts, queued)
+    with_uvloop = os.environ.get("BENCH_KANNEL_UVLOOP", "1") != "0"
+    with_kannel = os.environ.get("BENCH_KANNEL_SYSTEMS", "kannel,bridge") != "bridge"
+    cases = parse_cases(os.environ[CASES_ENV]) if os.environ.get(CASES_ENV) else CASES
+    for scenario, receipts, queued in cases:
+        kannel = (
+            await _measure(_Kannel, scenario, receipts, queued)
+            if with_kannel
+            else Measured(rate=float("nan"), cpu_per_text_ms=0.0, texts=0, done=True)
+        )
         bridge = await _measure(_Bridge, scenario, receipts, queued)
         case = (
             f"{scenario}, receipts {'on' if receipts else 'off'}, "
@@ -472,7 +524,7 @@ async def side_by_side() -> list[Row]:
             f"{N} texts, window {WINDOW}"
         )
         rows.append(_row(case, bridge, kannel, "asyncio"))
-        if (scenario, receipts, queued) not in UVLOOP_CASES:
+        if (scenario, receipts, queued) not in UVLOOP_CASES or not with_uvloop:
             continue
         if not uvloop:
             rows.append(_row(case + ", bridge on uvloop", None, kannel, "uvloop"))
@@ -516,6 +568,12 @@ def _row(case: str, bridge: Measured | None, kannel: Measured, loop: str) -> Row
             f"{bridge.cpu_per_text_ms / kannel.cpu_per_text_ms:.1f}"
             if kannel.cpu_per_text_ms > 0
             else f"event loop {loop}; CPU per text: bridge {bridge.cpu_per_text_ms:.2f} ms"
+        )
+        + "".join(
+            f"; {name} sent {m.rate_injecting:.0f} msg/s while its {N} texts went in"
+            f" ({m.inject_s:.1f} s)"
+            for name, m in (("bridge", bridge), ("Kannel", kannel))
+            if m.rate_injecting is not None and m.inject_s is not None
         )
         + (f"; not finished in {DONE_LIMIT_S:g} s: {', '.join(unfinished)}" if unfinished else ""),
     )

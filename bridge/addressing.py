@@ -72,7 +72,12 @@ class AddressError(ValueError):
 
 def _smtp_safe(text: str, *, limit: int) -> str:
     """Printable ASCII only, at most ``limit`` characters: safe inside one SMTP reply line."""
-    cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+    # Printable ASCII already (the usual case: an ILS address): str.isprintable on an ASCII
+    # string is exactly " " to "~", checked in C rather than per character here.
+    if text.isascii() and text.isprintable():
+        cleaned = text
+    else:
+        cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
     if len(cleaned) > limit:
         cleaned = cleaned[: limit - 3] + "..."
     return cleaned
@@ -141,16 +146,16 @@ def local_part_to_e164(local_part: str, region: str) -> str:
     # The one normalisation every number goes through (canonical_address): the same readings
     # as a patron's number arriving over SMPP, so an opt-out recorded from a reply matches the
     # number the library's notices are addressed to.
-    canonical = canonical_address(compact, region)
-    if not canonical.is_e164:
-        number = _parse_or_none(compact, region)
-        raise AddressError(_invalid_reason(shown, number, region, compact.startswith("+")))
-    number = phonenumbers.parse(canonical.value, None)
+    canonical, number = _canonical(compact, region)
+    if not canonical.is_e164 or number is None:
+        raise AddressError(
+            _invalid_reason(shown, _parse_or_none(compact, region), region, compact.startswith("+"))
+        )
     number_type = phonenumbers.number_type(number)
     if number_type not in _SMS_CAPABLE:
         kind = _TYPE_NAMES.get(number_type, _TYPE_NAMES[PhoneNumberType.UNKNOWN])
         raise AddressError(f"{shown} is {kind}, which cannot receive text messages")
-    return phonenumbers.format_number(number, PhoneNumberFormat.E164)
+    return canonical.value
 
 
 def _invalid_reason(
@@ -227,6 +232,10 @@ def e164_to_local_part(e164: str) -> str:
     return e164[1:]
 
 
+# Whitespace (the same characters as str.isspace) or an angle bracket.
+_SPACE_OR_ANGLE = re.compile(r"[\s<>]")
+
+
 def split_address(addr: str) -> tuple[str, str]:
     """Split an envelope address into (local part, lower-cased domain).
 
@@ -254,7 +263,7 @@ def split_address(addr: str) -> tuple[str, str]:
     domain = domain.rstrip(".").lower()
     if local == "" or domain == "":
         raise AddressError(f"{shown} is not an address of the form user@domain")
-    if any(ch.isspace() or ch in "<>" for ch in value):
+    if _SPACE_OR_ANGLE.search(value) is not None:
         raise AddressError(f"{shown} contains spaces or angle brackets; use user@domain")
     return local, domain
 
@@ -343,18 +352,29 @@ def _printable(value: str) -> str:
     return "".join(ch if " " <= ch <= "~" and ch != "|" else "?" for ch in value)
 
 
-def _valid_e164(text: str, region: str | None) -> str | None:
+# A valid reading of some digits: its E.164 form and the parsed number it came from, kept so
+# that local_part_to_e164 can ask the number's type without parsing it again (phonenumbers'
+# parse is the costliest step of a RCPT).
+_Reading = tuple[str, phonenumbers.PhoneNumber]
+
+
+def _valid_reading(text: str, region: str | None) -> _Reading | None:
     number = _parse_or_none(text, region)
     if number is None or not phonenumbers.is_valid_number(number):
         return None
-    return phonenumbers.format_number(number, PhoneNumberFormat.E164)
+    return phonenumbers.format_number(number, PhoneNumberFormat.E164), number
 
 
-def _international(digits: str) -> str | None:
-    return _valid_e164("+" + digits, None) if digits[:1] not in ("", "0") else None
+def _valid_e164(text: str, region: str | None) -> str | None:
+    reading = _valid_reading(text, region)
+    return None if reading is None else reading[0]
 
 
-def _after_idd(digits: str) -> str | None:
+def _international(digits: str) -> _Reading | None:
+    return _valid_reading("+" + digits, None) if digits[:1] not in ("", "0") else None
+
+
+def _after_idd(digits: str) -> _Reading | None:
     for prefix in _IDD_PREFIXES:
         if digits.startswith(prefix) and len(digits) > len(prefix):
             found = _international(digits[len(prefix) :])
@@ -363,9 +383,8 @@ def _after_idd(digits: str) -> str | None:
     return None
 
 
-def _same_country(e164: str, region: str) -> bool:
-    number = phonenumbers.parse(e164, None)
-    return number.country_code == phonenumbers.country_code_for_region(region)
+def _same_country(number: phonenumbers.PhoneNumber, region: str) -> bool:
+    return bool(number.country_code == phonenumbers.country_code_for_region(region))
 
 
 def canonical_address(raw: str, region: str, *, ton: int | None = None) -> SmsAddress:
@@ -388,35 +407,51 @@ def canonical_address(raw: str, region: str, *, ton: int | None = None) -> SmsAd
     ``+``; anything else (empty, ``1``, twenty digits, symbols) is kind ``other``, value as
     given. Raises ValueError only for an unknown ``region`` (a configuration error).
     """
+    return _canonical(raw, region, ton)[0]
+
+
+def _canonical(
+    raw: str, region: str, ton: int | None = None
+) -> tuple[SmsAddress, phonenumbers.PhoneNumber | None]:
+    """canonical_address, and the parsed number when the value is E.164."""
     _check_region(region)
     stripped = raw.strip()
     if ton == TON_ALPHANUMERIC or any(ch.isalpha() for ch in stripped):
-        return SmsAddress(_printable(stripped), "alphanumeric")
+        return SmsAddress(_printable(stripped), "alphanumeric"), None
     compact = _NUMBER_SEPARATORS.sub("", stripped)
     plus = compact.startswith("+")
     digits = compact[1:] if plus else compact
     if not digits.isascii() or not digits.isdigit() or len(digits) > _MAX_DIGITS:
-        return SmsAddress(_printable(stripped), "other")
-    found: str | None
+        return SmsAddress(_printable(stripped), "other"), None
+    found: _Reading | None
     if plus:
         found = _international(digits) or _after_idd(digits)
     elif ton == TON_INTERNATIONAL:
-        found = _international(digits) or _after_idd(digits) or _valid_e164(digits, region)
+        found = _international(digits) or _after_idd(digits) or _valid_reading(digits, region)
     else:
-        national, international = _valid_e164(digits, region), _international(digits)
-        if national and international and national != international:
+        national = _valid_reading(digits, region)
+        home = str(phonenumbers.country_code_for_region(region))
+        if national and not digits.startswith(home):
+            # The "+<digits>" reading could only win by being in the region's own country,
+            # i.e. by starting with its calling code (calling codes are prefix-free, ITU-T
+            # E.164 §6.2.1); these digits do not, so the national reading stands, and the
+            # other one (a second phonenumbers parse, the costliest step of a RCPT) is not
+            # made.
+            return SmsAddress(national[0], "e164"), national[1]
+        international = _international(digits)
+        if national and international and national[0] != international[0]:
             # Both readings are numbers: "2015550100" is a US number and an Egyptian one,
             # "4915123456789" a German number with and without its country code. The reading
             # in the region's own country wins: a library's patrons and its own number are
             # local, and digits that start with the region's country code include it.
-            found = international if _same_country(international, region) else national
+            found = international if _same_country(international[1], region) else national
         else:
             found = national or international or _after_idd(digits)
     if found is not None:
-        return SmsAddress(found, "e164")
+        return SmsAddress(found[0], "e164"), found[1]
     if not plus and _SHORT_CODE.fullmatch(digits):
-        return SmsAddress(digits, "short_code")
-    return SmsAddress(_printable(stripped), "other")
+        return SmsAddress(digits, "short_code"), None
+    return SmsAddress(_printable(stripped), "other"), None
 
 
 def is_msisdn(value: str) -> bool:

@@ -437,6 +437,8 @@ def _header_text(value: object) -> str:
     """A raw header name/value as text; undecoded 8-bit bytes (surrogate-escaped by the
     bytes parser) are read as UTF-8 (RFC 6532) or, failing that, windows-1252."""
     text = str(value)
+    if text.isascii():  # nothing escaped: the usual header, no round trip needed
+        return text
     try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8")
     except UnicodeError:
@@ -445,12 +447,16 @@ def _header_text(value: object) -> str:
 
 def _unfold(value: str) -> str:
     # RFC 5322 §2.2.3: unfolding removes the CRLF in front of folding whitespace.
+    if "\n" not in value and "\r" not in value:
+        return value
     value = _HEADER_FOLD.sub("", value)
     return value.replace("\r", "").replace("\n", "")
 
 
 def _decode_rfc2047(value: str) -> str:
     """Decode RFC 2047 encoded words; an undecodable word is left as it is."""
+    if "=?" not in value:  # no encoded word can start (RFC 2047 §2)
+        return value
     out: list[str] = []
     pos = 0
     previous_was_word = False
@@ -508,10 +514,26 @@ def _decode_bytes(data: bytes, charset: str | None) -> str:
         return data.decode("cp1252", "replace")
 
 
+# A From value in the plain form nearly every ILS writes (RFC 5322 §3.4: a bare addr-spec,
+# or a display name of atoms, spaces and dots before one <addr-spec>), no comments, quotes or
+# groups: read without the stdlib's address parser, which costs as much as the rest of the
+# header section. Anything else takes the full parser.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDR = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_PLAIN_FROM = re.compile(
+    rf"[ \t]*(?:(?P<bare>{_PLAIN_ADDR})|(?P<name>[A-Za-z0-9 \t]*)<(?P<addr>{_PLAIN_ADDR})>)[ \t]*"
+)
+
+
 def _from_header(value: str | None) -> tuple[str | None, str]:
     """(addr-spec, display name) of the first From address, or (None, '')."""
     if not value:
         return None, ""
+    plain = _PLAIN_FROM.fullmatch(value)
+    if plain is not None:
+        if plain["bare"] is not None:
+            return plain["bare"], ""
+        return plain["addr"], " ".join(plain["name"].split())
     try:
         for name, addr_spec in email.utils.getaddresses([value]):
             if "@" in addr_spec:

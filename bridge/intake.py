@@ -31,7 +31,7 @@ from bridge.emailparse import (
     parse_notice,
 )
 from bridge.model import EnqueueResult, NewSms, Wake
-from bridge.policy import cost_lint, duplicate_key
+from bridge.policy import cost_lint, duplicate_key_of, duplicate_words
 from bridge.store import CostLintRow, Store, StoreError
 
 if TYPE_CHECKING:
@@ -95,6 +95,9 @@ _PARSE_POOL = ThreadPoolExecutor(
 # The end of the header section (RFC 5322 §2.1: the first empty line).
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
+# Peer addresses whose tenants network_tenants remembers (cleared whole when full).
+_NETWORK_CACHE_MAX = 1024
+
 ERR_451_PARSE_BUDGET = "Temporary overload: the notice could not be read in time; try again later"
 
 
@@ -116,11 +119,13 @@ class Intake:
         self.wake = wake or Wake()
         self._backlog = 0
         self._backlog_at = float("-inf")
+        self._by_network: dict[str, tuple[TenantConfig, ...]] = {}
         # Bounces to the bridge's own addresses take a separate path (null sender, no tenant).
         self.bounces = BounceIntake(cfg, store, clock=clock, wake=self.wake, metrics=metrics)
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
+        self._by_network.clear()
         self.bounces.reload(cfg)
 
     # --- who may send ------------------------------------------------------------------------
@@ -132,11 +137,20 @@ class Intake:
         return None
 
     def network_tenants(self, peer_ip: str) -> list[TenantConfig]:
+        """The tenants whose `networks` hold `peer_ip`: asked at every connection and every
+        MAIL, by the same few ILS hosts, so the answer is kept per address until a reload."""
+        found = self._by_network.get(peer_ip)
+        if found is not None:
+            return list(found)
         try:
             ip = ipaddress.ip_address(peer_ip)
         except ValueError:
             return []
-        return [t for t in self.cfg.tenants if any(ip in net for net in t.networks)]
+        tenants = tuple(t for t in self.cfg.tenants if any(ip in net for net in t.networks))
+        if len(self._by_network) >= _NETWORK_CACHE_MAX:
+            self._by_network.clear()  # many addresses (a scan): start over, stay bounded
+        self._by_network[peer_ip] = tenants
+        return list(tenants)
 
     def tenant_for_sender(self, peer_ip: str, login: str | None, mail_from: str) -> TenantConfig:
         """The tenant this envelope belongs to, or Rejected.
@@ -280,35 +294,19 @@ class Intake:
     async def _check_thread(
         self, tenant: TenantConfig, notice: ParsedNotice, recipients: Sequence[Recipient]
     ) -> str:
-        """A reply to a patron-reply email the bridge sent is a staff answer ("reply").
-
-        Only the library that owns the conversation may answer it, and an auto-responder's
-        reply (RFC 3834 Auto-Submitted) is never texted to a patron: that is how an
-        out-of-office message would otherwise loop between the bridge and a staff inbox.
-        """
-        refs = [r for r in (notice.in_reply_to, *notice.references) if r]
+        """The notice's kind, "notice" or a staff "reply" (thread_kind), after the one store
+        lookup that needs."""
+        refs = thread_refs(notice)
         if not refs:
             return "notice"
         try:
             owner = await self.store.conversation_for(refs)
         except StoreError:
             raise Rejected(451, "4.3.0", "Temporary storage failure; try again later") from None
-        if owner is None:
-            return "notice"
-        if notice.auto_submitted and notice.auto_submitted.strip().lower() != "no":
-            raise Rejected(
-                550, "5.7.1", "Automatic replies are not texted to patrons (Auto-Submitted)"
-            )
-        owner_tenant, owner_msisdn = owner
-        if owner_tenant != tenant.id:
-            raise Rejected(
-                550,
-                "5.7.1",
-                "This conversation belongs to another library; only it may answer the patron",
-            )
-        if any(r.msisdn != owner_msisdn for r in recipients):
+        kind = thread_kind(tenant, notice, owner)
+        if kind == "reply" and owner is not None and any(r.msisdn != owner[1] for r in recipients):
             log.info("staff reply addressed to a number other than the conversation's")
-        return "reply"
+        return kind
 
     async def accept(
         self,
@@ -319,75 +317,146 @@ class Intake:
         *,
         via: str,
     ) -> list[EnqueueResult]:
-        """Parse and commit. Returns only after the commit (the caller then says 250)."""
+        """Parse and commit. Returns only after the commit (the caller then says 250).
+
+        What becomes of each recipient is decided by `plan_accept` (pure); this method only
+        does what needs the world: the parse, the thread lookup, the commit, the wake."""
         notice = await self.parse(tenant, raw)
-        now = self.clock()
-        source = self.cfg.source_addr_for(tenant)
         kind = await self._check_thread(tenant, notice, recipients)
-        urgent = tenant.urgent_header is not None and notice.headers.get(
-            tenant.urgent_header.lower(), "no"
-        ).strip().lower() not in ("", "no", "0", "false")
-        lint = cost_lint(notice.text)
-        template = _template(notice)
-        seen: set[str] = set()
-        items = []
-        for rcpt in recipients:
-            if rcpt.msisdn in seen:  # two spellings of one number: one text
-                continue
-            seen.add(rcpt.msisdn)
-            items.append(
-                NewSms(
-                    tenant_id=tenant.id,
-                    msisdn=rcpt.msisdn,
-                    rcpt_addr=rcpt.address,
-                    source_addr=source,
-                    envelope_from=mail_from,
-                    message_id=notice.message_id,
-                    subject=notice.subject,
-                    body=notice.text,
-                    in_reply_to=notice.in_reply_to,
-                    kind=kind,
-                    dup_key=duplicate_key(tenant.id, rcpt.msisdn, notice.text)
-                    if kind == "notice"
-                    else None,
-                    urgent=urgent,
-                )
-            )
-        lint_rows = []
-        if lint.coding == "ucs2" or lint.segments > 1:
-            lint_rows = [
-                CostLintRow(
-                    i,
-                    lint.coding,
-                    lint.segments,
-                    lint.gsm_segments,
-                    "".join(lint.culprits),
-                    template,
-                )
-                for i in range(len(items))
-            ]
+        plan = plan_accept(
+            tenant, mail_from, recipients, notice, kind, self.cfg.source_addr_for(tenant)
+        )
         results = await self.store.enqueue_sms(
-            items,
-            now,
+            plan.items,
+            self.clock(),
             self.cfg.smtp.dedup_window_s,
             tenant.duplicate_window_s,
-            lint_rows,
+            plan.lint,
         )
         self._backlog += sum(1 for r in results if not r.duplicate)
         self.wake.sms()
-        for item, res in zip(items, results, strict=True):
-            log.info(
-                "%s queue_id=%s tenant=%s via=%s to=%s message_id=%s chars=%d%s",
-                "duplicate of" if res.duplicate else "accepted",
-                res.queue_id,
-                tenant.id,
-                via,
-                addressing.mask_msisdn(item.msisdn),
-                notice.message_id or "-",
-                len(notice.text),
-                " duplicate=yes: not sent again" if res.duplicate else "",
-            )
+        if log.isEnabledFor(logging.INFO):
+            for line in accepted_lines(plan, results, tenant.id, via):
+                log.info("%s", line)
         return results
+
+
+# --- planning: what becomes of each recipient (pure) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class AcceptPlan:
+    """The store write one accepted notice makes, decided before anything is written.
+
+    `items`: one text per distinct number, in RCPT order (two spellings of one number, e.g.
+    "2025550143@" and "+12025550143@", are one patron and get one text). `lint`: the cost-lint
+    rows, one per item, when the text costs more than one GSM-7 segment."""
+
+    items: tuple[NewSms, ...]
+    lint: tuple[CostLintRow, ...]
+    message_id: str | None
+    chars: int
+
+
+def thread_refs(notice: ParsedNotice) -> list[str]:
+    """The Message-IDs a notice answers (RFC 5322 §3.6.4: In-Reply-To, then References)."""
+    return [r for r in (notice.in_reply_to, *notice.references) if r]
+
+
+def thread_kind(tenant: TenantConfig, notice: ParsedNotice, owner: tuple[str, str] | None) -> str:
+    """A reply to a patron-reply email the bridge sent is a staff answer ("reply"), anything
+    else a "notice". `owner`: (tenant id, msisdn) of the conversation the notice's references
+    name, None when they name none.
+
+    Only the library that owns the conversation may answer it, and an auto-responder's reply
+    (RFC 3834 Auto-Submitted) is never texted to a patron: that is how an out-of-office
+    message would otherwise loop between the bridge and a staff inbox.
+    """
+    if owner is None:
+        return "notice"
+    if notice.auto_submitted and notice.auto_submitted.strip().lower() != "no":
+        raise Rejected(550, "5.7.1", "Automatic replies are not texted to patrons (Auto-Submitted)")
+    if owner[0] != tenant.id:
+        raise Rejected(
+            550,
+            "5.7.1",
+            "This conversation belongs to another library; only it may answer the patron",
+        )
+    return "reply"
+
+
+def is_urgent(tenant: TenantConfig, notice: ParsedNotice) -> bool:
+    """The tenant's urgent header says yes (anything but empty, "no", "0", "false")."""
+    if tenant.urgent_header is None:
+        return False
+    value = notice.headers.get(tenant.urgent_header.lower(), "no")
+    return value.strip().lower() not in ("", "no", "0", "false")
+
+
+def plan_accept(
+    tenant: TenantConfig,
+    mail_from: str,
+    recipients: Sequence[Recipient],
+    notice: ParsedNotice,
+    kind: str,
+    source: str,
+) -> AcceptPlan:
+    """The texts one notice becomes (see AcceptPlan). Pure: no store, no clock, no logging."""
+    urgent = is_urgent(tenant, notice)
+    # Folded once per notice, not once per recipient: the key differs only by number.
+    dup_words = duplicate_words(notice.text) if kind == "notice" else None
+    seen: set[str] = set()
+    items: list[NewSms] = []
+    for rcpt in recipients:
+        if rcpt.msisdn in seen:  # two spellings of one number: one text
+            continue
+        seen.add(rcpt.msisdn)
+        items.append(
+            NewSms(
+                tenant_id=tenant.id,
+                msisdn=rcpt.msisdn,
+                rcpt_addr=rcpt.address,
+                source_addr=source,
+                envelope_from=mail_from,
+                message_id=notice.message_id,
+                subject=notice.subject,
+                body=notice.text,
+                in_reply_to=notice.in_reply_to,
+                kind=kind,
+                dup_key=None
+                if dup_words is None
+                else duplicate_key_of(tenant.id, rcpt.msisdn, dup_words),
+                urgent=urgent,
+            )
+        )
+    lint = cost_lint(notice.text)
+    lint_rows: tuple[CostLintRow, ...] = ()
+    if lint.coding == "ucs2" or lint.segments > 1:
+        template = _template(notice)
+        culprits = "".join(lint.culprits)
+        lint_rows = tuple(
+            CostLintRow(i, lint.coding, lint.segments, lint.gsm_segments, culprits, template)
+            for i in range(len(items))
+        )
+    return AcceptPlan(
+        items=tuple(items),
+        lint=lint_rows,
+        message_id=notice.message_id,
+        chars=len(notice.text),
+    )
+
+
+def accepted_lines(
+    plan: AcceptPlan, results: Sequence[EnqueueResult], tenant_id: str, via: str
+) -> list[str]:
+    """One log line per text of `plan` once the store answered `results` (same order)."""
+    return [
+        f"{'duplicate of' if res.duplicate else 'accepted'} queue_id={res.queue_id}"
+        f" tenant={tenant_id} via={via} to={addressing.mask_msisdn(item.msisdn)}"
+        f" message_id={plan.message_id or '-'} chars={plan.chars}"
+        + (" duplicate=yes: not sent again" if res.duplicate else "")
+        for item, res in zip(plan.items, results, strict=True)
+    ]
 
 
 def _template(notice: ParsedNotice) -> str:

@@ -486,7 +486,16 @@ def duplicate_key(tenant_id: str, msisdn: str, text: str) -> str:
     the same key while any change of words gives a different one. JSON encoding of the parts
     keeps the boundaries unambiguous ("a","bc" differs from "ab","c").
     """
-    folded = " ".join(unicodedata.normalize("NFC", text).casefold().split())
+    return duplicate_key_of(tenant_id, msisdn, duplicate_words(text))
+
+
+def duplicate_words(text: str) -> str:
+    """The folded text duplicate_key hashes: computed once for a notice to many numbers."""
+    return " ".join(unicodedata.normalize("NFC", text).casefold().split())
+
+
+def duplicate_key_of(tenant_id: str, msisdn: str, folded: str) -> str:
+    """duplicate_key from the text already folded by duplicate_words."""
     payload = json.dumps([_DUP_PREFIX, tenant_id, msisdn.strip(), folded], ensure_ascii=True)
     return hashlib.sha256(payload.encode("ascii")).hexdigest()
 

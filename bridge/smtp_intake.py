@@ -135,6 +135,8 @@ class BridgeSMTP(SMTP):
         self._slot_ip: str | None = None  # set while this connection holds a slot
         self._outside = False  # ...counted in the strangers' share
         self._timeout_s = 0.0
+        self._deadline = float("inf")  # loop time when the client's silence ends it
+        self._timer_fired = False
         super().__init__(*args, **kwargs)
         reader = getattr(self, "_stream_reader", None)  # the one aiosmtpd's __init__ made
         if type(reader) is asyncio.StreamReader:
@@ -173,12 +175,37 @@ class BridgeSMTP(SMTP):
 
     # --- timeouts: the client's silence after our last reply (RFC 5321 §4.5.3.2) -----------
 
+    # The timer is re-armed twice per command (aiosmtpd on reading it, push() on answering).
+    # A cancel and a new loop timer each time cost a TimerHandle, a heap push and a cancelled
+    # entry the loop must later sift out; instead the deadline is a number, and the one timer
+    # that is pending re-checks it when it fires and sleeps again if the client has spoken
+    # since. The client still gets the full idle time after our last reply.
+
     def _reset_timeout(self, duration: float | None = None) -> None:
         in_transaction = self.envelope is not None and self.envelope.mail_from is not None
         self._timeout_s = duration or self._bridge.idle_timeout(in_transaction)
-        super()._reset_timeout(self._timeout_s)
+        self._deadline = self.loop.time() + self._timeout_s
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or self._timer_fired:
+            self._arm(self._deadline)
+        elif handle.when() > self._deadline:
+            # A shorter wait than the pending timer's (stress, or a stage change): re-arm.
+            handle.cancel()
+            self._arm(self._deadline)
+
+    def _arm(self, when: float) -> None:
+        self._timer_fired = False
+        self._timeout_handle = self.loop.call_at(when, self._timer_due)
+
+    def _timer_due(self) -> None:
+        self._timer_fired = True
+        if self.loop.time() < self._deadline:
+            self._arm(self._deadline)  # the client spoke after this timer was set
+            return
+        self._timeout_cb()
 
     def _pause_timeout(self) -> None:
+        self._deadline = float("inf")
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
 
@@ -459,25 +486,37 @@ class SmtpIntake:
     def connections(self) -> int:
         return self.slots.total
 
-    def slot_limits(self) -> SlotLimits:
-        smtp = self.cfg.smtp
-        return SlotLimits(
+    @property
+    def cfg(self) -> Config:
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, cfg: Config) -> None:
+        # Derived once per configuration: idle_timeout runs after every reply.
+        self._cfg = cfg
+        smtp = cfg.smtp
+        self._slot_limits = SlotLimits(
             max_connections=smtp.max_connections,
             per_address=smtp.max_connections_per_address,
             # Strangers never get every slot, whatever the two numbers say.
             outside_networks=min(smtp.max_connections_outside_networks, smtp.max_connections - 1),
             stress_fraction=defaults.SMTP_STRESS_FRACTION,
         )
-
-    def admit(self, ip: str, listed: bool) -> Refusal | None:
-        return self.slots.admit(ip, listed, self.slot_limits())
-
-    def idle_timeout(self, in_transaction: bool) -> float:
-        smtp = self.cfg.smtp
-        timeouts = Timeouts(
+        self._timeouts = Timeouts(
             smtp.idle_timeout_s, smtp.idle_timeout_before_mail_s, smtp.stress_timeout_s
         )
-        return idle_timeout(in_transaction, self.slots.under_stress(self.slot_limits()), timeouts)
+
+    def slot_limits(self) -> SlotLimits:
+        return self._slot_limits
+
+    def admit(self, ip: str, listed: bool) -> Refusal | None:
+        return self.slots.admit(ip, listed, self._slot_limits)
+
+    def idle_timeout(self, in_transaction: bool) -> float:
+        if in_transaction:  # no need to ask the slots about stress
+            return self._timeouts.in_transaction_s
+        stress = self.slots.under_stress(self._slot_limits)
+        return idle_timeout(in_transaction, stress, self._timeouts)
 
     def refused(self, reason: str) -> None:
         if self.metrics is not None:

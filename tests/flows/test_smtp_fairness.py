@@ -235,6 +235,25 @@ async def test_idle_client_is_closed_before_mail(start: Start) -> None:
     idle.close()
 
 
+async def test_idle_time_counts_from_the_last_reply(start: Start) -> None:
+    srv = await start(
+        {"smtp": {"idle_timeout_before_mail_s": 0.6}, "tenants": [tenant(networks=ILS_ONLY)]}
+    )
+    client = await Client.connect(srv.port, "127.0.0.2")
+    await client.cmd(b"EHLO talker.example.net\r\n")
+    # The client's think time between commands, each pause shorter than the idle timeout but
+    # together well past it: the timer armed at the greeting must not end the session.
+    for _ in range(4):
+        await asyncio.sleep(0.3)
+        assert (await client.cmd(b"NOOP\r\n", timeout=5)).startswith(b"250")
+    last = time.monotonic()
+    bye = await client.reply(timeout=10)
+    waited = time.monotonic() - last
+    assert bye.startswith(b"421 4.4.2")
+    assert 0.5 <= waited < 5
+    client.close()
+
+
 async def test_timeout_before_mail_is_cut_under_stress(start: Start) -> None:
     srv = await start(
         {

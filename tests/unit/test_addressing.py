@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import phonenumbers
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.addressing import (
     AddressError,
+    canonical_address,
     e164_to_local_part,
     format_msisdn,
     local_part_to_e164,
@@ -277,3 +279,49 @@ def test_split_address_refuses_relay_tricks(addr: str, reason: str) -> None:
 )
 def test_sender_matches(pattern: str, sender: str, expected: bool) -> None:
     assert sender_matches(pattern, sender) is expected
+
+
+def _both_readings(digits: str, region: str) -> str | None:
+    """canonical_address's rule for national-form digits, written out with both readings
+    always made (the function itself skips the "+<digits>" one when it cannot win)."""
+
+    def valid(text: str, reg: str | None) -> phonenumbers.PhoneNumber | None:
+        try:
+            number = phonenumbers.parse(text, reg)
+        except phonenumbers.NumberParseException:
+            return None
+        return number if phonenumbers.is_valid_number(number) else None
+
+    def e164(n: phonenumbers.PhoneNumber) -> str:
+        return phonenumbers.format_number(n, phonenumbers.PhoneNumberFormat.E164)
+
+    national = valid(digits, region)
+    international = valid("+" + digits, None) if digits[:1] not in ("", "0") else None
+    if national and international and e164(national) != e164(international):
+        home = phonenumbers.country_code_for_region(region)
+        return e164(international if international.country_code == home else national)
+    if national or international:
+        return e164(national or international)  # type: ignore[arg-type]
+    return None
+
+
+@settings(max_examples=400)
+@given(
+    st.text(alphabet="0123456789", min_size=3, max_size=15),
+    st.sampled_from(["US", "GB", "DE", "FR", "EG", "IN", "BR", "AU"]),
+)
+def test_national_digits_read_as_with_both_readings(digits: str, region: str) -> None:
+    want = _both_readings(digits, region)
+    got = canonical_address(digits, region)
+    if want is not None:
+        assert (got.kind, got.value) == ("e164", want)
+    else:  # neither reading is a number: only the reading after an IDD prefix is left
+        assert not got.is_e164 or digits.startswith(("00", "011"))
+
+
+@pytest.mark.parametrize(
+    ("digits", "region"),
+    [("2015550100", "US"), ("4915123456789", "DE"), ("12025550143", "US"), ("447400123456", "GB")],
+)
+def test_national_digits_examples(digits: str, region: str) -> None:
+    assert canonical_address(digits, region).value == _both_readings(digits, region)

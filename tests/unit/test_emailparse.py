@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import email.utils
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge import emailparse
 from bridge.emailparse import (
     NoTextError,
     ParsedNotice,
@@ -594,3 +596,49 @@ def test_named_parts(disposition: str | None, expected: str) -> None:
         subject="Subject fallback",
     )
     assert parse_notice(raw).text == expected
+
+
+# The plain From forms are read without the stdlib address parser; both readings must agree.
+_FROM_FORMS = [
+    "ils@riverside.example.org",
+    "Riverside Library <ils@riverside.example.org>",
+    " J Smith  <a.b@c.d> ",
+    "<a@b.c>",
+    "Name<a@b.c>",
+    "A\tB <x+tag@mail-1.example.org>",
+    # not plain: the full parser reads these
+    '"Smith, J" <a@b.c>',
+    "a@b.c (Circulation desk)",
+    "Circulation: a@b.c;",
+    "Zoë Library <zoe@b.c>",
+    "a..b@c.d",
+    "first@b.c, second@b.c",
+    "no address here",
+]
+
+
+@pytest.mark.parametrize("value", _FROM_FORMS)
+def test_from_header_fast_path_agrees_with_the_stdlib(value: str) -> None:
+    expected: tuple[str | None, str] = (None, "")
+    for name, addr in email.utils.getaddresses([value]):
+        if "@" in addr:
+            expected = (addr, " ".join(name.split()))
+            break
+    assert emailparse._from_header(value) == expected
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.text(alphabet='ab .<>@\t-+"(),;:', max_size=30),
+)
+def test_from_header_fast_path_agrees_on_any_text(value: str) -> None:
+    expected: tuple[str | None, str] = (None, "")
+    try:
+        for name, addr in email.utils.getaddresses([value]):
+            if "@" in addr:
+                expected = (addr, " ".join(name.split()))
+                break
+    except Exception:
+        return  # the stdlib cannot read it; _from_header's fallback covers that case
+    if emailparse._PLAIN_FROM.fullmatch(value) is not None:
+        assert emailparse._from_header(value) == expected

@@ -47,6 +47,7 @@ from bridge.smpp import pdu as p
 from bridge.smpp.encoding import decode_payload, encode_sms, split_udh
 from bridge.smpp.receipts import parse_receipt
 from bridge.store import SqliteStore
+from bridge.store.base import SubmittedSms
 
 BENCH = "9. CPU per stage"
 N = 1000  # texts per stage (each store stage is N commits)
@@ -58,6 +59,9 @@ PROFILE_TEXTS = 2000
 RESULTS = procs.REPO / "bench" / "results"
 PROFILE_HTML = RESULTS / "profile-drain.html"
 LIBRARY = "+12025550100"  # BASE smpp.source_addr, canonical
+# Texts per claim and per record write in the grouped rows: a drain claims as many texts as
+# window slots are free and records together the texts whose resp came during the last write.
+GROUP = 10
 
 
 @dataclass
@@ -118,6 +122,11 @@ async def _awaited(n: int, fn: Callable[[int], Awaitable[object]]) -> tuple[floa
     for i in range(n):
         await fn(i)
     return 1e6 * (time.process_time() - c0) / n, 1e6 * (time.perf_counter() - w0) / n
+
+
+def _per_text(group: int, measured: tuple[float, float]) -> tuple[float, float]:
+    """A per-call measurement of calls that each handle `group` texts, per text."""
+    return measured[0] / group, measured[1] / group
 
 
 def _receipt_pdu(sm_dest: str, smsc_id: str, excerpt: str) -> bytes:
@@ -227,7 +236,18 @@ async def _round(cfg: Config, store: SqliteStore, n: int, seq0: int) -> list[Sta
     async def claim(i: int) -> None:
         t.records.extend(await store.claim_sms(time.time(), 1))
 
-    add("drain", "claim: Store.claim_sms, one text per claim", await _awaited(n, claim))
+    async def claim_group(i: int) -> None:
+        t.records.extend(await store.claim_sms(time.time(), GROUP))
+
+    # half the texts one per call, the other half GROUP per call
+    half = n // 2
+    add("drain", "claim: Store.claim_sms, one text per claim", await _awaited(half, claim))
+    add(
+        "drain",
+        f"claim: Store.claim_sms, {GROUP} texts per claim (per text)",
+        _per_text(GROUP, await _awaited((n - half) // GROUP, claim_group)),
+    )
+    t.records.extend(await store.claim_sms(time.time(), n - len(t.records)))
 
     async def check(i: int) -> None:
         await compliance.check(t.records[i], time.time())
@@ -268,18 +288,41 @@ async def _round(cfg: Config, store: SqliteStore, n: int, seq0: int) -> list[Sta
     add("drain", "submit_sm: smpp.pdu.build_submit_sm", _pure(n, build))
     t.smsc_ids = [f"{seq0 + i:08x}" for i in range(n)]
 
-    async def record(i: int) -> None:
+    def submitted(i: int) -> SubmittedSms:
         rec, enc = t.records[i], t.encoded[i]
-        await store.record_submitted(
+        return SubmittedSms(
             rec.queue_id,
-            [t.smsc_ids[i]],
+            (t.smsc_ids[i],),
             enc.segments,
             enc.coding,
             time.time(),
             first_contact=(rec.msisdn, rec.source_addr),
         )
 
-    add("drain", "record: Store.record_submitted", await _awaited(n, record))
+    async def record(i: int) -> None:
+        it = submitted(i)
+        await store.record_submitted(
+            it.queue_id,
+            it.smsc_ids,
+            it.segments,
+            it.coding,
+            it.now,
+            first_contact=it.first_contact,
+        )
+
+    async def record_group(i: int) -> None:
+        first = half + i * GROUP
+        await store.record_submitted_many([submitted(j) for j in range(first, first + GROUP)])
+
+    add("drain", "record: Store.record_submitted, one text per call", await _awaited(half, record))
+    groups = (n - half) // GROUP
+    add(
+        "drain",
+        f"record: Store.record_submitted_many, {GROUP} texts per call (per text)",
+        _per_text(GROUP, await _awaited(groups, record_group)),
+    )
+    for i in range(half + groups * GROUP, n):
+        await record(i)
 
     # receipts ---------------------------------------------------------------------------------
     t.receipt_pdus = [

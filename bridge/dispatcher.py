@@ -223,12 +223,11 @@ class Dispatcher(Worker):
         self._handing_back: set[asyncio.Task[None]] = set()
         # Group commit of the submitted texts (bridge/batcher.py): every text whose last
         # submit_sm_resp arrived while the previous write ran goes in the next transaction.
-        self._record: Batcher[SubmittedSms, None] = Batcher(
+        # A text cancelled at stop while its write waits still gets it committed (the batcher
+        # shields it); None is stop()'s barrier behind those writes.
+        self._record: Batcher[SubmittedSms | None, None] = Batcher(
             self._record_many, max_batch=max(2, cfg.smpp.window * 2), name="record-submitted"
         )
-        # Record writes under way, each its own task: a text cancelled at stop while its
-        # write waits for a batch still gets it committed, and stop() waits for it.
-        self._writes: set[asyncio.Task[None]] = set()
         # Enough messages in flight to keep the SMPP window full; each message sends its own
         # segments in order, so a long text cannot hog every slot.
         self._slots = asyncio.Semaphore(max(2, cfg.smpp.window * 2))
@@ -255,9 +254,10 @@ class Dispatcher(Worker):
             if pending:
                 await asyncio.wait(pending)
                 log.warning("%d message(s) still in flight at stop: requeued", len(pending))
-        if self._writes:
-            # the texts' state is committed before the store closes
-            await asyncio.wait(set(self._writes))
+        # Batches run in order: once the barrier's is done, every text's write before it is
+        # committed, before the store closes. A failed write was its text's to report.
+        with contextlib.suppress(Exception):
+            await self._record(None)
 
     # --- main loop -----------------------------------------------------------------------------
 
@@ -489,11 +489,7 @@ class Dispatcher(Worker):
                 await self._fail(rec, outcome.failure)
                 return
         item = submitted(rec, ids, encoded, shaped, self.cfg.smpp, self.clock())
-        write = asyncio.ensure_future(self._record(item))
-        self._writes.add(write)
-        write.add_done_callback(self._writes.discard)
-        # shield: a stop that cancels this text leaves its write to finish (stop() waits)
-        await asyncio.shield(write)
+        await self._record(item)
         log.info(
             "submitted queue_id=%s to=%s segments=%d coding=%s smsc_ids=%s",
             rec.queue_id,
@@ -525,8 +521,8 @@ class Dispatcher(Worker):
             self.metrics.submit_result(result.status)
         return resp_outcome(result.status, result.message_id, validity)
 
-    async def _record_many(self, items: Sequence[SubmittedSms]) -> list[None]:
-        await self.store.record_submitted_many(items)
+    async def _record_many(self, items: Sequence[SubmittedSms | None]) -> list[None]:
+        await self.store.record_submitted_many([it for it in items if it is not None])
         return [None] * len(items)
 
     async def _retry(self, rec: SmsRecord, reason: str, *, count: bool = True) -> None:

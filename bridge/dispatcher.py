@@ -385,7 +385,7 @@ class Dispatcher(Worker):
             return
         text, shaped = await self._shape(rec)
         try:
-            encoded = await self._encode(rec, text)
+            encoded = await self._encode(rec, text, shaped.segments if shaped else None)
         except TooManySegments as exc:
             await self._fail(
                 rec, Failure(SmsState.FAILED, exc.reason, "5.3.4", "X-SMPP; message too long")
@@ -453,11 +453,14 @@ class Dispatcher(Worker):
         )
         return shaped.text, shaped
 
-    async def _encode(self, rec: SmsRecord, text: str) -> EncodedSms:
+    async def _encode(self, rec: SmsRecord, text: str, segments: int | None = None) -> EncodedSms:
+        """`segments`: the text's count when shaping has already made it."""
         tenant = self.cfg.tenant_or_none(rec.tenant_id)
         concat = self.cfg.smpp.concat
         ref = 0
-        if segment_count(text, concat=concat) > 1:
+        if segments is None:
+            segments = segment_count(text, concat=concat)
+        if segments > 1:
             ref = await self.store.next_concat_ref()
         return encode_sms(
             text,

@@ -381,9 +381,16 @@ class Dispatcher(Worker):
                     rec, Failure(SmsState.FAILED, decision.reason, "5.7.1", "X-SMPP; policy")
                 )
                 return
-        if await self._welcome_first(rec, now):
-            return
-        text, shaped = await self._shape(rec)
+        # Whether the number had its first contact from this sending number: read once per
+        # text, though the welcome and the footer both ask (the number's lock is held).
+        contacted: bool | None = None
+        comp = self.cfg.compliance
+        if comp.welcome_on_first_contact and rec.kind == "notice":
+            contacted = await self.store.had_first_contact(rec.msisdn, rec.source_addr)
+            if not contacted:
+                await self._welcome_first(rec, now)
+                return
+        text, shaped = await self._shape(rec, contacted)
         try:
             encoded = await self._encode(rec, text, shaped.segments if shaped else None)
         except TooManySegments as exc:
@@ -393,15 +400,11 @@ class Dispatcher(Worker):
             return
         await self._submit(rec, encoded, shaped)
 
-    async def _welcome_first(self, rec: SmsRecord, now: float) -> bool:
+    async def _welcome_first(self, rec: SmsRecord, now: float) -> None:
         """compliance.welcome_on_first_contact: before a library's first notice to a number,
         the welcome text (program, frequency, rates, HELP, STOP) goes out on its own; the
         notice follows a moment later, so the welcome arrives first."""
         comp = self.cfg.compliance
-        if not comp.welcome_on_first_contact or rec.kind != "notice":
-            return False
-        if await self.store.had_first_contact(rec.msisdn, rec.source_addr):
-            return False
         welcome = (
             comp.welcome_text
             or comp.optin_text
@@ -429,21 +432,22 @@ class Dispatcher(Worker):
             rec.queue_id, "after the welcome text", now + 2.0, now, count=False
         )
         self.wake()
-        return True
 
-    async def _shape(self, rec: SmsRecord) -> tuple[str, Shaped | None]:
-        """Prefix and first-contact footer for a library's notices (bridge/shaping.py)."""
+    async def _shape(
+        self, rec: SmsRecord, contacted: bool | None = None
+    ) -> tuple[str, Shaped | None]:
+        """Prefix and first-contact footer for a library's notices (bridge/shaping.py).
+        `contacted`: had_first_contact when already read for this text."""
         assert rec.body is not None
         tenant = self.cfg.tenant_or_none(rec.tenant_id)
         if tenant is None or rec.kind != "notice":
             return rec.body, None
         footer = tenant.footer
-        if (
-            footer
-            and not tenant.footer_every_time
-            and await self.store.had_first_contact(rec.msisdn, rec.source_addr)
-        ):
-            footer = None
+        if footer and not tenant.footer_every_time:
+            if contacted is None:
+                contacted = await self.store.had_first_contact(rec.msisdn, rec.source_addr)
+            if contacted:
+                footer = None
         shaped = shape(
             rec.body,
             prefix=tenant.prefix,

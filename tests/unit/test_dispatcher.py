@@ -251,3 +251,39 @@ async def test_stop_gives_back_texts_whose_resp_never_came(
     assert await sqlite.counts() == {"queued": 2}
     rec = (await sqlite.claim_sms(10.0**10, 5))[0]
     assert rec.reason == "interrupted by shutdown"
+
+
+class GatedStore:
+    """The SQLite store, with record_submitted_many held until `open` is set."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self.inner = inner
+        self.open = asyncio.Event()
+        self.waiting = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def record_submitted_many(self, items: Sequence[Any]) -> None:
+        self.waiting += 1
+        await self.open.wait()
+        await self.inner.record_submitted_many(items)
+
+
+async def test_stop_waits_for_the_write_of_a_text_it_cancels(
+    make_config: MakeConfig, sqlite: SqliteStore
+) -> None:
+    session = ScriptedSession()
+    session.release.set()
+    gated = GatedStore(sqlite)
+    await enqueue(sqlite, 1)
+    d = dispatcher(make_config(), gated, session)  # type: ignore[arg-type]
+    await d.start()
+    await eventually(lambda: gated.waiting == 1, 5, "the submitted text's write under way")
+    stopping = asyncio.ensure_future(d.stop(0.01))
+    await eventually(lambda: not d._tasks, 5, "the text cancelled at stop")
+    assert not stopping.done()  # its write is not committed yet: stop waits for it
+    gated.open.set()
+    await asyncio.wait_for(stopping, 5)
+    # answered by the SMSC, so recorded as submitted, not given back to be sent again
+    assert await sqlite.counts() == {"submitted": 1}

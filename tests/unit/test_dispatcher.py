@@ -207,8 +207,31 @@ async def enqueue(store: SqliteStore, n: int) -> None:
     await store.enqueue_sms(items, time.time(), 0.0)
 
 
-def dispatcher(cfg: Config, store: SqliteStore, session: ScriptedSession, **kw: Any) -> Dispatcher:
-    return Dispatcher(cfg, store, session, **kw)  # type: ignore[arg-type]
+def dispatcher(cfg: Config, store: Any, session: ScriptedSession, **kw: Any) -> Dispatcher:
+    return Dispatcher(cfg, store, session, **kw)
+
+
+class UngroupedStore:
+    """The SQLite store as a backend that commits each call on its own (like PostgreSQL),
+    with record_submitted_many held until `open` is set."""
+
+    groups_commits = False
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self.inner = inner
+        self.open = asyncio.Event()
+        self.open.set()
+        self.waiting = 0
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def record_submitted_many(self, items: Sequence[Any]) -> None:
+        self.waiting += 1
+        await self.open.wait()
+        self.calls += 1
+        await self.inner.record_submitted_many(items)
 
 
 async def test_texts_answered_together_are_recorded_together_before_the_hook(
@@ -225,7 +248,8 @@ async def test_texts_answered_together_are_recorded_together_before_the_hook(
         states_seen.append(got.state)
 
     await enqueue(sqlite, 10)
-    d = dispatcher(cfg, sqlite, session, on_submitted=on_submitted)
+    store = UngroupedStore(sqlite)
+    d = dispatcher(cfg, store, session, on_submitted=on_submitted)
     await d.start()
     try:
         await eventually(lambda: len(session.sent) == 10, 5, "ten submit_sm on the wire")
@@ -236,7 +260,28 @@ async def test_texts_answered_together_are_recorded_together_before_the_hook(
     assert states_seen == [SmsState.SUBMITTED] * 10
     assert await sqlite.counts() == {"submitted": 10}
     # ten resps at once: fewer writes than texts (the first goes alone, the rest together)
-    assert d._record.runs < 10
+    assert 0 < store.calls < 10
+
+
+async def test_a_store_that_groups_its_commits_gets_each_text_directly(
+    make_config: MakeConfig, sqlite: SqliteStore
+) -> None:
+    session = ScriptedSession()
+    session.release.set()
+    recorded: list[str] = []
+
+    async def on_submitted(rec: SmsRecord, ids: Sequence[str]) -> None:
+        recorded.append(rec.queue_id)
+
+    await enqueue(sqlite, 3)
+    d = dispatcher(make_config(), sqlite, session, on_submitted=on_submitted)
+    await d.start()
+    try:
+        await eventually(lambda: len(recorded) == 3, 5, "three texts recorded")
+    finally:
+        await d.stop(1.0)
+    assert await sqlite.counts() == {"submitted": 3}
+    assert d._record.runs == 1  # stop's barrier only: SQLite's writer thread groups commits
 
 
 async def test_stop_gives_back_texts_whose_resp_never_came(
@@ -253,31 +298,15 @@ async def test_stop_gives_back_texts_whose_resp_never_came(
     assert rec.reason == "interrupted by shutdown"
 
 
-class GatedStore:
-    """The SQLite store, with record_submitted_many held until `open` is set."""
-
-    def __init__(self, inner: SqliteStore) -> None:
-        self.inner = inner
-        self.open = asyncio.Event()
-        self.waiting = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def record_submitted_many(self, items: Sequence[Any]) -> None:
-        self.waiting += 1
-        await self.open.wait()
-        await self.inner.record_submitted_many(items)
-
-
 async def test_stop_waits_for_the_write_of_a_text_it_cancels(
     make_config: MakeConfig, sqlite: SqliteStore
 ) -> None:
     session = ScriptedSession()
     session.release.set()
-    gated = GatedStore(sqlite)
+    gated = UngroupedStore(sqlite)
+    gated.open.clear()
     await enqueue(sqlite, 1)
-    d = dispatcher(make_config(), gated, session)  # type: ignore[arg-type]
+    d = dispatcher(make_config(), gated, session)
     await d.start()
     await eventually(lambda: gated.waiting == 1, 5, "the submitted text's write under way")
     stopping = asyncio.ensure_future(d.stop(0.01))

@@ -91,7 +91,7 @@ def shape(
         prefixed = f"{prefix}{text}"
         prefix_added = True
     base = segment_count(text, concat=concat)
-    with_prefix = segment_count(prefixed, concat=concat)
+    with_prefix = segment_count(prefixed, concat=concat) if prefix_added else base
     if not footer:
         return Shaped(prefixed, prefix_added, False, with_prefix, base, False)
     full = join_footer(prefixed, footer)

@@ -71,6 +71,23 @@ class SegmentRef:
 
 
 @dataclass(frozen=True)
+class SubmittedSms:
+    """A text whose every segment the SMSC accepted, as `record_submitted_many` records it:
+    the segments' SMSC ids (receipts may come days later), the first-contact mark (msisdn,
+    scope) when this text carried the footer, what shaping did, and `settle`, the final state
+    and reason when no receipt will come (smpp.registered_delivery none)."""
+
+    queue_id: str
+    smsc_ids: tuple[str, ...]
+    segments: int
+    coding: str
+    now: float
+    first_contact: tuple[str, str] | None = None
+    shaped: str | None = None
+    settle: tuple[SmsState, str] | None = None
+
+
+@dataclass(frozen=True)
 class CostLintRow:
     """A notice that costs more than one GSM-7 segment, and what made it so."""
 
@@ -205,6 +222,12 @@ class SmsOutbox(Protocol):
         shaped: str | None = None,
         settle: tuple[SmsState, str] | None = None,
     ) -> None: ...
+
+    async def record_submitted_many(self, items: Sequence[SubmittedSms]) -> None: ...
+
+    # True when the backend itself commits the writes that wait for one another as one
+    # transaction (SQLite's writer thread): a caller then gains nothing by grouping them first.
+    groups_commits: bool
 
     async def record_retry(
         self, queue_id: str, reason: str, next_at: float, now: float, *, count: bool = True

@@ -37,6 +37,7 @@ from bridge.store.base import (
     SameNumber,
     SegmentRef,
     SmsFilter,
+    SubmittedSms,
 )
 
 Step = TypeVar("Step")
@@ -266,6 +267,41 @@ def sms_record(row: Sequence[Any]) -> SmsRecord:
 def as_claimed(rec: SmsRecord, now: float) -> SmsRecord:
     """A queued text as claim_sms hands it out: sending, one more attempt."""
     return replace(rec, state=SmsState.SENDING, attempts=rec.attempts + 1, updated_at=now)
+
+
+@dataclass(frozen=True)
+class SubmittedRows:
+    """record_submitted_many's parameters, one list per statement (executemany), in the
+    column orders of the SQL in both backends."""
+
+    # (msisdn, scope, first_at, queue_id): INSERT into first_contact, an existing row kept
+    first_contacts: list[tuple[str, str, float, str]]
+    # (state, reason, submitted_at, segments, coding, shaped, final_at, queue_id): the UPDATE
+    # of sms; shaped and final_at None keep the column's value
+    updates: list[tuple[str, str | None, float, int, str, str | None, float | None, str]]
+    # (queue_id,): DELETE the segments of an earlier attempt
+    queue_ids: list[tuple[str]]
+    # (queue_id, seq, smsc_message_id, updated_at): INSERT into sms_segment
+    segments: list[tuple[str, int, str, float]]
+
+
+def submitted_rows(items: Sequence[SubmittedSms]) -> SubmittedRows:
+    rows = SubmittedRows([], [], [], [])
+    for it in items:
+        if it.first_contact is not None:
+            rows.first_contacts.append((*it.first_contact, it.now, it.queue_id))
+        state, reason = (
+            (SmsState.SUBMITTED.value, None)
+            if it.settle is None
+            else (it.settle[0].value, it.settle[1])
+        )
+        final_at = None if it.settle is None else it.now
+        rows.updates.append(
+            (state, reason, it.now, it.segments, it.coding, it.shaped, final_at, it.queue_id)
+        )
+        rows.queue_ids.append((it.queue_id,))
+        rows.segments.extend((it.queue_id, i, sid, it.now) for i, sid in enumerate(it.smsc_ids))
+    return rows
 
 
 # SELECT msisdn, scope, opted_out, keyword, changed_at, actor FROM optout (or optout_audit)

@@ -66,6 +66,7 @@ from bridge.store.base import (
     SegmentRef,
     SmsFilter,
     StoreError,
+    SubmittedSms,
 )
 from bridge.store.common import LOST_SELECT, SMS_COLUMNS, sms_record
 from bridge.store.pg_migrations import MIGRATION_LOCK_KEY, MIGRATIONS
@@ -125,6 +126,9 @@ def _rowcount(status: str) -> int:
 
 
 class PostgresStore:
+    # Each call is its own transaction on a pooled connection.
+    groups_commits = False
+
     def __init__(
         self,
         url: str,
@@ -364,39 +368,42 @@ class PostgresStore:
         shaped: str | None = None,
         settle: tuple[SmsState, str] | None = None,
     ) -> None:
+        await self.record_submitted_many(
+            [
+                SubmittedSms(
+                    queue_id, tuple(smsc_ids), segments, coding, now, first_contact, shaped, settle
+                )
+            ]
+        )
+
+    async def record_submitted_many(self, items: Sequence[SubmittedSms]) -> None:
+        """Every text of `items` in one transaction (bridge/batcher.py groups them)."""
+        if not items:
+            return
+        rows = common.submitted_rows(items)
         async with self._tx() as conn:
-            if first_contact is not None:
-                await conn.execute(
+            if rows.first_contacts:
+                await conn.executemany(
                     "INSERT INTO first_contact (msisdn, scope, first_at, queue_id)"
                     " VALUES ($1,$2,$3,$4) ON CONFLICT DO NOTHING",
-                    *first_contact,
-                    now,
-                    queue_id,
+                    rows.first_contacts,
                 )
-            if shaped is not None:
-                await conn.execute("UPDATE sms SET shaped=$1 WHERE queue_id=$2", shaped, queue_id)
             # claimed_by stays: it tells which instance (which bind) sent the message.
-            await conn.execute(
-                "UPDATE sms SET state='submitted', submitted_at=$1, updated_at=$1, segments=$2,"
-                " coding=$3, reason=NULL, lease_until=NULL WHERE queue_id=$4",
-                now,
-                segments,
-                coding,
-                queue_id,
-            )
-            await conn.execute("DELETE FROM sms_segment WHERE queue_id=$1", queue_id)
             await conn.executemany(
-                "INSERT INTO sms_segment (queue_id, seq, smsc_message_id, state, updated_at)"
-                " VALUES ($1,$2,$3,'submitted',$4)",
-                [(queue_id, i, sid, now) for i, sid in enumerate(smsc_ids)],
+                "UPDATE sms SET state=$1, reason=$2, submitted_at=$3, updated_at=$3, segments=$4,"
+                " coding=$5, shaped=coalesce($6, shaped), final_at=coalesce($7, final_at),"
+                " lease_until=NULL WHERE queue_id=$8",
+                rows.updates,
             )
-            if settle is not None:
-                await conn.execute(
-                    "UPDATE sms SET state=$1, reason=$2, final_at=$3 WHERE queue_id=$4",
-                    settle[0].value,
-                    settle[1],
-                    now,
-                    queue_id,
+            await conn.execute(
+                "DELETE FROM sms_segment WHERE queue_id = ANY($1::text[])",
+                [q for (q,) in rows.queue_ids],
+            )
+            if rows.segments:
+                await conn.executemany(
+                    "INSERT INTO sms_segment (queue_id, seq, smsc_message_id, state, updated_at)"
+                    " VALUES ($1,$2,$3,'submitted',$4)",
+                    rows.segments,
                 )
 
     async def record_retry(

@@ -52,6 +52,7 @@ from bridge.store.base import (
     SegmentRef,
     SmsFilter,
     StoreError,
+    SubmittedSms,
 )
 from bridge.store.common import LOST_SELECT, SMS_COLUMNS, sms_record
 from bridge.store.migrations import MIGRATIONS
@@ -110,6 +111,9 @@ def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
 
 
 class SqliteStore:
+    # The writer thread commits every call waiting for it as one group (_run_group).
+    groups_commits = True
+
     def __init__(self, path: Path, *, region: str = defaults.TENANT_REGION) -> None:
         self.path = path
         # Where national-form numbers already in the store are read when a migration makes
@@ -372,12 +376,11 @@ class SqliteStore:
                 " ORDER BY next_attempt_at, created_at LIMIT ?",
                 (now, limit),
             ).fetchall()
-            for row in rows:
-                conn.execute(
-                    "UPDATE sms SET state='sending', attempts=attempts+1, updated_at=?"
-                    " WHERE queue_id=?",
-                    (now, row[0]),
-                )
+            conn.executemany(
+                "UPDATE sms SET state='sending', attempts=attempts+1, updated_at=?"
+                " WHERE queue_id=?",
+                [(now, row[0]) for row in rows],
+            )
             return [common.as_claimed(sms_record(row), now) for row in rows]
 
         return await self._call(fn)
@@ -418,35 +421,40 @@ class SqliteStore:
         shaped: str | None = None,
         settle: tuple[SmsState, str] | None = None,
     ) -> None:
-        """Segments' SMSC ids (receipts may come days later), the first-contact mark
-        (msisdn, scope) when this text carried the footer, and what shaping did. `settle`:
-        the final state and reason when no receipt will come (smpp.registered_delivery none)."""
+        """One text: record_submitted_many of one (SubmittedSms says what each part means)."""
+        await self.record_submitted_many(
+            [
+                SubmittedSms(
+                    queue_id, tuple(smsc_ids), segments, coding, now, first_contact, shaped, settle
+                )
+            ]
+        )
+
+    async def record_submitted_many(self, items: Sequence[SubmittedSms]) -> None:
+        """Every text of `items` in one transaction: the dispatcher records the texts whose
+        submit_sm_resp arrived while the previous write ran (bridge/batcher.py)."""
+        if not items:
+            return
+        rows = common.submitted_rows(items)
 
         def fn(conn: sqlite3.Connection) -> None:
-            if first_contact is not None:
-                conn.execute(
-                    "INSERT OR IGNORE INTO first_contact (msisdn, scope, first_at, queue_id)"
-                    " VALUES (?,?,?,?)",
-                    (*first_contact, now, queue_id),
-                )
-            if shaped is not None:
-                conn.execute("UPDATE sms SET shaped=? WHERE queue_id=?", (shaped, queue_id))
-            conn.execute(
-                "UPDATE sms SET state='submitted', submitted_at=?, updated_at=?, segments=?,"
-                " coding=?, reason=NULL WHERE queue_id=?",
-                (now, now, segments, coding, queue_id),
+            conn.executemany(
+                "INSERT OR IGNORE INTO first_contact (msisdn, scope, first_at, queue_id)"
+                " VALUES (?,?,?,?)",
+                rows.first_contacts,
             )
-            conn.execute("DELETE FROM sms_segment WHERE queue_id=?", (queue_id,))
+            conn.executemany(
+                "UPDATE sms SET state=?1, reason=?2, submitted_at=?3, updated_at=?3, segments=?4,"
+                " coding=?5, shaped=coalesce(?6, shaped), final_at=coalesce(?7, final_at)"
+                " WHERE queue_id=?8",
+                rows.updates,
+            )
+            conn.executemany("DELETE FROM sms_segment WHERE queue_id=?", rows.queue_ids)
             conn.executemany(
                 "INSERT INTO sms_segment (queue_id, seq, smsc_message_id, state, updated_at)"
                 " VALUES (?,?,?,'submitted',?)",
-                [(queue_id, i, sid, now) for i, sid in enumerate(smsc_ids)],
+                rows.segments,
             )
-            if settle is not None:
-                conn.execute(
-                    "UPDATE sms SET state=?, reason=?, final_at=? WHERE queue_id=?",
-                    (settle[0].value, settle[1], now, queue_id),
-                )
 
         await self._call(fn)
 

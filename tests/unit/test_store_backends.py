@@ -22,6 +22,7 @@ from bridge.store.base import (
     ReceiptOutcome,
     SmsFilter,
     Store,
+    SubmittedSms,
 )
 from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
@@ -809,6 +810,39 @@ async def test_submitted_and_settled_at_once_without_receipts(store: Store) -> N
         rec is not None and rec.state is SmsState.UNCONFIRMED and rec.reason == "no receipt asked"
     )
     assert await store.counts() == {"unconfirmed": 1}
+
+
+async def test_record_submitted_many_records_each_text_in_one_call(store: Store) -> None:
+    items = [sms(i, None, msisdn=f"+1202555014{i}") for i in range(4)]
+    await store.enqueue_sms(items, now=1.0, dedup_window_s=0)
+    a, b, c, d = await store.claim_sms(now=1.0, limit=4)
+    # b was submitted once before (a lost resp, then a retry): its old segment goes
+    await store.record_submitted(b.queue_id, ["old"], 1, "gsm7", now=1.5)
+    await store.record_submitted_many(
+        [
+            SubmittedSms(a.queue_id, ("a1", "a2"), 2, "gsm7", 2.0),
+            SubmittedSms(b.queue_id, ("b1",), 1, "ucs2", 2.0, first_contact=(b.msisdn, "S")),
+            SubmittedSms(
+                c.queue_id, ("c1",), 1, "gsm7", 2.0, settle=(SmsState.UNCONFIRMED, "no receipt")
+            ),
+        ]
+    )
+    await store.record_submitted_many([])  # nothing to do: no transaction, no error
+    got = {r.queue_id: r for r in [await store.get_sms(x.queue_id) for x in (a, b, c, d)] if r}
+    assert got[a.queue_id].state is SmsState.SUBMITTED and got[a.queue_id].segments == 2
+    assert got[b.queue_id].coding == "ucs2" and got[b.queue_id].updated_at == 2.0
+    assert got[c.queue_id].state is SmsState.UNCONFIRMED and got[c.queue_id].reason == "no receipt"
+    assert got[d.queue_id].state is SmsState.SENDING  # not in the batch: untouched
+    assert [(s.queue_id, s.seq) for s in await store.find_segments(["a1", "a2"])] in (
+        [(a.queue_id, 0), (a.queue_id, 1)],
+        [(a.queue_id, 1), (a.queue_id, 0)],
+    )
+    assert await store.find_segments(["old"]) == []
+    (seg,) = await store.find_segments(["b1"])
+    assert seg.queue_id == b.queue_id and seg.state is SmsState.SUBMITTED
+    assert await store.had_first_contact(b.msisdn, "S")
+    assert not await store.had_first_contact(a.msisdn, "S")
+    assert await store.counts() == {"submitted": 2, "unconfirmed": 1, "sending": 1}
 
 
 async def test_tenant_report_lists_unconfirmed(store: Store) -> None:

@@ -339,7 +339,7 @@ async def _round(cfg: Config, store: SqliteStore, n: int, seq0: int) -> list[Sta
     groups = (n - half) // GROUP
     add(
         "drain",
-        f"record: Store.record_submitted_many, {GROUP} texts per call (per text; PostgreSQL's path)",
+        f"record: Store.record_submitted_many, {GROUP} per call (per text; PostgreSQL's path)",
         _per_text(GROUP, await _awaited(groups, record_group)),
         summed=False,
     )

@@ -212,7 +212,7 @@ class ImapIntake(Worker):
         self.intake = intake
         self.store = store
         self.clock = clock
-        self.mail_wake = wake or Wake()  # .mail() when a DSN is queued
+        self.wake_mail = (wake or Wake()).mail  # when a DSN is queued
         self.state = "stopped"
         self._client: ImapClient | None = None
         self._attempt = 0
@@ -531,7 +531,7 @@ class ImapIntake(Worker):
         for mail in mails:
             await self.store.enqueue_mail(mail, now)
         if mails:
-            self.mail_wake.mail()
+            self.wake_mail()
 
 
 # --- small helpers -----------------------------------------------------------------------------

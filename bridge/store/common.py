@@ -27,10 +27,12 @@ from bridge.model import (
 )
 from bridge.store.base import (
     Activity,
+    Bouncer,
     CostLintRow,
     HeldReceipt,
     LostMail,
     MailInfo,
+    ReceiptBouncer,
     ReceiptItem,
     ReportData,
     Rollup,
@@ -505,3 +507,13 @@ def reassembled(rows: Sequence[Sequence[Any]], total: int) -> list[str] | None:
     if len(rows) < total:
         return None
     return [str(r[1]) for r in rows]
+
+
+def item_bouncer(bounces: ReceiptBouncer, item: ReceiptItem) -> Bouncer:
+    """The bounce builder for one receipt of a group: the DSN names that receipt's own stat
+    (apply_receipts hands each text's state change the receipt that caused it)."""
+
+    def bouncer(rec: SmsRecord, state: SmsState, why: str | None) -> Sequence[Outgoing]:
+        return bounces(item, rec, state, why)
+
+    return bouncer

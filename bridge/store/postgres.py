@@ -640,12 +640,7 @@ class PostgresStore:
                         )
                     out.append(ReceiptOutcome(None, None))
                     continue
-
-                def bouncer(
-                    rec: SmsRecord, st: SmsState, why: str | None, item: ReceiptItem = item
-                ) -> Sequence[Outgoing]:
-                    return bounces(item, rec, st, why)
-
+                bouncer = common.item_bouncer(bounces, item)
                 new_state = await self._apply_segment(
                     conn, seg.queue_id, seg.seq, item.state, item.error, now, rollup, bouncer
                 )

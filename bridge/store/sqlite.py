@@ -652,12 +652,7 @@ class SqliteStore:
                         )
                     out.append(ReceiptOutcome(None, None))
                     continue
-
-                def bouncer(
-                    rec: SmsRecord, st: SmsState, why: str | None, item: ReceiptItem = item
-                ) -> Sequence[Outgoing]:
-                    return bounces(item, rec, st, why)
-
+                bouncer = common.item_bouncer(bounces, item)
                 new_state = self._apply_segment(
                     conn, seg.queue_id, seg.seq, item.state, item.error, now, rollup, bouncer
                 )

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from bridge.addressing import format_msisdn
 from bridge.config import Config, TenantConfig
-from bridge.mailbuild import NoticeRef, build_dsn
+from bridge.mailbuild import NoticeRef, build_dsn, plan_dsn
 from bridge.model import Failure, Outgoing, SmsRecord, SmsState
 
 __all__ = ["Refusal", "advice", "bounce_recipients", "build_bounces", "dsn_mails"]
@@ -84,19 +84,21 @@ def dsn_mails(
     when = datetime.fromtimestamp(now, UTC)
     return [
         build_dsn(
-            reporting_domain=cfg.smtp.domains[0],
-            from_addr=cfg.mail.from_,
-            to_addr=to_addr,
-            notice=notice,
-            recipient_display=refusal.display,
-            recipient_email=refusal.email,
-            action="failed",
-            status=refusal.status,
-            diagnostic=refusal.diagnostic,
-            reason=refusal.reason,
-            advice=refusal.advice,
-            sms_text=refusal.sms_text,
-            now=when,
+            plan_dsn(
+                reporting_domain=cfg.smtp.domains[0],
+                from_addr=cfg.mail.from_,
+                to_addr=to_addr,
+                notice=notice,
+                recipient_display=refusal.display,
+                recipient_email=refusal.email,
+                action="failed",
+                status=refusal.status,
+                diagnostic=refusal.diagnostic,
+                reason=refusal.reason,
+                advice=refusal.advice,
+                sms_text=refusal.sms_text,
+                now=when,
+            ),
             ref=notice.queue_id,
         )
         for to_addr in to

@@ -600,24 +600,8 @@ def _render_dsn(plan: DsnPlan) -> bytes:
     return msg.as_bytes(policy=POLICY)
 
 
-def build_dsn(
-    *,
-    reporting_domain: str,
-    from_addr: str,
-    to_addr: str,
-    notice: NoticeRef,
-    recipient_display: str,
-    recipient_email: str,
-    action: Literal["failed", "delayed"],
-    status: str,
-    diagnostic: str,
-    reason: str,
-    advice: str,
-    sms_text: str | None,
-    now: datetime,
-    ref: str | None = None,
-) -> Outgoing:
-    """An RFC 3464 delivery status notification about one SMS built from `notice`.
+def build_dsn(plan: DsnPlan, *, ref: str | None = None) -> Outgoing:
+    """The RFC 3464 delivery status notification `plan` (plan_dsn) describes, as an email.
 
     multipart/report; report-type=delivery-status (RFC 6522) with a human-readable part, the
     machine-readable message/delivery-status part, and text/rfc822-headers with the notice
@@ -626,21 +610,6 @@ def build_dsn(
     (RFC 5321 §4.5.5), which the caller decides. `ref` (the queue id it is about) labels the
     email in logs.
     """
-    plan = plan_dsn(
-        reporting_domain=reporting_domain,
-        from_addr=from_addr,
-        to_addr=to_addr,
-        notice=notice,
-        recipient_display=recipient_display,
-        recipient_email=recipient_email,
-        action=action,
-        status=status,
-        diagnostic=diagnostic,
-        reason=reason,
-        advice=advice,
-        sms_text=sms_text,
-        now=now,
-    )
     return Outgoing("dsn", "", (plan.to_addr,), _render_dsn(plan), ref=ref)
 
 

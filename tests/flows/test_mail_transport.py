@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bridge.mail_transport import MaildirTransport, SmtpRelayTransport, TransportError
-from bridge.mailbuild import NoticeRef, build_dsn, build_patron_reply
+from bridge.mailbuild import NoticeRef, build_dsn, build_patron_reply, plan_dsn
 from bridge.model import Outgoing
 from bridge.testing.smtp_sink import SmtpSink
 
@@ -59,20 +59,24 @@ def reply_mail(text: str = "Can I pick it up Saturday?") -> Outgoing:
 
 def dsn_mail() -> Outgoing:
     return build_dsn(
-        reporting_domain="bridge.example.org",
-        from_addr="mailer-daemon@bridge.example.org",
-        to_addr="ils@riverside.example.org",
-        notice=NoticeRef("q-1", "<n1@ils.example.org>", "Hold ready", "ils@x.example.org", "RPL"),
-        recipient_display="+1 202-555-0143",
-        recipient_email="2025550143@sms.example.org",
-        action="failed",
-        status="5.1.1",
-        diagnostic="smpp; ESME_RINVDSTADR (0x0000000B)",
-        reason="the carrier rejected the number as invalid",
-        advice="Check the patron's phone number in the ILS.",
-        # A line starting with "." must survive SMTP dot-stuffing (RFC 5321 §4.5.2).
-        sms_text=".\n.. dots",
-        now=NOW,
+        plan_dsn(
+            reporting_domain="bridge.example.org",
+            from_addr="mailer-daemon@bridge.example.org",
+            to_addr="ils@riverside.example.org",
+            notice=NoticeRef(
+                "q-1", "<n1@ils.example.org>", "Hold ready", "ils@x.example.org", "RPL"
+            ),
+            recipient_display="+1 202-555-0143",
+            recipient_email="2025550143@sms.example.org",
+            action="failed",
+            status="5.1.1",
+            diagnostic="smpp; ESME_RINVDSTADR (0x0000000B)",
+            reason="the carrier rejected the number as invalid",
+            advice="Check the patron's phone number in the ILS.",
+            # A line starting with "." must survive SMTP dot-stuffing (RFC 5321 §4.5.2).
+            sms_text=".\n.. dots",
+            now=NOW,
+        )
     )
 
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.dsnparse import parse_bounce
-from bridge.mailbuild import NoticeRef, build_dsn
+from bridge.mailbuild import NoticeRef, build_dsn, plan_dsn
 from tests.conftest import SAMPLES
 
 POSTFIX = (SAMPLES / "postfix-bounce-reply.eml").read_bytes()
@@ -96,19 +96,21 @@ def test_bare_text_without_status_gets_the_generic_permanent_code() -> None:
 def test_the_bridges_own_dsn_format_reads_back() -> None:
     now = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
     mail = build_dsn(
-        reporting_domain="sms.example.org",
-        from_addr="sms-bridge@sms.example.org",
-        to_addr="ils@riverside.example.org",
-        notice=NoticeRef("q1", "<n1@ils>", "Hold ready", "ils@riverside.example.org", "R"),
-        recipient_display="+1 202-555-0143",
-        recipient_email="12025550143@sms.example.org",
-        action="failed",
-        status="5.1.1",
-        diagnostic="smpp; 0x0b ESME_RINVDSTADR",
-        reason="bad number",
-        advice="check it",
-        sms_text="hi",
-        now=now,
+        plan_dsn(
+            reporting_domain="sms.example.org",
+            from_addr="sms-bridge@sms.example.org",
+            to_addr="ils@riverside.example.org",
+            notice=NoticeRef("q1", "<n1@ils>", "Hold ready", "ils@riverside.example.org", "R"),
+            recipient_display="+1 202-555-0143",
+            recipient_email="12025550143@sms.example.org",
+            action="failed",
+            status="5.1.1",
+            diagnostic="smpp; 0x0b ESME_RINVDSTADR",
+            reason="bad number",
+            advice="check it",
+            sms_text="hi",
+            now=now,
+        )
     )
     rep = parse_bounce(mail.data)
     assert rep.failed and rep.standard and rep.status == "5.1.1"

@@ -60,7 +60,7 @@ def dsn(**kw: Any) -> Outgoing:
         now=NOW,
     )
     base.update(kw)
-    return build_dsn(**base)
+    return build_dsn(plan_dsn(**base))
 
 
 def reply(**kw: Any) -> Outgoing:

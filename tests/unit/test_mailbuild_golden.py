@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from bridge import mailbuild
-from bridge.mailbuild import NoticeRef, build_dsn, build_notification, build_patron_reply
+from bridge.mailbuild import NoticeRef, build_dsn, build_notification, build_patron_reply, plan_dsn
 
 GOLDEN = Path(__file__).parent / "mailbuild_golden"
 NOW = datetime(2026, 11, 23, 14, 5, 9, tzinfo=UTC)
@@ -63,7 +63,7 @@ REPLY: dict[str, Any] = dict(
 
 def _dsn(**kw: Any) -> bytes:
     notice = NoticeRef(**{**NOTICE, **kw.pop("notice", {})})
-    return build_dsn(notice=notice, **{**DSN, **kw}).data
+    return build_dsn(plan_dsn(notice=notice, **{**DSN, **kw})).data
 
 
 def _reply(**kw: Any) -> bytes:

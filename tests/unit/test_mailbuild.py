@@ -59,8 +59,9 @@ def dsn(**kw: Any) -> Outgoing:
         sms_text="Riverside Public Library: your hold is ready.",
         now=NOW,
     )
+    ref = kw.pop("ref", None)
     base.update(kw)
-    return build_dsn(plan_dsn(**base))
+    return build_dsn(plan_dsn(**base), ref=ref)
 
 
 def reply(**kw: Any) -> Outgoing:

@@ -8,6 +8,24 @@
    connections, so the dispatcher never claims anything and only intake is measured.
 4. Latency on an idle bridge: 200 notices one at a time; from the client reading "250" to the
    simulator receiving the submit_sm, and to the store's SUBMITTED commit (dispatcher hook).
+
+Intake in more than one process (issue 18, item 4) was measured with a prototype and not
+kept. Setup: benchmark 3's code, plus a second intake-only process (its own SQLite connections in
+WAL mode, Intake and SmtpIntake, no dispatcher) that accepts on the bridge's listening socket
+(an inherited descriptor), against the same run's bare server; 2 cores, interleaved runs:
+- the kernel picks the accepting process (both wait on one socket). Best of 5 at 4 connections:
+  1,142 vs 1,042 msg/s for one process (+10 %). At 16: 1,502 vs 1,266 (+19 %). The split
+  varied from run to run: the second process got 0-4 of 4 connections and 8-14 of 16.
+- connections split evenly (forced). At 4 connections: +6 to +13 %, ratio 0.32 (one process
+  0.29). At 16: +21 to +40 %, ratio 0.44-0.51 (one process 0.32-0.37).
+Both cores are busy. At 16 connections each message costs 0.83 ms of server CPU in one
+process; with two it costs 0.41 + 0.44 ms, plus 0.15 ms for the load generator. About 1 ms of
+CPU per message on 2 cores caps the run near 2,000 msg/s: a ratio of about 0.5 against a bare
+server at about 3,800 msg/s. At 4 connections every connection waits for its own commit, and
+the two processes take SQLite's write lock in turn, each grouping only its own commits. The
+CPU per message rises from 0.97 ms to 0.57 + 0.59 ms, so the gain stays near 10 %.
+This is under the 25 % the change had to earn at 4 and 16 connections, and far from 0.7 in
+any case. On a machine like this one, only less CPU per message raises the ratio.
 """
 
 from __future__ import annotations

@@ -95,10 +95,12 @@ METHOD_NOTES: tuple[str, ...] = (
     "The notes give each server's CPU per accepted message (getrusage of the server's "
     "process, every thread, over the load run) and the load generator's: the bridge "
     "spends 3-4 times the bare server's CPU on a message, which is the throughput ratio. "
-    "Reaching 0.7 would take less than half the CPU per message, or intake spread over "
-    "several processes (one Python process uses one core; the load generator leaves most "
-    "of the second core idle during the bridge runs), and neither helps a single "
-    "connection, where the commit, the parse and the thread hand-off add up in series.",
+    "Reaching 0.7 would take less than half the CPU per message. Intake spread over two "
+    "processes on one listening socket was measured and not kept (bench/smtp_bench.py's "
+    "docstring): +10 % at 4 connections and +19 % at 16, because both cores are already "
+    "busy (the load generator included), and two SQLite writers each group only their own "
+    "commits; it cannot help a single connection, where the commit, the parse and the "
+    "thread hand-off add up in series.",
     "4: a whole `Bridge` with the simulator (`ok`, receipts off) in a child process; notices "
     "are sent one at a time over one SMTP session and the next one only after the previous "
     "is SUBMITTED in the store (dispatcher's `on_submitted` hook), then 5 ms of quiet. "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -29,7 +29,7 @@ from bridge.smpp import errors
 from bridge.smpp.encoding import encode_sms
 from bridge.smpp.pdu import SubmitSm
 from bridge.smpp.session import ConnectionLost, ResponseTimeout, SubmitResult
-from bridge.store import SqliteStore
+from bridge.store import SqliteStore, Store
 from tests.conftest import MakeConfig
 from tests.waiting import eventually
 
@@ -207,7 +207,7 @@ async def enqueue(store: SqliteStore, n: int) -> None:
     await store.enqueue_sms(items, time.time(), 0.0)
 
 
-def dispatcher(cfg: Config, store: Any, session: ScriptedSession, **kw: Any) -> Dispatcher:
+def dispatcher(cfg: Config, store: Store, session: ScriptedSession, **kw: Any) -> Dispatcher:
     return Dispatcher(cfg, store, session, **kw)
 
 
@@ -249,7 +249,7 @@ async def test_texts_answered_together_are_recorded_together_before_the_hook(
 
     await enqueue(sqlite, 10)
     store = UngroupedStore(sqlite)
-    d = dispatcher(cfg, store, session, on_submitted=on_submitted)
+    d = dispatcher(cfg, cast(Store, store), session, on_submitted=on_submitted)
     await d.start()
     try:
         await eventually(lambda: len(session.sent) == 10, 5, "ten submit_sm on the wire")
@@ -306,7 +306,8 @@ async def test_stop_waits_for_the_write_of_a_text_it_cancels(
     gated = UngroupedStore(sqlite)
     gated.open.clear()
     await enqueue(sqlite, 1)
-    d = dispatcher(make_config(), gated, session)
+    # the wrapper forwards every other Store method to the SQLite store it wraps
+    d = dispatcher(make_config(), cast(Store, gated), session)
     await d.start()
     await eventually(lambda: gated.waiting == 1, 5, "the submitted text's write under way")
     stopping = asyncio.ensure_future(d.stop(0.01))

@@ -8,17 +8,15 @@ import email
 import email.policy
 import socket
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from bridge.mail_transport import MaildirTransport, SmtpRelayTransport, TransportError
-from bridge.mailbuild import NoticeRef, build_dsn, build_patron_reply, plan_dsn
 from bridge.model import Outgoing
+from bridge.testing.mail_samples import sample_dsn, sample_reply
 from bridge.testing.smtp_sink import SmtpSink
 
-NOW = datetime(2026, 11, 23, 14, 5, tzinfo=UTC)
 STEP_S = 10.0  # ceiling on any single network step in these tests
 
 
@@ -43,41 +41,12 @@ def relay(
 
 
 def reply_mail(text: str = "Can I pick it up Saturday?") -> Outgoing:
-    return build_patron_reply(
-        from_local="12025550143",
-        domain="sms.example.org",
-        from_display="SMS from +1 202-555-0143",
-        to_addr="circ@riverside.example.org",
-        text=text,
-        original_sms="Your hold is ready.",
-        original_message_id="<n1@ils.example.org>",
-        original_subject="Hold ready",
-        tenant_name="Riverside Public Library",
-        now=NOW,
-    )
+    return sample_reply(text=text)
 
 
 def dsn_mail() -> Outgoing:
-    return build_dsn(
-        plan_dsn(
-            reporting_domain="bridge.example.org",
-            from_addr="mailer-daemon@bridge.example.org",
-            to_addr="ils@riverside.example.org",
-            notice=NoticeRef(
-                "q-1", "<n1@ils.example.org>", "Hold ready", "ils@x.example.org", "RPL"
-            ),
-            recipient_display="+1 202-555-0143",
-            recipient_email="2025550143@sms.example.org",
-            action="failed",
-            status="5.1.1",
-            diagnostic="smpp; ESME_RINVDSTADR (0x0000000B)",
-            reason="the carrier rejected the number as invalid",
-            advice="Check the patron's phone number in the ILS.",
-            # A line starting with "." must survive SMTP dot-stuffing (RFC 5321 §4.5.2).
-            sms_text=".\n.. dots",
-            now=NOW,
-        )
-    )
+    # A line starting with "." must survive SMTP dot-stuffing (RFC 5321 §4.5.2).
+    return sample_dsn(sms_text=".\n.. dots")
 
 
 async def send(transport: SmtpRelayTransport | MaildirTransport, mail: Outgoing) -> None:

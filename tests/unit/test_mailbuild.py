@@ -7,7 +7,7 @@ import email.header
 import email.message
 import email.policy
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,70 +15,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.mailbuild import (
-    NoticeRef,
-    build_dsn,
     build_notification,
-    build_patron_reply,
     build_reply_fallback,
     clean_header_value,
     plan_dsn,
 )
 from bridge.model import Outgoing
+from bridge.testing.mail_samples import (
+    SAMPLE_NOTICE_ID,
+    SAMPLE_NOW,
+    sample_dsn,
+    sample_notice,
+    sample_reply,
+)
 
-NOW = datetime(2026, 11, 23, 14, 5, 9, tzinfo=UTC)
-NOTICE_ID = "<hold-7781@ils.riverside.example.org>"
+NOW = SAMPLE_NOW
+NOTICE_ID = SAMPLE_NOTICE_ID
 INJECT = "\r\nBcc: evil@x.example"
 
 
-def notice(**kw: Any) -> NoticeRef:
-    base: dict[str, Any] = dict(
-        queue_id="q-000042",
-        message_id=NOTICE_ID,
-        subject="Hold ready for pickup",
-        envelope_from="ils@riverside.example.org",
-        tenant_name="Riverside Public Library",
-        received_at=NOW - timedelta(hours=2),
-    )
-    base.update(kw)
-    return NoticeRef(**base)
-
-
-def dsn(**kw: Any) -> Outgoing:
-    base: dict[str, Any] = dict(
-        reporting_domain="bridge.example.org",
-        from_addr="mailer-daemon@bridge.example.org",
-        to_addr="ils@riverside.example.org",
-        notice=notice(),
-        recipient_display="+1 202-555-0143",
-        recipient_email="2025550143@sms.example.org",
-        action="failed",
-        status="5.1.1",
-        diagnostic="smpp; ESME_RINVDSTADR (0x0000000B)",
-        reason="the carrier rejected the number as invalid",
-        advice="Check the patron's phone number in the ILS.",
-        sms_text="Riverside Public Library: your hold is ready.",
-        now=NOW,
-    )
-    ref = kw.pop("ref", None)
-    base.update(kw)
-    return build_dsn(plan_dsn(**base), ref=ref)
-
-
-def reply(**kw: Any) -> Outgoing:
-    base: dict[str, Any] = dict(
-        from_local="12025550143",
-        domain="sms.example.org",
-        from_display="SMS from +1 202-555-0143",
-        to_addr="circ@riverside.example.org",
-        text="Can I pick it up Saturday?",
-        original_sms="Riverside Public Library: your hold is ready.",
-        original_message_id=NOTICE_ID,
-        original_subject="Hold ready for pickup",
-        tenant_name="Riverside Public Library",
-        now=NOW,
-    )
-    base.update(kw)
-    return build_patron_reply(**base)
+notice = sample_notice
+dsn = sample_dsn
+reply = sample_reply
 
 
 def parse(mail: Outgoing) -> email.message.EmailMessage:

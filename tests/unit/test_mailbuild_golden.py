@@ -11,63 +11,29 @@ from __future__ import annotations
 import email.generator
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bridge import mailbuild
-from bridge.mailbuild import NoticeRef, build_dsn, build_notification, build_patron_reply, plan_dsn
+from bridge.mailbuild import build_notification
+from bridge.testing.mail_samples import SAMPLE_NOW, sample_dsn, sample_notice, sample_reply
 
 GOLDEN = Path(__file__).parent / "mailbuild_golden"
-NOW = datetime(2026, 11, 23, 14, 5, 9, tzinfo=UTC)
+NOW = SAMPLE_NOW
 FIXED_ID = uuid.UUID(int=0x0123456789ABCDEF0123456789ABCDEF)
 BOUNDARY = "===============4242424242424242424=="
 
-NOTICE: dict[str, Any] = dict(
-    queue_id="q-000042",
-    message_id="<hold-7781@ils.riverside.example.org>",
-    subject="Hold ready for pickup",
-    envelope_from="ils@riverside.example.org",
-    tenant_name="Riverside Public Library",
-    received_at=NOW - timedelta(hours=2),
-)
-DSN: dict[str, Any] = dict(
-    reporting_domain="bridge.example.org",
-    from_addr="mailer-daemon@bridge.example.org",
-    to_addr="ils@riverside.example.org",
-    recipient_display="+1 202-555-0143",
-    recipient_email="2025550143@sms.example.org",
-    action="failed",
-    status="5.1.1",
-    diagnostic="smpp; ESME_RINVDSTADR (0x0000000B)",
-    reason="the carrier rejected the number as invalid",
-    advice="Check the patron's phone number in the ILS.",
-    sms_text="Riverside Public Library: your hold is ready.",
-    now=NOW,
-)
-REPLY: dict[str, Any] = dict(
-    from_local="12025550143",
-    domain="sms.example.org",
-    from_display="SMS from +1 202-555-0143",
-    to_addr="circ@riverside.example.org",
-    text="Can I pick it up Saturday?",
-    original_sms="Riverside Public Library: your hold is ready.",
-    original_message_id="<hold-7781@ils.riverside.example.org>",
-    original_subject="Hold ready for pickup",
-    tenant_name="Riverside Public Library",
-    now=NOW,
-)
-
 
 def _dsn(**kw: Any) -> bytes:
-    notice = NoticeRef(**{**NOTICE, **kw.pop("notice", {})})
-    return build_dsn(plan_dsn(notice=notice, **{**DSN, **kw})).data
+    notice = sample_notice(**kw.pop("notice", {}))
+    return sample_dsn(notice=notice, **kw).data
 
 
 def _reply(**kw: Any) -> bytes:
-    return build_patron_reply(**{**REPLY, **kw}).data
+    return sample_reply(**kw).data
 
 
 CASES: dict[str, Callable[[], bytes]] = {

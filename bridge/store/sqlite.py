@@ -4,8 +4,9 @@ One connection, owned by one writer thread. Callers submit small functions; the 
 function waiting at that moment inside one transaction and commits once (group commit, as
 PostgreSQL and Postfix's queue manager do), then resolves each caller's future. With WAL and
 synchronous=FULL a commit is on disk when COMMIT returns, so "250" after the future resolves is
-an honest promise. Each function runs in its own SAVEPOINT: one failing call does not take the
-rest of the group down with it.
+an honest promise. In a group of several, each function runs in its own SAVEPOINT: one failing
+call does not take the rest of the group down with it (a lone call needs none: the transaction
+is its own).
 """
 
 from __future__ import annotations
@@ -222,11 +223,10 @@ class SqliteStore:
                     return
                 group = [first]
                 stop = False
-                while len(group) < _GROUP_MAX:
-                    try:
-                        nxt = self._q.get_nowait()
-                    except queue.Empty:
-                        break
+                # Take what else is waiting; empty() first, so a lone call (the usual case on
+                # a quiet bridge) does not pay for a queue.Empty raised and caught.
+                while len(group) < _GROUP_MAX and not self._q.empty():
+                    nxt = self._q.get_nowait()
                     if nxt is None:
                         stop = True
                         break
@@ -241,16 +241,31 @@ class SqliteStore:
         results: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for i, call in enumerate(group):
-                conn.execute(f"SAVEPOINT c{i}")
+            if len(group) == 1:
+                # Alone in its transaction, a call needs no savepoint: when it fails, rolling
+                # back the transaction undoes exactly its own work, as ROLLBACK TO would.
                 try:
-                    results.append((True, call.fn(conn)))
-                    conn.execute(f"RELEASE c{i}")
+                    results.append((True, group[0].fn(conn)))
                 except Exception as exc:
-                    conn.execute(f"ROLLBACK TO c{i}")
-                    conn.execute(f"RELEASE c{i}")
+                    conn.execute("ROLLBACK")
                     results.append((False, exc))
-            conn.execute("COMMIT")
+                else:
+                    conn.execute("COMMIT")
+            else:
+                for call in group:
+                    # One name for every call's savepoint: each is released before the next
+                    # opens, and one SQL text keeps one prepared statement in the cache.
+                    conn.execute("SAVEPOINT call")
+                    try:
+                        value = call.fn(conn)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO call")
+                        conn.execute("RELEASE call")
+                        results.append((False, exc))
+                    else:
+                        conn.execute("RELEASE call")
+                        results.append((True, value))
+                conn.execute("COMMIT")
         except Exception as exc:
             # The commit itself failed (disk full, read-only file system, I/O error): nothing
             # in this group is durable, so every caller hears about it.

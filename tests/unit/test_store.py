@@ -179,3 +179,28 @@ async def test_optout_lookup_sees_other_connections_and_survives_a_broken_fast_p
         assert s._lconn is not None
     finally:
         await s.close()
+
+
+async def test_per_text_lookups_read_on_the_loop_and_see_each_commit(tmp_path: Path) -> None:
+    """First contact and the frequency cap's sent times are read on the loop's connection
+    (no thread hand-off), and see every commit made before them: the dispatcher records a
+    text, then asks about the next one to the same number."""
+    s = SqliteStore(tmp_path / "p.db")
+    await s.open()
+    try:
+        num, scope = "+12025550143", "12025550100"
+        assert not await s.had_first_contact(num, scope)
+        assert s._lconn is not None
+        assert await s.sent_times(num, "riverside", 0.0) == []
+        assert await s.next_due() is None
+        [res] = await s.enqueue_sms([sms()], now=10.0, dedup_window_s=0)
+        assert await s.next_due() == 10.0
+        await s.claim_sms(now=11.0, limit=1)
+        await s.record_submitted(res.queue_id, ["abc"], 1, "gsm7", 12.0, first_contact=(num, scope))
+        assert await s.had_first_contact(num, scope)
+        assert await s.sent_times(num, "riverside", 0.0) == [12.0]
+        assert await s.sent_times(num, "riverside", 12.5) == []
+        assert await s.next_due() is None
+    finally:
+        await s.close()
+    assert s._lconn is None

@@ -89,6 +89,15 @@ def open_problem(path: Path, exc: BaseException) -> str:
     return f"{where}: {type(exc).__name__}: {exc}"
 
 
+# The receipt deadline sweep's texts, oldest first. INDEXED BY: without statistics the planner
+# takes sms_due (state=?) and sorts every text awaiting a receipt (13 ms for 50,000, in the
+# writer thread, every sweep); the partial index made for this query reads only the `limit`
+# oldest (0.2 ms).
+_OVERDUE = (
+    "SELECT queue_id, tenant_id, msisdn FROM sms INDEXED BY sms_awaiting_receipt"
+    " WHERE state='submitted' AND submitted_at<? ORDER BY submitted_at LIMIT ?"
+)
+
 # Upper bound on calls folded into one transaction: keeps one commit's latency bounded when a
 # burst arrives, while still turning hundreds of small commits into a handful.
 _GROUP_MAX = 256
@@ -690,11 +699,7 @@ class SqliteStore:
         `state` (no bounce: bridge/receipt_watch.py). Returns their (queue_id, tenant, msisdn)."""
 
         def fn(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
-            rows = conn.execute(
-                "SELECT queue_id, tenant_id, msisdn FROM sms WHERE state='submitted'"
-                " AND submitted_at<? ORDER BY submitted_at LIMIT ?",
-                (submitted_before, limit),
-            ).fetchall()
+            rows = conn.execute(_OVERDUE, (submitted_before, limit)).fetchall()
             conn.executemany(
                 "UPDATE sms SET state=?, reason=?, final_at=?, updated_at=?"
                 " WHERE queue_id=? AND state='submitted'",

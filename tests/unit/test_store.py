@@ -10,6 +10,7 @@ import pytest
 from bridge.model import NewSms
 from bridge.store import SqliteStore, Store, StoreError
 from bridge.store.migrations import MIGRATIONS
+from bridge.store.sqlite import _OVERDUE
 from tests.waiting import eventually
 
 
@@ -204,3 +205,12 @@ async def test_per_text_lookups_read_on_the_loop_and_see_each_commit(tmp_path: P
     finally:
         await s.close()
     assert s._lconn is None
+
+
+async def test_the_receipt_deadline_sweep_reads_its_partial_index(store: Store) -> None:
+    """settle_overdue reads the `limit` oldest texts awaiting a receipt from the partial index
+    made for it, not every such text through sms_due and a sort."""
+    plan = await store.run(
+        lambda conn: [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + _OVERDUE, (1.0, 10))]
+    )
+    assert plan == ["SEARCH sms USING INDEX sms_awaiting_receipt (submitted_at<?)"], plan

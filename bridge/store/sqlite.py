@@ -261,6 +261,8 @@ class SqliteStore:
                 try:
                     results.append((True, group[0].fn(conn)))
                 except Exception as exc:
+                    if not conn.in_transaction:
+                        raise  # rolled back by SQLite itself: see the group case below
                     conn.execute("ROLLBACK")
                     results.append((False, exc))
                 else:
@@ -273,6 +275,12 @@ class SqliteStore:
                     try:
                         value = call.fn(conn)
                     except Exception as exc:
+                        if not conn.in_transaction:
+                            # SQLite rolled the whole transaction back itself (SQLITE_FULL,
+                            # SQLITE_IOERR...: sqlite.org/lang_transaction.html, "Response To
+                            # Errors Within A Transaction"): the calls before this one are
+                            # gone too, and every caller hears of it.
+                            raise
                         conn.execute("ROLLBACK TO call")
                         conn.execute("RELEASE call")
                         results.append((False, exc))

@@ -122,6 +122,37 @@ async def test_a_failed_commit_fails_every_caller_of_the_group(tmp_path: Path) -
         await s.close()
 
 
+async def test_a_transaction_sqlite_rolled_back_fails_every_call_of_its_group(
+    tmp_path: Path,
+) -> None:
+    """SQLite rolls a whole transaction back on some errors (SQLITE_FULL, SQLITE_IOERR): the
+    calls of the group before the failing one lost their work too, so none may hear "done"."""
+    s = SqliteStore(tmp_path / "r.db")
+    await s.open()
+    try:
+
+        def rolled_back(conn: sqlite3.Connection) -> None:
+            conn.execute("ROLLBACK")  # as SQLite does on a full disk
+            raise sqlite3.OperationalError("database or disk is full")
+
+        with pytest.raises(StoreError, match="disk is full"):
+            await s.run(rolled_back)  # alone in its group
+        release, hold = await _held_writer(s)
+        calls = [
+            asyncio.create_task(s.meta_setdefault("a", "1")),
+            asyncio.create_task(s.run(rolled_back)),
+            asyncio.create_task(s.meta_setdefault("b", "2")),
+        ]
+        await eventually(lambda: s._q.qsize() == 3, what="three calls queued")
+        release.set()
+        await hold
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, StoreError) for r in results), results
+        assert await s.meta_setdefault("a", "new") == "new"
+    finally:
+        await s.close()
+
+
 async def test_schema_version_and_newer_schema_refused(tmp_path: Path) -> None:
     path = tmp_path / "v.db"
     s = SqliteStore(path)

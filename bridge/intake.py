@@ -120,12 +120,16 @@ class Intake:
         self._backlog = 0
         self._backlog_at = float("-inf")
         self._by_network: dict[str, tuple[TenantConfig, ...]] = {}
+        # Asked at every RCPT; derived from the configuration, so kept until a reload.
+        self._sms_domains = frozenset(cfg.smtp.sms_domains)
         # Bounces to the bridge's own addresses take a separate path (null sender, no tenant).
         self.bounces = BounceIntake(cfg, store, clock=clock, wake=self.wake, metrics=metrics)
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
         self._by_network.clear()
+        self._sms_domains = frozenset(cfg.smtp.sms_domains)
+        addressing.clear_number_cache()
         self.bounces.reload(cfg)
 
     # --- who may send ------------------------------------------------------------------------
@@ -191,7 +195,7 @@ class Intake:
             local, domain = addressing.split_address(address)
         except addressing.AddressError as exc:
             raise Rejected(553, "5.1.3", exc.reason) from None
-        if domain not in self.cfg.smtp.sms_domains:
+        if domain not in self._sms_domains:
             raise Rejected(
                 550,
                 "5.7.1",

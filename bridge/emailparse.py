@@ -572,6 +572,14 @@ def _content_type(part: Message) -> tuple[str, str]:
 
 
 def _is_attachment(part: Message) -> bool:
+    # The usual notice part has no Content-Disposition and no "name" parameter: answered
+    # without the stdlib's parameter parsing (most of this function's cost). With no
+    # disposition, only a Content-Type "name" (or RFC 2231 "name*") parameter makes a
+    # filename, and such a parameter cannot be there unless the field holds "name".
+    if part.get("content-disposition") is None:
+        ctype = part.get("content-type")
+        if ctype is None or "name" not in str(ctype).lower():
+            return False
     try:
         disposition = part.get_content_disposition()
         filename = part.get_filename()

@@ -598,6 +598,37 @@ def test_named_parts(disposition: str | None, expected: str) -> None:
     assert parse_notice(raw).text == expected
 
 
+@pytest.mark.parametrize(
+    "part_headers",
+    [
+        "",
+        "Content-Type: text/plain; charset=utf-8\r\n",
+        'Content-Type: text/plain; NAME="notice.txt"\r\n',
+        "Content-Type: text/plain; name*=utf-8''notice.txt\r\n",
+        "Content-Type: text/plain; name*0=not; name*1=ice.txt\r\n",
+        'Content-Type: text/plain; x-name="a"\r\n',
+        "Content-Type: text/plain; charset=names\r\n",
+        "Content-Disposition: attachment\r\n",
+        "Content-Disposition: ATTACHMENT; filename=a.txt\r\n",
+        'Content-Disposition: inline; filename="a.txt"\r\n',
+        "Content-Disposition: inline\r\nContent-Type: text/plain; name=a.txt\r\n",
+        "Content-Disposition: form-data; name=a\r\n",
+    ],
+)
+def test_attachment_reading_agrees_with_the_stdlib(part_headers: str) -> None:
+    # _is_attachment answers most parts without parsing parameters; the answer must be the
+    # one the stdlib's disposition and filename give (RFC 2183).
+    from bridge.emailparse import _is_attachment
+
+    part = email.message_from_bytes(
+        (part_headers + "\r\nText.\r\n").encode(), policy=email.policy.compat32
+    )
+    disposition = part.get_content_disposition()
+    filename = part.get_filename()
+    expected = disposition == "attachment" or (filename is not None and disposition != "inline")
+    assert _is_attachment(part) is expected
+
+
 # The plain From forms are read without the stdlib address parser; both readings must agree.
 _FROM_FORMS = [
     "ils@riverside.example.org",

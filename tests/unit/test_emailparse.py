@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import email
+import email.errors
 import email.policy
 import email.utils
 from pathlib import Path
@@ -627,6 +628,42 @@ def test_attachment_reading_agrees_with_the_stdlib(part_headers: str) -> None:
     filename = part.get_filename()
     expected = disposition == "attachment" or (filename is not None and disposition != "inline")
     assert _is_attachment(part) is expected
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "text/plain; charset=utf-8",
+        "text/plain; charset=UTF-8",
+        'text/plain; charset="ISO-8859-1"',
+        "text/plain ; CHARSET = us-ascii ",
+        "text/plain; charset=utf-8; format=flowed",
+        "text/plain; format=flowed; charset=windows-1252",
+        "text/plain; charset*=utf-8''utf-8",
+        'text/plain; charset="utf-8',
+        "text/plain; charset=",
+        "text/plain; charset=utf-8;",
+        "text/plain; charset=utf-8\r\n\tx=y",
+        'text/plain; charset="a\\"b"',
+        "text/plain; charset=caf\u00e9",
+    ],
+)
+def test_charset_reading_agrees_with_the_stdlib(content_type: str | None) -> None:
+    # _charset reads the usual "type/subtype; charset=x" itself; any header must give the
+    # stdlib's answer.
+    from bridge.emailparse import _charset
+
+    head = "" if content_type is None else f"Content-Type: {content_type}\r\n"
+    part = email.message_from_bytes(
+        (head + "\r\nText.\r\n").encode("utf-8"), policy=email.policy.compat32
+    )
+    try:
+        expected = part.get_content_charset()
+    except (ValueError, LookupError, email.errors.MessageError):
+        expected = None
+    assert _charset(part) == expected
 
 
 # The plain From forms are read without the stdlib address parser; both readings must agree.

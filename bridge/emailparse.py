@@ -370,7 +370,10 @@ def _check_bounds(raw: bytes, limits: ParseLimits) -> None:
             f"the header section is {len(head)} bytes, over the limit of"
             f" {limits.max_header_bytes}; send fewer or shorter header fields"
         )
-    longest = max(_FIELD_BREAK.split(head), key=len, default=b"")
+    # No field is longer than the whole header section: a short one needs no split.
+    longest = b""
+    if len(head) > limits.max_header_field_bytes:
+        longest = max(_FIELD_BREAK.split(head), key=len, default=b"")
     if len(longest) > limits.max_header_field_bytes:
         name = longest.split(b":", 1)[0][:40].decode("ascii", "replace").strip() or "a"
         raise NoticeLimitError(

@@ -666,6 +666,101 @@ def test_charset_reading_agrees_with_the_stdlib(content_type: str | None) -> Non
     assert _charset(part) == expected
 
 
+# Header lines and bodies for the single-part reading: the usual forms (which it must take),
+# and every kind of line the feed parser treats specially (envelope "From ", a colon first, a
+# space before the colon, lone CR, VT/FF inside a line, multipart and message types).
+_USUAL_LINES = [
+    b"From: Riverside Library <circ@riverside.example.org>",
+    b"To: 2025550143@sms.example.org",
+    b"Subject: Hold ready",
+    b"Subject:",
+    b"Subject:no space",
+    b"Subject:\t \ttabbed",
+    b"Subject: =?utf-8?q?Caf=C3=A9?=",
+    b"Subject: Caf\xc3\xa9",
+    b"X-Odd: a\x0bB: c\x0c d\x1ce",
+    b"Message-ID: <n1@ils>",
+    b"MIME-Version: 1.0",
+    b"Content-Type: text/plain; charset=utf-8",
+    b"Content-Type: text/html",
+    b"Content-Type: garbage",
+    b"Content-Transfer-Encoding: quoted-printable",
+    b" folded continuation",
+    b"\tfolded with a tab ",
+]
+_ODD_LINES = [
+    b"Content-Type: multipart/mixed; boundary=b1",
+    b"Content-Type: message/rfc822",
+    b"Content-Type: message/delivery-status",
+    b"Content-Type: Multipart/Alternative; boundary=b1",
+    b"From someone@example.org Mon Dec  7 07:00:00 2026",
+    b": no name",
+    b"Name : space before the colon",
+    b"not a header line",
+    b"Weird\rLine: lone CR",
+    b"",
+]
+_BODIES = st.sampled_from(
+    [b"", b"Your hold is ready.\r\n", b"a\rb\n\nc", b"--b1\r\nx\r\n--b1--\r\n", b"\xe9t\xe9\n"]
+)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(_USUAL_LINES), st.sampled_from([b"\r\n", b"\n"]))),
+    st.sampled_from([b"\r\n", b"\n"]),
+    _BODIES,
+)
+@settings(max_examples=300, deadline=None)
+def test_single_part_reading_is_the_stdlib_message(
+    lines: list[tuple[bytes, bytes]], blank: bytes, body: bytes
+) -> None:
+    from bridge.emailparse import _single_part
+
+    lines = [(b"Subject: first", b"\r\n"), *lines]
+    raw = b"".join(line + eol for line, eol in lines) + blank + body
+    fast = _single_part(raw)
+    assert fast is not None
+    assert vars(fast) == vars(email.message_from_bytes(raw, policy=email.policy.compat32))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_USUAL_LINES + _ODD_LINES), st.sampled_from([b"\r\n", b"\n", b"\r"])
+        ),
+        max_size=8,
+    ),
+    st.sampled_from([b"\r\n", b"\n", b"\r"]),
+    _BODIES,
+)
+@settings(max_examples=400, deadline=None)
+def test_single_part_reading_leaves_the_rest_to_the_stdlib(
+    lines: list[tuple[bytes, bytes]], blank: bytes, body: bytes
+) -> None:
+    from bridge.emailparse import _single_part
+
+    raw = b"".join(line + eol for line, eol in lines) + blank + body
+    fast = _single_part(raw)
+    if fast is not None:
+        assert vars(fast) == vars(email.message_from_bytes(raw, policy=email.policy.compat32))
+
+
+def test_single_part_reading_takes_the_usual_notices() -> None:
+    from bridge.emailparse import _single_part
+
+    taken = 0
+    for path in sorted(SAMPLES.glob("*.eml")):
+        raw = path.read_bytes()
+        fast = _single_part(raw)
+        if fast is not None:
+            taken += 1
+            assert vars(fast) == vars(email.message_from_bytes(raw, policy=email.policy.compat32))
+    assert taken >= 5
+    raw = mail("Hold ready.\r\n", headers="Content-Type: text/plain; charset=utf-8\r\n X: y\r\n")
+    assert _single_part(raw) is not None
+    assert _single_part(mail("x", headers="Content-Type: multipart/mixed; boundary=b\r\n")) is None
+
+
 # The plain From forms are read without the stdlib address parser; both readings must agree.
 _FROM_FORMS = [
     "ils@riverside.example.org",

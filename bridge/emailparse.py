@@ -288,6 +288,10 @@ def parse_notice(
 
 def gsm_punctuation(text: str) -> str:
     """Map typographic punctuation and odd spaces to their GSM-7 equivalents."""
+    # ASCII text (the usual notice; isascii() is constant time on str) holds no mapped
+    # character but the backtick: str.translate with a dict costs a lookup per character.
+    if text.isascii() and "`" not in text:
+        return text
     return text.translate(_PUNCTUATION_MAP)
 
 

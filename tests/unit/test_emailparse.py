@@ -761,6 +761,15 @@ def test_single_part_reading_takes_the_usual_notices() -> None:
     assert _single_part(mail("x", headers="Content-Type: multipart/mixed; boundary=b\r\n")) is None
 
 
+def test_punctuation_map_has_no_ascii_key_but_the_backtick() -> None:
+    # gsm_punctuation returns ASCII text without a backtick as it is.
+    from bridge.emailparse import _PUNCTUATION_MAP
+
+    assert [chr(k) for k in _PUNCTUATION_MAP if k < 128] == ["`"]
+    assert gsm_punctuation("it`s") == "it's"
+    assert gsm_punctuation("plain ascii, 'quoted'") == "plain ascii, 'quoted'"
+
+
 # The plain From forms are read without the stdlib address parser; both readings must agree.
 _FROM_FORMS = [
     "ils@riverside.example.org",

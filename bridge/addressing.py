@@ -11,6 +11,7 @@ never echoes more than a bounded, sanitised piece of the input.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -22,6 +23,7 @@ __all__ = [
     "AddressError",
     "SmsAddress",
     "canonical_address",
+    "clear_number_cache",
     "e164_to_local_part",
     "format_msisdn",
     "is_msisdn",
@@ -110,6 +112,13 @@ def _check_region(region: str) -> None:
         raise ValueError(f"unknown phone number region {region!r}")
 
 
+# Readings of recipient local parts kept between RCPTs: the same few thousand patrons get a
+# library's notices every day, and one reading costs about 50 us of phonenumbers work on the
+# event loop. Bounded (an LRU), and keyed by the exact local part and region, since the
+# answer (the E.164 number or the refusal's reason) is a pure function of those two.
+_NUMBER_CACHE_MAX = 4096
+
+
 def local_part_to_e164(local_part: str, region: str) -> str:
     """Turn an email local part such as ``202.555.0143`` into E.164 (``+12025550143``).
 
@@ -123,6 +132,28 @@ def local_part_to_e164(local_part: str, region: str) -> str:
     Raises ``AddressError`` for anything that is not a valid number able to receive SMS, and
     ``ValueError`` when ``region`` is not a region phonenumbers knows (a configuration error).
     """
+    e164, reason = _e164_or_reason(local_part, region)
+    if e164 is None:
+        raise AddressError(reason)
+    return e164
+
+
+def clear_number_cache() -> None:
+    """Forget the readings local_part_to_e164 keeps (on a configuration reload)."""
+    _e164_or_reason.cache_clear()
+
+
+@functools.lru_cache(maxsize=_NUMBER_CACHE_MAX)
+def _e164_or_reason(local_part: str, region: str) -> tuple[str | None, str]:
+    """local_part_to_e164's answer: (E.164, "") or (None, the AddressError's reason). A
+    ValueError (unknown region) propagates and is not kept."""
+    try:
+        return _local_part_to_e164(local_part, region), ""
+    except AddressError as exc:
+        return None, exc.reason
+
+
+def _local_part_to_e164(local_part: str, region: str) -> str:
     _check_region(region)
     shown = _echo(local_part)
     if local_part == "":
@@ -268,6 +299,9 @@ def split_address(addr: str) -> tuple[str, str]:
     return local, domain
 
 
+# Compiled once per pattern: every MAIL matches the sender against its tenant's patterns, and
+# the patterns only change with the configuration (a handful per tenant).
+@functools.lru_cache(maxsize=256)
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
     # Only '*' is a wildcard; everything else (including fnmatch's '?' and '[...]') is literal.
     # '*' never matches '@', so '*@lib.example.org' cannot be satisfied by

@@ -120,12 +120,21 @@ class Intake:
         self._backlog = 0
         self._backlog_at = float("-inf")
         self._by_network: dict[str, tuple[TenantConfig, ...]] = {}
+        # Asked at every RCPT; derived from the configuration, so kept until a reload.
+        self._sms_domains = frozenset(cfg.smtp.sms_domains)
+        self._limits = ParseLimits(max_bytes=cfg.smtp.max_message_bytes)
+        # Per tenant id: the tenant configuration they were made from, and its TextOptions.
+        self._options: dict[str, tuple[TenantConfig, TextOptions]] = {}
         # Bounces to the bridge's own addresses take a separate path (null sender, no tenant).
         self.bounces = BounceIntake(cfg, store, clock=clock, wake=self.wake, metrics=metrics)
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
         self._by_network.clear()
+        self._sms_domains = frozenset(cfg.smtp.sms_domains)
+        self._limits = ParseLimits(max_bytes=cfg.smtp.max_message_bytes)
+        self._options.clear()
+        addressing.clear_number_cache()
         self.bounces.reload(cfg)
 
     # --- who may send ------------------------------------------------------------------------
@@ -191,7 +200,7 @@ class Intake:
             local, domain = addressing.split_address(address)
         except addressing.AddressError as exc:
             raise Rejected(553, "5.1.3", exc.reason) from None
-        if domain not in self.cfg.smtp.sms_domains:
+        if domain not in self._sms_domains:
             raise Rejected(
                 550,
                 "5.7.1",
@@ -256,14 +265,13 @@ class Intake:
         retry costs the sender nothing (RFC 5321 §4.2.5: 4yz, try again later). The worker is
         left to finish in the background (threads cannot be stopped) and its result dropped.
         """
-        limits = ParseLimits(max_bytes=self.cfg.smtp.max_message_bytes)
+        limits = self._limits
+        opts = self._text_options(tenant)
         try:
             if len(raw) <= defaults.PARSE_INLINE_MAX_BYTES:
-                return parse_notice(raw, text_options(tenant), limits)
+                return parse_notice(raw, opts, limits)
             loop = asyncio.get_running_loop()
-            work = loop.run_in_executor(
-                _PARSE_POOL, parse_notice, raw, text_options(tenant), limits
-            )
+            work = loop.run_in_executor(_PARSE_POOL, parse_notice, raw, opts, limits)
             async with asyncio.timeout(self.parse_budget_s):
                 return await work
         except NoticeLimitError as exc:
@@ -278,6 +286,13 @@ class Intake:
                 self.parse_budget_s,
             )
             raise Rejected(451, "4.3.0", ERR_451_PARSE_BUDGET) from None
+
+    def _text_options(self, tenant: TenantConfig) -> TextOptions:
+        """text_options(tenant), made once per tenant configuration."""
+        kept = self._options.get(tenant.id)
+        if kept is None or kept[0] is not tenant:
+            kept = self._options[tenant.id] = (tenant, text_options(tenant))
+        return kept[1]
 
     async def read_headers(self, raw: bytes) -> Message:
         """The header section of `raw` as a compat32 Message (no body), parsed in a worker

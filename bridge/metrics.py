@@ -221,6 +221,7 @@ class Metrics:
             ["tenant", "via"],
             registry=r,
         )
+        self._accepted_by: dict[tuple[str, str], Counter] = {}
         self.rejected = Counter(
             "sms_bridge_messages_rejected",
             "Notices or recipients refused, by SMTP reply code and enhanced status",
@@ -380,7 +381,12 @@ class Metrics:
 
     def message_accepted(self, tenant: str, via: str, count: int = 1) -> None:
         if count > 0:
-            self.accepted.labels(tenant, via).inc(count)
+            # Once per accepted notice: labels() builds and looks up its key under a lock each
+            # call, so the child is kept per (tenant, via), a handful of pairs.
+            child = self._accepted_by.get((tenant, via))
+            if child is None:
+                child = self._accepted_by[(tenant, via)] = self.accepted.labels(tenant, via)
+            child.inc(count)
 
     def message_rejected(self, tenant: str | None, reply: str) -> None:
         self.rejected.labels(tenant or "unknown", rejection_reason(reply)).inc()

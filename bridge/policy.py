@@ -476,6 +476,8 @@ def cap_decision(
 
 # Versioned so that a change to the folding below cannot silently collide with old keys.
 _DUP_PREFIX: Final = "sms-bridge/duplicate/v1"
+_json_str: Final = json.encoder.encode_basestring_ascii
+_DUP_PREFIX_JSON: Final = _json_str(_DUP_PREFIX)
 
 
 def duplicate_key(tenant_id: str, msisdn: str, text: str) -> str:
@@ -496,7 +498,12 @@ def duplicate_words(text: str) -> str:
 
 def duplicate_key_of(tenant_id: str, msisdn: str, folded: str) -> str:
     """duplicate_key from the text already folded by duplicate_words."""
-    payload = json.dumps([_DUP_PREFIX, tenant_id, msisdn.strip(), folded], ensure_ascii=True)
+    # Byte for byte json.dumps([prefix, tenant, number, folded], ensure_ascii=True), the form
+    # stored keys were made with, without the encoder's per-call set-up (once per text).
+    payload = (
+        f"[{_DUP_PREFIX_JSON}, {_json_str(tenant_id)}, {_json_str(msisdn.strip())},"
+        f" {_json_str(folded)}]"
+    )
     return hashlib.sha256(payload.encode("ascii")).hexdigest()
 
 

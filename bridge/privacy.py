@@ -43,6 +43,7 @@ _NOT_A_NUMBER: Final = (
 )
 _ID_FIELD: Final = re.compile(r"id[=:]\s*$", re.IGNORECASE)
 _MIN_DIGITS: Final = 7
+_ASCII_DIGIT: Final = re.compile(r"[0-9]")
 _MAX_DIGITS: Final = 15
 # Written numbers put a space only after a short group ("+1 202 555 0144", "+44 20 7946 0958",
 # "(202) 555-0144"); a space after anything else separates two tokens ("2025550143
@@ -78,12 +79,22 @@ def mask_text(text: str) -> str:
     """``text`` with every phone-number-looking token masked like ``mask_msisdn`` does:
     ``reply=550 5.7.1 +1 202-555-0144 opted out`` -> ``reply=550 5.7.1 +1********44 opted out``,
     ``12025550144@sms.example.org`` -> ``*********44@sms.example.org``. Never raises."""
-    if not text or not any(c.isdigit() for c in text):
+    if not text:
+        return text
+    # isascii() is constant time on str; an ASCII digit is then the only kind there can be.
+    if text.isascii():
+        if _ASCII_DIGIT.search(text) is None:
+            return text
+    elif not any(c.isdigit() for c in text):
         return text
     out: list[str] = []
     last = 0
     for match in _CANDIDATE.finditer(text):
         start, end = match.span()
+        if end - start < _MIN_DIGITS:
+            # Fewer characters than a number has digits: _mask_one would leave every piece as
+            # it is, so skip the context checks (most candidates in a log line: "550", ids).
+            continue
         if end < len(text) and (text[end].isalpha() or text[end] == "_"):
             continue  # part of a word or an identifier: "1234567abc"
         if _ID_FIELD.search(text, max(0, start - 40), start):

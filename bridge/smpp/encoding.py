@@ -104,8 +104,11 @@ _GSM_COST, _GSM_BASIC, _GSM_EXT = _build_gsm_tables()
 # checked and counted by C code instead of a Python call per character: the dispatcher and the
 # shaper count every text several times (footer budget, segments, truncation).
 _NOT_GSM: Final = re.compile("[^" + "".join(re.escape(ch) for ch in _GSM_COST) + "]")
-_EXT_DOUBLED: Final = str.maketrans({ch: ch * 2 for ch, cost in _GSM_COST.items() if cost == 2})
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+# The extension-table characters (two septets each): counted, not translated, by _units.
+_EXTENSION: Final = re.compile(
+    "[" + "".join(re.escape(ch) for ch, cost in _GSM_COST.items() if cost == 2) + "]"
+)
 _ESC_BYTE: Final = bytes((_ESC,))
 # Septet (as the latin-1 character of the same value) to its basic-table character.
 _GSM_DECODE: Final = str.maketrans({chr(septet): ch for septet, ch in _GSM_BASIC.items()})
@@ -194,7 +197,8 @@ def _units(text: str, coding: Coding) -> int:
         bad = _NOT_GSM.search(text)
         if bad is not None:
             _char_units(bad.group(), coding)  # raises the ValueError that names the character
-        return len(text.translate(_EXT_DOUBLED))
+        # One septet each, and one more per extension character (an escape, 23.038 §6.2.1.1).
+        return len(text) + len(_EXTENSION.findall(text))
     # Characters outside the BMP take a UTF-16 surrogate pair: two code units.
     return len(text.encode("utf-16-le")) // 2
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from bridge.addressing import (
     AddressError,
     canonical_address,
+    clear_number_cache,
     e164_to_local_part,
     format_msisdn,
     local_part_to_e164,
@@ -126,6 +127,29 @@ def test_unknown_region_is_a_configuration_error_not_an_address_error() -> None:
     with pytest.raises(ValueError, match="unknown phone number region 'XX'") as caught:
         local_part_to_e164("2025550143", "XX")
     assert not isinstance(caught.value, AddressError)
+    # Not remembered as an answer either: asked again, it is the same configuration error.
+    with pytest.raises(ValueError, match="unknown phone number region 'XX'") as again:
+        local_part_to_e164("2025550143", "XX")
+    assert not isinstance(again.value, AddressError)
+
+
+def test_readings_are_kept_per_local_part_and_region() -> None:
+    clear_number_cache()
+    # The same local part means a different number in another region.
+    assert local_part_to_e164("07400123456", "GB") == "+447400123456"
+    with pytest.raises(AddressError):
+        local_part_to_e164("07400123456", "US")
+    assert local_part_to_e164("07400123456", "GB") == "+447400123456"
+    # A refusal read a second time (from the kept answer) carries the same reason.
+    reasons = []
+    for _ in range(2):
+        with pytest.raises(AddressError) as caught:
+            local_part_to_e164("12345", "US")
+        reasons.append(caught.value.reason)
+    assert reasons[0] == reasons[1]
+    assert reasons[0].startswith("12345 is too short to be a phone number for region US")
+    clear_number_cache()
+    assert local_part_to_e164("2025550143", "US") == "+12025550143"
 
 
 @given(st.text(max_size=40))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import email
+import email.errors
 import email.policy
 import email.utils
 from pathlib import Path
@@ -596,6 +597,177 @@ def test_named_parts(disposition: str | None, expected: str) -> None:
         subject="Subject fallback",
     )
     assert parse_notice(raw).text == expected
+
+
+@pytest.mark.parametrize(
+    "part_headers",
+    [
+        "",
+        "Content-Type: text/plain; charset=utf-8\r\n",
+        'Content-Type: text/plain; NAME="notice.txt"\r\n',
+        "Content-Type: text/plain; name*=utf-8''notice.txt\r\n",
+        "Content-Type: text/plain; name*0=not; name*1=ice.txt\r\n",
+        'Content-Type: text/plain; x-name="a"\r\n',
+        "Content-Type: text/plain; charset=names\r\n",
+        "Content-Disposition: attachment\r\n",
+        "Content-Disposition: ATTACHMENT; filename=a.txt\r\n",
+        'Content-Disposition: inline; filename="a.txt"\r\n',
+        "Content-Disposition: inline\r\nContent-Type: text/plain; name=a.txt\r\n",
+        "Content-Disposition: form-data; name=a\r\n",
+    ],
+)
+def test_attachment_reading_agrees_with_the_stdlib(part_headers: str) -> None:
+    # _is_attachment answers most parts without parsing parameters; the answer must be the
+    # one the stdlib's disposition and filename give (RFC 2183).
+    from bridge.emailparse import _is_attachment
+
+    part = email.message_from_bytes(
+        (part_headers + "\r\nText.\r\n").encode(), policy=email.policy.compat32
+    )
+    disposition = part.get_content_disposition()
+    filename = part.get_filename()
+    expected = disposition == "attachment" or (filename is not None and disposition != "inline")
+    assert _is_attachment(part) is expected
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "text/plain; charset=utf-8",
+        "text/plain; charset=UTF-8",
+        'text/plain; charset="ISO-8859-1"',
+        "text/plain ; CHARSET = us-ascii ",
+        "text/plain; charset=utf-8; format=flowed",
+        "text/plain; format=flowed; charset=windows-1252",
+        "text/plain; charset*=utf-8''utf-8",
+        'text/plain; charset="utf-8',
+        "text/plain; charset=",
+        "text/plain; charset=utf-8;",
+        "text/plain; charset=utf-8\r\n\tx=y",
+        'text/plain; charset="a\\"b"',
+        "text/plain; charset=caf\u00e9",
+    ],
+)
+def test_charset_reading_agrees_with_the_stdlib(content_type: str | None) -> None:
+    # _charset reads the usual "type/subtype; charset=x" itself; any header must give the
+    # stdlib's answer.
+    from bridge.emailparse import _charset
+
+    head = "" if content_type is None else f"Content-Type: {content_type}\r\n"
+    part = email.message_from_bytes(
+        (head + "\r\nText.\r\n").encode("utf-8"), policy=email.policy.compat32
+    )
+    try:
+        expected = part.get_content_charset()
+    except (ValueError, LookupError, email.errors.MessageError):
+        expected = None
+    assert _charset(part) == expected
+
+
+# Header lines and bodies for the single-part reading: the usual forms (which it must take),
+# and every kind of line the feed parser treats specially (envelope "From ", a colon first, a
+# space before the colon, lone CR, VT/FF inside a line, multipart and message types).
+_USUAL_LINES = [
+    b"From: Riverside Library <circ@riverside.example.org>",
+    b"To: 2025550143@sms.example.org",
+    b"Subject: Hold ready",
+    b"Subject:",
+    b"Subject:no space",
+    b"Subject:\t \ttabbed",
+    b"Subject: =?utf-8?q?Caf=C3=A9?=",
+    b"Subject: Caf\xc3\xa9",
+    b"X-Odd: a\x0bB: c\x0c d\x1ce",
+    b"Message-ID: <n1@ils>",
+    b"MIME-Version: 1.0",
+    b"Content-Type: text/plain; charset=utf-8",
+    b"Content-Type: text/html",
+    b"Content-Type: garbage",
+    b"Content-Transfer-Encoding: quoted-printable",
+    b" folded continuation",
+    b"\tfolded with a tab ",
+]
+_ODD_LINES = [
+    b"Content-Type: multipart/mixed; boundary=b1",
+    b"Content-Type: message/rfc822",
+    b"Content-Type: message/delivery-status",
+    b"Content-Type: Multipart/Alternative; boundary=b1",
+    b"From someone@example.org Mon Dec  7 07:00:00 2026",
+    b": no name",
+    b"Name : space before the colon",
+    b"not a header line",
+    b"Weird\rLine: lone CR",
+    b"",
+]
+_BODIES = st.sampled_from(
+    [b"", b"Your hold is ready.\r\n", b"a\rb\n\nc", b"--b1\r\nx\r\n--b1--\r\n", b"\xe9t\xe9\n"]
+)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(_USUAL_LINES), st.sampled_from([b"\r\n", b"\n"]))),
+    st.sampled_from([b"\r\n", b"\n"]),
+    _BODIES,
+)
+@settings(max_examples=300, deadline=None)
+def test_single_part_reading_is_the_stdlib_message(
+    lines: list[tuple[bytes, bytes]], blank: bytes, body: bytes
+) -> None:
+    from bridge.emailparse import _single_part
+
+    lines = [(b"Subject: first", b"\r\n"), *lines]
+    raw = b"".join(line + eol for line, eol in lines) + blank + body
+    fast = _single_part(raw)
+    assert fast is not None
+    assert vars(fast) == vars(email.message_from_bytes(raw, policy=email.policy.compat32))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_USUAL_LINES + _ODD_LINES), st.sampled_from([b"\r\n", b"\n", b"\r"])
+        ),
+        max_size=8,
+    ),
+    st.sampled_from([b"\r\n", b"\n", b"\r"]),
+    _BODIES,
+)
+@settings(max_examples=400, deadline=None)
+def test_single_part_reading_leaves_the_rest_to_the_stdlib(
+    lines: list[tuple[bytes, bytes]], blank: bytes, body: bytes
+) -> None:
+    from bridge.emailparse import _single_part
+
+    raw = b"".join(line + eol for line, eol in lines) + blank + body
+    fast = _single_part(raw)
+    if fast is not None:
+        assert vars(fast) == vars(email.message_from_bytes(raw, policy=email.policy.compat32))
+
+
+def test_single_part_reading_takes_the_usual_notices() -> None:
+    from bridge.emailparse import _single_part
+
+    taken = 0
+    for path in sorted(SAMPLES.glob("*.eml")):
+        raw = path.read_bytes()
+        fast = _single_part(raw)
+        if fast is not None:
+            taken += 1
+            assert vars(fast) == vars(email.message_from_bytes(raw, policy=email.policy.compat32))
+    assert taken >= 5
+    raw = mail("Hold ready.\r\n", headers="Content-Type: text/plain; charset=utf-8\r\n X: y\r\n")
+    assert _single_part(raw) is not None
+    assert _single_part(mail("x", headers="Content-Type: multipart/mixed; boundary=b\r\n")) is None
+
+
+def test_punctuation_map_has_no_ascii_key_but_the_backtick() -> None:
+    # gsm_punctuation returns ASCII text without a backtick as it is.
+    from bridge.emailparse import _PUNCTUATION_MAP
+
+    assert [chr(k) for k in _PUNCTUATION_MAP if k < 128] == ["`"]
+    assert gsm_punctuation("it`s") == "it's"
+    assert gsm_punctuation("plain ascii, 'quoted'") == "plain ascii, 'quoted'"
 
 
 # The plain From forms are read without the stdlib address parser; both readings must agree.

@@ -180,3 +180,44 @@ def test_network_tenants_follow_a_reload() -> None:
     intake.reload(load_config_text(yaml.safe_dump(merge(BASE, {"tenants": [moved]}))))
     assert intake.network_tenants("192.0.2.7") == []
     assert [t.id for t in intake.network_tenants("198.51.100.1")] == ["riverside"]
+
+
+def test_sms_domains_follow_a_reload() -> None:
+    from typing import cast
+
+    from bridge.intake import Intake
+    from bridge.store import Store
+
+    cfg = load_config_text(yaml.safe_dump(BASE))
+    intake = Intake(cfg, cast(Store, object()))
+    tenant = cfg.tenants[0]
+    assert intake.recipient(tenant, "2025550143@sms.example.org").msisdn == "+12025550143"
+    with pytest.raises(Rejected, match=r"sms\.example\.net is not an SMS domain"):
+        intake.recipient(tenant, "2025550143@sms.example.net")
+    moved = merge(BASE, {"smtp": {"domains": ["sms.example.net"]}})
+    intake.reload(load_config_text(yaml.safe_dump(moved)))
+    assert intake.recipient(tenant, "2025550143@sms.example.net").msisdn == "+12025550143"
+    with pytest.raises(Rejected, match=r"sms\.example\.org is not an SMS domain"):
+        intake.recipient(tenant, "2025550143@sms.example.org")
+
+
+async def test_text_options_follow_the_tenant_configuration() -> None:
+    from typing import cast
+
+    from bridge.intake import Intake
+    from bridge.store import Store
+
+    raw = (
+        b"From: ils@riverside.example.org\r\nSubject: Hold ready\r\n"
+        b"Content-Type: text/plain\r\n\r\nYour hold is ready.\r\n"
+    )
+    cfg = load_config_text(yaml.safe_dump(BASE))
+    intake = Intake(cfg, cast(Store, object()))
+    assert (await intake.parse(cfg.tenants[0], raw)).text == "Your hold is ready."
+    prepend = {**BASE["tenants"][0], "subject": "prepend"}
+    changed = load_config_text(yaml.safe_dump(merge(BASE, {"tenants": [prepend]})))
+    # A tenant configuration the intake has not seen (a reload on its way): its own options.
+    assert (await intake.parse(changed.tenants[0], raw)).text == "Hold ready\nYour hold is ready."
+    intake.reload(changed)
+    assert (await intake.parse(changed.tenants[0], raw)).text == "Hold ready\nYour hold is ready."
+    assert (await intake.parse(cfg.tenants[0], raw)).text == "Your hold is ready."

@@ -85,6 +85,22 @@ def test_given_registry_is_used() -> None:
     assert reg.get_sample_value("sms_bridge_submits_total", {"status": "ESME_ROK"}) == 1
 
 
+def test_accepted_counts_each_tenant_and_edge_apart() -> None:
+    m = Metrics()
+    for tenant, via, count in [
+        ("riverside", "smtp", 2),
+        ("hillside", "smtp", 1),
+        ("riverside", "imap", 4),
+        ("riverside", "smtp", 1),
+    ]:
+        m.message_accepted(tenant, via, count)
+    accepted = "sms_bridge_messages_accepted_total"
+    assert _sample(m, accepted, tenant="riverside", via="smtp") == 3
+    assert _sample(m, accepted, tenant="hillside", via="smtp") == 1
+    assert _sample(m, accepted, tenant="riverside", via="imap") == 4
+    assert _sample(m, accepted, tenant="hillside", via="imap") is None
+
+
 def test_event_counters() -> None:
     m = Metrics()
     m.message_accepted("riverside", "smtp", 3)

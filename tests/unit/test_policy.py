@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
@@ -391,6 +393,17 @@ def test_duplicate_key_folds_whitespace_and_case() -> None:
     assert duplicate_key("t", "+12025550143", nfd) == duplicate_key(
         "t", "+12025550143", "está lista"
     )
+
+
+@given(st.text(max_size=12), st.text(max_size=16), st.text(max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_duplicate_key_is_the_sha256_of_the_json_list(tenant: str, msisdn: str, text: str) -> None:
+    # Keys already stored were made from json.dumps: the key must not change for any input.
+    from bridge.policy import duplicate_key_of
+
+    payload = json.dumps(["sms-bridge/duplicate/v1", tenant, msisdn.strip(), text])
+    expected = hashlib.sha256(payload.encode("ascii")).hexdigest()
+    assert duplicate_key_of(tenant, msisdn, text) == expected
 
 
 def test_duplicate_key_differs_for_different_inputs() -> None:

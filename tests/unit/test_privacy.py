@@ -6,7 +6,7 @@ import logging
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.privacy import MaskingFilter, mask_text
@@ -83,3 +83,65 @@ def test_filter_leaves_debug_whole() -> None:
     )
     assert MaskingFilter().filter(record)
     assert record.getMessage() == "to=+12025550143"
+
+
+def _mask_text_reference(text: str) -> str:
+    """mask_text without its shortcuts: every candidate through every check."""
+    from bridge.privacy import _CANDIDATE, _ID_FIELD, _mask_one, _split
+
+    if not text or not any(c.isdigit() for c in text):
+        return text
+    out: list[str] = []
+    last = 0
+    for match in _CANDIDATE.finditer(text):
+        start, end = match.span()
+        if end < len(text) and (text[end].isalpha() or text[end] == "_"):
+            continue
+        if _ID_FIELD.search(text, max(0, start - 40), start):
+            continue
+        out.append(text[last:start])
+        out.append(" ".join(_mask_one(piece) for piece in _split(match.group())))
+        last = end
+    out.append(text[last:])
+    return "".join(out)
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "0",
+                "1",
+                "2025550143",
+                "5",
+                " ",
+                "-",
+                ".",
+                "(",
+                ")",
+                "+",
+                "a",
+                "_",
+                "id=",
+                "ID: ",
+                "\u0663",
+                "\u00b2",
+                "\u0661\u0662\u0663\u0664\u0665\u0666\u0667",
+                "550 5.7.1 ",
+            ]
+        ),
+        max_size=14,
+    ).map("".join)
+)
+@settings(max_examples=500, deadline=None)
+def test_mask_text_shortcuts_change_nothing(text: str) -> None:
+    assert mask_text(text) == _mask_text_reference(text)
+
+
+def test_accepted_line_is_masked_as_before() -> None:
+    line = (
+        "accepted queue_id=0193a1b2c3d4e5f6a7 tenant=riverside via=smtp to=+1********43"
+        " message_id=<bench-12345@riverside.example.org> chars=126 rcpt=12025550143@x.org"
+    )
+    assert mask_text(line) == line.replace("12025550143@", "*********43@")
+    assert mask_text(line) == _mask_text_reference(line)

@@ -5,7 +5,10 @@ write. Issued one by one, every write pays a thread hand-off, a transaction and 
 wake-up; the SQLite writer already folds waiting calls into one commit, but the per-call
 overhead stays. `Batcher` queues the items and runs one `run(items)` for all that arrived
 while the previous run was busy (Nagle-style, no timer: the first item of an idle batcher goes
-out at once, so a lone write is not delayed).
+out at once, so a lone write is not delayed). With `linger_s`, a run first waits that long for
+more items: for a trickle of writes (receipts a few milliseconds apart) that turns one commit
+per item into one per few, for that much more latency; see `_maybe_linger` for the peer that
+sends one item at a time.
 
 Durability is unchanged: each caller's `await` returns only after the run holding its item
 returned, i.e. after that transaction committed; when the run raises, every caller of that
@@ -17,6 +20,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
+
+# Lingers in a row that gathered no other item before the batcher stops lingering.
+LONELY_LIMIT = 8
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -34,12 +40,20 @@ class Batcher(Generic[T, R]):
         run: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
         *,
         max_batch: int = 64,
+        linger_s: float = 0.0,
         name: str = "batcher",
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._run = run
         self._max = max_batch
+        self._linger = linger_s
+        # Lingering pays only when more items come in the meantime. A peer that sends one
+        # item and waits for its answer (an SMSC with a deliver_sm window of 1) would only be
+        # slowed down by it, so it stops after LONELY_LIMIT lingers in a row that gathered
+        # nothing, and starts again once items pile up by themselves.
+        self._lingering = linger_s > 0
+        self._lonely = 0
         self._name = name
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._runner: asyncio.Task[None] | None = None
@@ -54,9 +68,27 @@ class Batcher(Generic[T, R]):
         # the others in its batch; its own item is still written, as with a direct call.
         return await asyncio.shield(fut)
 
+    async def _maybe_linger(self) -> None:
+        waiting = len(self._pending)
+        if not self._lingering:
+            if waiting > 1:  # items piled up on their own: the peer sends in parallel
+                self._lingering, self._lonely = True, 0
+            return
+        if waiting >= self._max:
+            return
+        await asyncio.sleep(self._linger)
+        if len(self._pending) > waiting:
+            self._lonely = 0
+            return
+        self._lonely += 1
+        if self._lonely >= LONELY_LIMIT:
+            self._lingering = False
+
     async def _drain(self) -> None:
         try:
             while self._pending:
+                if self._linger > 0:
+                    await self._maybe_linger()
                 batch = self._pending[: self._max]
                 del self._pending[: self._max]
                 self.runs += 1

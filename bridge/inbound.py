@@ -48,6 +48,9 @@ from bridge.worker import Worker
 
 log = logging.getLogger(__name__)
 
+# How long a group of receipts waits for more before its transaction (see Inbound.__init__).
+RECEIPT_LINGER_S = 0.002
+
 # Marks the place of parts that never arrived in a long reply passed on after the timeout.
 MISSING_PART = " [...] "
 
@@ -206,9 +209,13 @@ class Inbound:
         self.watch = ReceiptWatch(clock())
         self.receipt_health: ReceiptHealth | None = None
         # Receipts that arrive together (up to smpp.inbound_window deliver_sm in hand) share
-        # one transaction; so do the held-receipt lookups of texts recorded together.
+        # one transaction; so do the held-receipt lookups of texts recorded together. A
+        # carrier's receipts trickle in a few milliseconds apart while a batch drains, so a
+        # group waits RECEIPT_LINGER_S for company: about a fifth less CPU per text (bench 8,
+        # slow:20), for 2 ms more before each deliver_sm_resp (SMPP sets no deadline shorter
+        # than seconds). The batcher stops waiting for an SMSC that sends one at a time.
         self._receipts: Batcher[ReceiptItem, ReceiptOutcome | Exception] = Batcher(
-            self._apply_group, name="receipts"
+            self._apply_group, linger_s=RECEIPT_LINGER_S, name="receipts"
         )
         self._held: Batcher[tuple[str, ...], list[HeldReceipt]] = Batcher(
             self._held_group, name="held-receipts"

@@ -83,3 +83,43 @@ async def test_wrong_result_count_is_an_error_not_a_mismatch() -> None:
     b: Batcher[int, int] = Batcher(short)
     with pytest.raises(RuntimeError, match="0 results for 1"):
         await asyncio.wait_for(b(1), 1)
+
+
+async def test_linger_gathers_a_trickle_into_one_run() -> None:
+    rec = Recorder()
+    b: Batcher[int, int] = Batcher(rec.run, linger_s=0.05)
+
+    async def trickle() -> list[int]:
+        calls = []
+        for i in range(3):
+            calls.append(asyncio.ensure_future(b(i)))
+            await asyncio.sleep(0.005)  # the items' pace: a peer sending, not a wait
+        return await asyncio.wait_for(asyncio.gather(*calls), 2)
+
+    assert await trickle() == [0, 10, 20]
+    assert rec.batches == [[0, 1, 2]]  # without the linger: [[0], [1], [2]]
+
+
+async def test_linger_stops_for_a_peer_that_sends_one_at_a_time() -> None:
+    import bridge.batcher as mod
+
+    rec = Recorder()
+    b: Batcher[int, int] = Batcher(rec.run, linger_s=0.05)
+    loop = asyncio.get_running_loop()
+    spent = []
+    for i in range(mod.LONELY_LIMIT + 3):  # each waits for its answer before the next
+        t0 = loop.time()
+        assert await asyncio.wait_for(b(i), 2) == i * 10
+        spent.append(loop.time() - t0)
+    # the first LONELY_LIMIT each waited the linger, then the batcher stopped waiting
+    assert min(spent[: mod.LONELY_LIMIT]) >= 0.05
+    assert max(spent[mod.LONELY_LIMIT :]) < 0.05
+
+    # items piling up by themselves turn the linger back on
+    rec.gate.clear()
+    first = asyncio.ensure_future(b(100))
+    await asyncio.sleep(0)
+    more = [asyncio.ensure_future(b(101)), asyncio.ensure_future(b(102))]
+    rec.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *more), 2)
+    assert b._lingering

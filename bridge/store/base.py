@@ -258,24 +258,9 @@ class Receipts(Protocol):
 
     async def find_segments(self, smsc_ids: Sequence[str]) -> list[SegmentRef]: ...
 
-    async def apply_receipt(
-        self,
-        queue_id: str,
-        seq: int,
-        segment_state: str,
-        error: str | None,
-        now: float,
-        rollup: Rollup,
-        bounces: Bouncer,
-    ) -> SmsState | None: ...
-
     async def settle_overdue(
         self, submitted_before: float, state: SmsState, reason: str, now: float, limit: int = 500
     ) -> list[tuple[str, str, str]]: ...
-
-    async def hold_receipt(
-        self, smsc_id: str, patron: str, state: str, error: str | None, raw: str | None, now: float
-    ) -> None: ...
 
     async def apply_receipts(
         self,

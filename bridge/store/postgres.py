@@ -523,25 +523,6 @@ class PostgresStore:
         async with self._tx() as conn:
             return [seg for _, seg in await _segments(conn, smsc_ids)]
 
-    async def apply_receipt(
-        self,
-        queue_id: str,
-        seq: int,
-        segment_state: str,
-        error: str | None,
-        now: float,
-        rollup: Rollup,
-        bounces: Bouncer,
-    ) -> SmsState | None:
-        """Record one segment's receipt and roll the segments up (SqliteStore.apply_receipt).
-
-        The message row is locked first: receipts for two segments of one text can arrive on
-        two instances' binds at once, and each must see the other's segment state."""
-        async with self._tx() as conn:
-            return await self._apply_segment(
-                conn, queue_id, seq, segment_state, error, now, rollup, bounces
-            )
-
     @staticmethod
     async def _apply_segment(
         conn: Any,
@@ -553,7 +534,8 @@ class PostgresStore:
         rollup: Rollup,
         bounces: Bouncer,
     ) -> SmsState | None:
-        """apply_receipt inside a transaction on `conn`."""
+        """One segment's receipt and the roll-up of its text, inside a transaction on `conn`;
+        the text's row is locked first (receipts for two segments can reach two instances)."""
         row = await conn.fetchrow(
             f"SELECT {SMS_COLUMNS} FROM sms WHERE queue_id=$1 FOR UPDATE", queue_id
         )
@@ -677,22 +659,6 @@ class PostgresStore:
                 limit,
             )
         return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
-
-    async def hold_receipt(
-        self, smsc_id: str, patron: str, state: str, error: str | None, raw: str | None, now: float
-    ) -> None:
-        """Keep a receipt no message claims yet: its submit_sm_resp may not be committed."""
-        async with self._tx() as conn:
-            await conn.execute(
-                "INSERT INTO pending_receipt (smsc_message_id, patron, state, error, raw_stat,"
-                " received_at) VALUES ($1,$2,$3,$4,$5,$6)",
-                smsc_id,
-                patron,
-                state,
-                error,
-                raw,
-                now,
-            )
 
     async def held_for(self, smsc_ids: Sequence[str]) -> list[HeldReceipt]:
         """Held receipts for any of `smsc_ids`, oldest first, whichever instance held them."""

@@ -590,30 +590,6 @@ class SqliteStore:
 
         return await self._read(lambda conn: _segments(conn, smsc_ids)) if smsc_ids else []
 
-    async def apply_receipt(
-        self,
-        queue_id: str,
-        seq: int,
-        segment_state: str,
-        error: str | None,
-        now: float,
-        rollup: Rollup,
-        bounces: Bouncer,
-    ) -> SmsState | None:
-        """Record one segment's receipt; roll every segment's state up into the message's.
-
-        `rollup(record, segment_states)` decides the message state (pure, bridge/inbound.py);
-        when that is a new final failure, `bounces` builds the DSN emails, committed together
-        with the state, so a receipt is never acknowledged without its bounce being durable.
-        Returns the message's new state when it changed.
-        """
-
-        return await self._call(
-            lambda conn: self._apply_segment(
-                conn, queue_id, seq, segment_state, error, now, rollup, bounces
-            )
-        )
-
     @staticmethod
     def _apply_segment(
         conn: sqlite3.Connection,
@@ -625,7 +601,7 @@ class SqliteStore:
         rollup: Rollup,
         bounces: Bouncer,
     ) -> SmsState | None:
-        """apply_receipt inside the writer's transaction."""
+        """One segment's receipt and the roll-up of its text, inside the writer's transaction."""
         conn.execute(
             "UPDATE sms_segment SET state=?, error=?, updated_at=? WHERE queue_id=? AND seq=?",
             (segment_state, error, now, queue_id, seq),
@@ -666,11 +642,11 @@ class SqliteStore:
         """Match, apply or hold every receipt of `items` in one write transaction.
 
         Each is looked up as find_segments does and matched by `common.pick_segment` (its
-        exact id, then `variants` for the same patron); a match is applied as apply_receipt
-        does and drops the item's held row; no match holds a fresh receipt (hold_receipt) and
-        keeps a held one. Matching in the writer, in the same transaction as the hold, means
-        a receipt is either matched or held before any submit recorded after it commits, so
-        `held_for` after record_submitted always finds it."""
+        exact id, then `variants` for the same patron); a match updates its segment, rolls its
+        text up (`_apply_segment`) and drops the item's held row; no match holds a fresh
+        receipt in pending_receipt and keeps a held one. Matching in the writer, in the same
+        transaction as the hold, means a receipt is either matched or held before any submit
+        recorded after it commits, so `held_for` after record_submitted always finds it."""
 
         def fn(conn: sqlite3.Connection) -> list[ReceiptOutcome]:
             out: list[ReceiptOutcome] = []
@@ -716,20 +692,6 @@ class SqliteStore:
             return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
         return await self._call(fn)
-
-    async def hold_receipt(
-        self, smsc_id: str, patron: str, state: str, error: str | None, raw: str | None, now: float
-    ) -> None:
-        """Keep a receipt no message claims yet: its submit_sm_resp may not be committed."""
-
-        def fn(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO pending_receipt (smsc_message_id, patron, state, error, raw_stat,"
-                " received_at) VALUES (?,?,?,?,?,?)",
-                (smsc_id, patron, state, error, raw, now),
-            )
-
-        await self._call(fn)
 
     async def held_for(self, smsc_ids: Sequence[str]) -> list[HeldReceipt]:
         """Held receipts for any of `smsc_ids`, oldest first. Called after every submit, and

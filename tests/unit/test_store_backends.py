@@ -257,10 +257,6 @@ def _rollup(rec: SmsRecord, states: list[str]) -> tuple[SmsState, str | None] | 
     return None
 
 
-def _bounces(rec: SmsRecord, state: SmsState, reason: str | None) -> Sequence[Outgoing]:
-    return [Outgoing("dsn", "", (rec.envelope_from,), f"{state.value}: {reason}".encode())]
-
-
 async def test_receipts_roll_up_and_bounce(store: Store) -> None:
     await store.enqueue_sms([sms(1, None), sms(2, None)], now=1.0, dedup_window_s=0)
     a, b = await store.claim_sms(now=1.0, limit=2)
@@ -275,24 +271,26 @@ async def test_receipts_roll_up_and_bounce(store: Store) -> None:
         SmsState.SUBMITTED,
     )
     assert await store.find_segments([]) == []
-    args = (3.0, _rollup, _bounces)
-    assert await store.apply_receipt(a.queue_id, 1, "delivered", None, *args) is None
-    assert await store.apply_receipt(a.queue_id, 0, "delivered", None, *args) is SmsState.DELIVERED
+
+    async def one(smsc_id: str, state: str, error: str | None) -> SmsState | None:
+        (out,) = await _apply(store, [ReceiptItem(smsc_id, "", state, error, state)], 3.0)
+        return out.new_state
+
+    assert await one("11", "delivered", None) is None  # a's other segment still open
+    assert await one("10", "delivered", None) is SmsState.DELIVERED
     # a late duplicate receipt changes nothing on a final message
-    assert await store.apply_receipt(a.queue_id, 0, "undelivered", "1", *args) is None
-    assert await store.apply_receipt(b.queue_id, 0, "undelivered", "001", *args) is SmsState.FAILED
+    assert await one("10", "undelivered", "1") is None
+    assert await one("12", "undelivered", "001") is SmsState.FAILED
     got = await store.get_sms(b.queue_id)
     assert got is not None and got.state is SmsState.FAILED and got.reason == "undeliverable"
     (mail,) = await store.claim_mail(now=3.0, limit=5)
-    assert mail.mail == Outgoing(
-        "dsn", "", ("ils@riverside.example.org",), b"failed: undeliverable"
-    )
-    assert await store.apply_receipt("nope", 0, "delivered", None, *args) is None
+    assert mail.mail == Outgoing("dsn", "", ("ils@riverside.example.org",), b"failed: undelivered")
 
 
 async def test_held_receipts(store: Store) -> None:
-    await store.hold_receipt("77", "12025550143", "delivered", None, "DELIVRD", now=5.0)
-    await store.hold_receipt("78", "12025550143", "undelivered", "001", None, now=6.0)
+    p = "12025550143"
+    await _apply(store, [ReceiptItem("77", p, "delivered", None, "DELIVRD")], now=5.0)
+    await _apply(store, [ReceiptItem("78", p, "undelivered", "001", "UNDELIV")], now=6.0)
     (held,) = await store.held_for(["77"])
     assert held[1:] == ("77", "12025550143", "delivered", None, "DELIVRD", 5.0)
     old = await store.held_receipts(older_than=5.5)
@@ -662,8 +660,8 @@ async def test_receipt_matched_by_another_instance(pg: PgOpener) -> None:
     await a.record_submitted(rec.queue_id, ["900"], 1, "gsm7", now=2.0)
     (seg,) = await b.find_segments(["900"])
     assert seg.queue_id == rec.queue_id
-    state = await b.apply_receipt(rec.queue_id, 0, "delivered", None, 3.0, _rollup, _bounces)
-    assert state is SmsState.DELIVERED
+    (out,) = await _apply(b, [ReceiptItem("900", "", "delivered", None, "DELIVRD")], 3.0)
+    assert out.new_state is SmsState.DELIVERED
 
 
 async def test_concurrent_mo_parts_on_two_instances(pg: PgOpener) -> None:
@@ -775,8 +773,8 @@ async def test_receipt_deadline_settles_only_overdue_submitted(store: Store) -> 
     await store.record_submitted(a.queue_id, ["20"], 1, "gsm7", now=10.0)
     await store.record_submitted(b.queue_id, ["21"], 1, "gsm7", now=50.0)  # not overdue yet
     await store.record_submitted(c.queue_id, ["22"], 1, "gsm7", now=10.0)
-    args = (11.0, _rollup, _bounces)
-    assert await store.apply_receipt(c.queue_id, 0, "delivered", None, *args) is SmsState.DELIVERED
+    (out,) = await _apply(store, [ReceiptItem("22", "", "delivered", None, "DELIVRD")], 11.0)
+    assert out.new_state is SmsState.DELIVERED
     # d stays `sending`: not submitted, never settled by the deadline
     got = await store.settle_overdue(40.0, SmsState.UNCONFIRMED, "no receipt", now=60.0)
     assert got == [(a.queue_id, "riverside", "+12025550143")]
@@ -792,8 +790,8 @@ async def test_receipt_deadline_settles_only_overdue_submitted(store: Store) -> 
     }
     assert await store.claim_mail(now=70.0, limit=5) == []  # no bounce for unconfirmed
     # a receipt that still comes settles it after all (and a failure bounces then)
-    args = (70.0, _rollup, _bounces)
-    assert await store.apply_receipt(a.queue_id, 0, "undelivered", "1", *args) is SmsState.FAILED
+    (out,) = await _apply(store, [ReceiptItem("20", "", "undelivered", "1", "UNDELIV")], 70.0)
+    assert out.new_state is SmsState.FAILED
     assert len(await store.claim_mail(now=70.0, limit=5)) == 1
     listed = await store.list_sms(SmsFilter(state="unconfirmed"), 70.0)
     assert listed == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -236,6 +237,12 @@ class Dispatcher(Worker):
         # Enough messages in flight to keep the SMPP window full; each message sends its own
         # segments in order, so a long text cannot hog every slot.
         self._slots = asyncio.Semaphore(max(2, cfg.smpp.window * 2))
+        # One text per number at a time, in claim order: a text claimed while another to the
+        # same number is in hand waits for that one's task (not for a slot, and not counted
+        # as in hand), so a patron with several notices queued cannot fill the window's
+        # slots with texts that only wait for each other.
+        self._last_for: dict[str, asyncio.Task[None]] = {}
+        self._chained = 0
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -281,19 +288,22 @@ class Dispatcher(Worker):
         # frees; one claim for several texts costs about a fifth per text of one per slot
         # (bench 9). A task that ends wakes this loop, so no slot waits for the 50 ms.
         window = self.cfg.smpp.window
-        free = window * 2 - len(self._tasks)
-        if free < max(1, window // 2):
+        free = window * 2 - (len(self._tasks) - self._chained)
+        if free < max(1, window // 2) or self._chained >= window * 2:
             return 0.05
         batch = await self.store.claim_sms(self.clock(), min(free, 50))
         if not batch:
             due = await self.store.next_due()
             return 1.0 if due is None else min(1.0, due - self.clock())
         for rec in batch:
-            await self._slots.acquire()
-            task = asyncio.create_task(self._process_guarded(rec), name=f"sms-{rec.queue_id}")
+            after = self._last_for.get(rec.msisdn)
+            task = asyncio.create_task(
+                self._process_guarded(rec, after), name=f"sms-{rec.queue_id}"
+            )
+            self._last_for[rec.msisdn] = task
             self._tasks.add(task)
             self._unsent[task] = rec
-            task.add_done_callback(self._task_done)
+            task.add_done_callback(functools.partial(self._task_done, number=rec.msisdn))
         return 0.0
 
     def _hand_back(self) -> None:
@@ -307,16 +317,24 @@ class Dispatcher(Worker):
                 self._handing_back.add(task)
                 task.cancel()
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[None], *, number: str) -> None:
         self._tasks.discard(task)
         self._unsent.pop(task, None)
         self._handing_back.discard(task)
-        self._slots.release()
+        if self._last_for.get(number) is task:
+            del self._last_for[number]
         self.wake()
 
-    async def _process_guarded(self, rec: SmsRecord) -> None:
+    async def _process_guarded(self, rec: SmsRecord, after: asyncio.Task[None] | None) -> None:
         try:
-            await self.process(rec)
+            if after is not None and not after.done():
+                self._chained += 1
+                try:
+                    await asyncio.wait({after})  # its outcome is its own, not this text's
+                finally:
+                    self._chained -= 1
+            async with self._slots:
+                await self.process(rec)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task in self._handing_back and task in self._unsent:

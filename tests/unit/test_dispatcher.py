@@ -317,3 +317,56 @@ async def test_stop_waits_for_the_write_of_a_text_it_cancels(
     await asyncio.wait_for(stopping, 5)
     # answered by the SMSC, so recorded as submitted, not given back to be sent again
     assert await sqlite.counts() == {"submitted": 1}
+
+
+class PacedSession(ScriptedSession):
+    """Answers every submit_sm 20 ms after it arrives, as an SMSC does (its pace, not a wait)."""
+
+    async def submit(
+        self,
+        sm: SubmitSm,
+        *,
+        timeout: float,  # noqa: ASYNC109 (the session's signature)
+        on_sent: Callable[[], None],
+    ) -> SubmitResult:
+        self.sent.append(sm)
+        on_sent()
+        await asyncio.sleep(0.02)
+        self.count += 1
+        return SubmitResult(errors.ESME_ROK, f"id{self.count}")
+
+
+async def test_texts_to_one_number_do_not_hold_the_slots_of_others(
+    make_config: MakeConfig, sqlite: SqliteStore
+) -> None:
+    # Six notices to one patron queued first, then four to four other patrons: the one
+    # patron's texts go one after another (per-number order), the others meanwhile.
+    same = "+12025551000"
+    items = [
+        NewSms(
+            tenant_id="riverside",
+            msisdn=number,
+            rcpt_addr=f"{number[1:]}@sms.example.org",
+            source_addr="+12025550100",
+            envelope_from="ils@riverside.example.org",
+            message_id=None,
+            subject="Hold",
+            body=f"Your hold {i} is ready",
+        )
+        for i, number in enumerate([same] * 6 + [f"+1202555{1001 + k:04d}" for k in range(4)])
+    ]
+    for item in items:  # one by one: claim order is creation order
+        await sqlite.enqueue_sms([item], time.time(), 0.0)
+    session = PacedSession()
+    d = dispatcher(make_config({"smpp": {"window": 2}}), sqlite, session)
+    await d.start()
+    try:
+        await eventually(lambda: len(session.sent) == 10, 10, "every text on the wire")
+    finally:
+        await asyncio.wait_for(d.stop(5.0), 10)
+    order = [sm.destination_addr for sm in session.sent]
+    last_same = max(i for i, dest in enumerate(order) if dest == same[1:])
+    others = [i for i, dest in enumerate(order) if dest != same[1:]]
+    # Before, the one patron's waiting texts filled every slot: the others went out last.
+    assert max(others) < last_same, order
+    assert await sqlite.counts() == {"submitted": 10}

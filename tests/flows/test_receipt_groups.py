@@ -14,6 +14,7 @@ from bridge.model import NewSms, SmsState
 from bridge.smpp import errors
 from bridge.smpp.pdu import DeliverSm
 from bridge.store.base import ReceiptItem, ReceiptOutcome
+from bridge.testing.sms_samples import sample_sms
 from tests.flows.harness import StartEnv
 from tests.waiting import eventually
 
@@ -21,17 +22,7 @@ TEXTS = 200
 
 
 def _text(i: int) -> NewSms:
-    msisdn = f"+1202555{i:04d}"
-    return NewSms(
-        tenant_id="riverside",
-        msisdn=msisdn,
-        rcpt_addr=f"{msisdn[1:]}@sms.example.org",
-        source_addr="+12025550100",
-        envelope_from="ils@riverside.example.org",
-        message_id=None,
-        subject="Hold",
-        body=f"Your hold {i} is ready",
-    )
+    return sample_sms(i, msisdn=f"+1202555{i:04d}")
 
 
 async def test_many_receipts_at_once_share_transactions_and_wait_for_commit(

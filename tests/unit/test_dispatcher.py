@@ -23,13 +23,14 @@ from bridge.dispatcher import (
     shaped_note,
     submitted,
 )
-from bridge.model import NewSms, SmsRecord, SmsState
+from bridge.model import SmsRecord, SmsState
 from bridge.shaping import Shaped
 from bridge.smpp import errors
 from bridge.smpp.encoding import encode_sms
 from bridge.smpp.pdu import SubmitSm
 from bridge.smpp.session import ConnectionLost, ResponseTimeout, SubmitResult
 from bridge.store import SqliteStore, Store
+from bridge.testing.sms_samples import sample_sms
 from tests.conftest import MakeConfig
 from tests.waiting import eventually
 
@@ -154,11 +155,13 @@ def test_shaped_note_and_submitted_record(make_config: MakeConfig) -> None:
 
 
 class ScriptedSession:
-    """Bound at once; every submit_sm waits for `release`, then answers ESME_ROK."""
+    """Bound at once; every submit_sm waits for `release` (or, with `pace_s`, answers that
+    long after it arrives, as an SMSC does), then answers ESME_ROK."""
 
     bound = True
 
-    def __init__(self) -> None:
+    def __init__(self, pace_s: float | None = None) -> None:
+        self.pace_s = pace_s
         self.release = asyncio.Event()
         self.sent: list[SubmitSm] = []
         self.count = 0
@@ -175,7 +178,10 @@ class ScriptedSession:
     ) -> SubmitResult:
         self.sent.append(sm)
         on_sent()
-        await self.release.wait()
+        if self.pace_s is None:
+            await self.release.wait()
+        else:
+            await asyncio.sleep(self.pace_s)  # the SMSC's pace, not a wait for a condition
         self.count += 1
         return SubmitResult(errors.ESME_ROK, f"id{self.count}")
 
@@ -191,19 +197,7 @@ async def sqlite(tmp_path: Any) -> AsyncIterator[SqliteStore]:
 
 
 async def enqueue(store: SqliteStore, n: int) -> None:
-    items = [
-        NewSms(
-            tenant_id="riverside",
-            msisdn=f"+1202555{1000 + i:04d}",
-            rcpt_addr=f"1202555{1000 + i:04d}@sms.example.org",
-            source_addr="+12025550100",
-            envelope_from="ils@riverside.example.org",
-            message_id=None,
-            subject="Hold",
-            body=f"Your hold {i} is ready",
-        )
-        for i in range(n)
-    ]
+    items = [sample_sms(i, msisdn=f"+1202555{1000 + i:04d}") for i in range(n)]
     await store.enqueue_sms(items, time.time(), 0.0)
 
 
@@ -319,23 +313,6 @@ async def test_stop_waits_for_the_write_of_a_text_it_cancels(
     assert await sqlite.counts() == {"submitted": 1}
 
 
-class PacedSession(ScriptedSession):
-    """Answers every submit_sm 20 ms after it arrives, as an SMSC does (its pace, not a wait)."""
-
-    async def submit(
-        self,
-        sm: SubmitSm,
-        *,
-        timeout: float,  # noqa: ASYNC109 (the session's signature)
-        on_sent: Callable[[], None],
-    ) -> SubmitResult:
-        self.sent.append(sm)
-        on_sent()
-        await asyncio.sleep(0.02)
-        self.count += 1
-        return SubmitResult(errors.ESME_ROK, f"id{self.count}")
-
-
 async def test_texts_to_one_number_do_not_hold_the_slots_of_others(
     make_config: MakeConfig, sqlite: SqliteStore
 ) -> None:
@@ -343,21 +320,12 @@ async def test_texts_to_one_number_do_not_hold_the_slots_of_others(
     # patron's texts go one after another (per-number order), the others meanwhile.
     same = "+12025551000"
     items = [
-        NewSms(
-            tenant_id="riverside",
-            msisdn=number,
-            rcpt_addr=f"{number[1:]}@sms.example.org",
-            source_addr="+12025550100",
-            envelope_from="ils@riverside.example.org",
-            message_id=None,
-            subject="Hold",
-            body=f"Your hold {i} is ready",
-        )
+        sample_sms(i, msisdn=number)
         for i, number in enumerate([same] * 6 + [f"+1202555{1001 + k:04d}" for k in range(4)])
     ]
     for item in items:  # one by one: claim order is creation order
         await sqlite.enqueue_sms([item], time.time(), 0.0)
-    session = PacedSession()
+    session = ScriptedSession(pace_s=0.02)
     d = dispatcher(make_config({"smpp": {"window": 2}}), sqlite, session)
     await d.start()
     try:

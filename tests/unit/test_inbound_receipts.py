@@ -18,6 +18,7 @@ from bridge.model import NewSms, SmsRecord, SmsState
 from bridge.store.base import ReceiptItem, Store
 from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
+from bridge.testing.sms_samples import sample_sms
 from tests.conftest import MakeConfig
 from tests.pg import create_database, drop_database, url_for
 
@@ -43,16 +44,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 def _text(n: int) -> NewSms:
-    return NewSms(
-        tenant_id="riverside",
-        msisdn=PATRON,
-        rcpt_addr=f"{PATRON[1:]}@sms.example.org",
-        source_addr="+12025550100",
-        envelope_from="ils@riverside.example.org",
-        message_id=None,
-        subject="Hold",
-        body=f"Your hold {n} is ready",
-    )
+    return sample_sms(n, msisdn=PATRON)
 
 
 async def _claimed(store: Store, n: int) -> list[SmsRecord]:

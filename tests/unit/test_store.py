@@ -11,20 +11,12 @@ from bridge.model import NewSms
 from bridge.store import SqliteStore, Store, StoreError
 from bridge.store.migrations import MIGRATIONS
 from bridge.store.sqlite import _OVERDUE
+from bridge.testing.sms_samples import sample_sms
 from tests.waiting import eventually
 
 
 def sms(n: int = 0, message_id: str | None = "<m1@lib>", msisdn: str = "+12025550143") -> NewSms:
-    return NewSms(
-        tenant_id="riverside",
-        msisdn=msisdn,
-        rcpt_addr=f"{msisdn[1:]}@sms.example.org",
-        source_addr="12025550100",
-        envelope_from="ils@riverside.example.org",
-        message_id=message_id,
-        subject="Hold",
-        body=f"Your hold {n} is ready",
-    )
+    return sample_sms(n, msisdn=msisdn, message_id=message_id, source_addr="12025550100")
 
 
 async def test_one_failing_call_does_not_spoil_the_group(store: Store) -> None:

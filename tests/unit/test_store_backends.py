@@ -26,6 +26,7 @@ from bridge.store.base import (
 )
 from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
+from bridge.testing.sms_samples import sample_sms
 from tests.pg import create_database, drop_database, url_for
 
 Opener = Callable[..., Awaitable[Store]]
@@ -87,16 +88,7 @@ async def pg(tmp_path: Path) -> AsyncIterator[PgOpener]:
 
 
 def sms(n: int = 0, message_id: str | None = "<m1@lib>", msisdn: str = "+12025550143") -> NewSms:
-    return NewSms(
-        tenant_id="riverside",
-        msisdn=msisdn,
-        rcpt_addr=f"{msisdn[1:]}@sms.example.org",
-        source_addr="12025550100",
-        envelope_from="ils@riverside.example.org",
-        message_id=message_id,
-        subject="Hold",
-        body=f"Your hold {n} is ready",
-    )
+    return sample_sms(n, msisdn=msisdn, message_id=message_id, source_addr="12025550100")
 
 
 BOUNCE = Outgoing("dsn", "", ("ils@riverside.example.org",), b"Subject: x\r\n\r\nx\r\n", ref="q")

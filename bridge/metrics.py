@@ -274,7 +274,9 @@ class Metrics:
         self.smpp_protocol_errors = Counter(
             "sms_bridge_smpp_protocol_errors",
             "PDUs from the SMSC that break SMPP 3.4 and were ignored, by kind (mismatched_response:"
-            " a response whose command_id does not answer the request with its sequence number)",
+            " a response whose command_id does not answer the request with its sequence number;"
+            " invalid_sequence: a deliver_sm or data_sm numbered outside 1..0x7FFFFFFF, refused"
+            " with generic_nack)",
             ["smsc", "kind"],
             registry=r,
         )

@@ -730,6 +730,19 @@ class SmppSession:
         # here, exactly one release follows.
         handed_over = False
         try:
+            if not 1 <= header.sequence <= p.MAX_SEQUENCE:
+                # §3.2: sequence numbers run from 0x00000001 to 0x7FFFFFFF. A deliver_sm
+                # outside that range has an invalid header (§4.3: generic_nack): it is not
+                # handed on, so no patron reply or receipt rests on a PDU the SMSC sent wrong.
+                log.warning(
+                    "SMPP %s: %s with sequence number %d (outside 1..0x7FFFFFFF) refused",
+                    link.label,
+                    header.name,
+                    header.sequence,
+                )
+                self._protocol_error("invalid_sequence")
+                link.send(p.build_header_only(p.GENERIC_NACK, header.sequence, errors.ESME_RSYSERR))
+                return
             try:
                 message = p.parse_deliver_sm(raw)
             except p.PduError as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bridge.smpp import pdu as p
@@ -150,5 +150,13 @@ async def scenario(garbage: bytes) -> None:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(garbage=payloads)
+# Found by this test: a deliver_sm numbered 0, outside §3.2's range (with the probe's first
+# bytes as its last five), must be refused, not handled.
+@example(
+    garbage=struct.pack(">LLLL", 60, p.DELIVER_SM, 0, 0)
+    + b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x01\x00\x01\x01\x01\x01\x01\x01\x01"
+    + b"\x00\x00\x00\x00\x00\x01"
+    + bytes(13)
+)
 def test_session_survives_hostile_bytes(garbage: bytes) -> None:
     asyncio.run(asyncio.wait_for(scenario(garbage), 20))

@@ -225,10 +225,6 @@ class SmsOutbox(Protocol):
 
     async def record_submitted_many(self, items: Sequence[SubmittedSms]) -> None: ...
 
-    # True when the backend itself commits the writes that wait for one another as one
-    # transaction (SQLite's writer thread): a caller then gains nothing by grouping them first.
-    groups_commits: bool
-
     async def record_retry(
         self, queue_id: str, reason: str, next_at: float, now: float, *, count: bool = True
     ) -> None: ...

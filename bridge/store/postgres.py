@@ -126,9 +126,6 @@ def _rowcount(status: str) -> int:
 
 
 class PostgresStore:
-    # Each call is its own transaction on a pooled connection.
-    groups_commits = False
-
     def __init__(
         self,
         url: str,

@@ -121,9 +121,6 @@ def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
 
 
 class SqliteStore:
-    # The writer thread commits every call waiting for it as one group (_run_group).
-    groups_commits = True
-
     def __init__(self, path: Path, *, region: str = defaults.TENANT_REGION) -> None:
         self.path = path
         # Where national-form numbers already in the store are read when a migration makes

@@ -156,12 +156,15 @@ def test_shaped_note_and_submitted_record(make_config: MakeConfig) -> None:
 
 class ScriptedSession:
     """Bound at once; every submit_sm waits for `release` (or, with `pace_s`, answers that
-    long after it arrives, as an SMSC does), then answers ESME_ROK."""
+    long after it arrives, as an SMSC does; with `one_every_s` too, answers come in order at
+    most one per that interval), then answers ESME_ROK."""
 
     bound = True
 
-    def __init__(self, pace_s: float | None = None) -> None:
+    def __init__(self, pace_s: float | None = None, *, one_every_s: float = 0.0) -> None:
         self.pace_s = pace_s
+        self.one_every_s = one_every_s
+        self._next_answer = 0.0
         self.release = asyncio.Event()
         self.sent: list[SubmitSm] = []
         self.count = 0
@@ -181,7 +184,10 @@ class ScriptedSession:
         if self.pace_s is None:
             await self.release.wait()
         else:
-            await asyncio.sleep(self.pace_s)  # the SMSC's pace, not a wait for a condition
+            loop = asyncio.get_running_loop()
+            at = max(loop.time() + self.pace_s, self._next_answer + self.one_every_s)
+            self._next_answer = at
+            await asyncio.sleep(at - loop.time())  # the SMSC's pace, not a wait for a condition
         self.count += 1
         return SubmitResult(errors.ESME_ROK, f"id{self.count}")
 
@@ -205,11 +211,9 @@ def dispatcher(cfg: Config, store: Store, session: ScriptedSession, **kw: Any) -
     return Dispatcher(cfg, store, session, **kw)
 
 
-class UngroupedStore:
-    """The SQLite store as a backend that commits each call on its own (like PostgreSQL),
-    with record_submitted_many held until `open` is set."""
-
-    groups_commits = False
+class GatedStore:
+    """The SQLite store with record_submitted_many held until `open` is set, counting the
+    calls."""
 
     def __init__(self, inner: SqliteStore) -> None:
         self.inner = inner
@@ -242,7 +246,7 @@ async def test_texts_answered_together_are_recorded_together_before_the_hook(
         states_seen.append(got.state)
 
     await enqueue(sqlite, 10)
-    store = UngroupedStore(sqlite)
+    store = GatedStore(sqlite)
     d = dispatcher(cfg, cast(Store, store), session, on_submitted=on_submitted)
     await d.start()
     try:
@@ -257,25 +261,51 @@ async def test_texts_answered_together_are_recorded_together_before_the_hook(
     assert 0 < store.calls < 10
 
 
-async def test_a_store_that_groups_its_commits_gets_each_text_directly(
+async def test_texts_answered_a_few_ms_apart_share_one_record_write(
     make_config: MakeConfig, sqlite: SqliteStore
 ) -> None:
-    session = ScriptedSession()
-    session.release.set()
+    # Answers that trickle in (one every 2 ms, as from an SMSC at 20 ms per answer with a
+    # window of 10) are recorded in a few transactions, not one each (RECORD_LINGER_S).
+    session = ScriptedSession(pace_s=0.02, one_every_s=0.002)
     recorded: list[str] = []
 
     async def on_submitted(rec: SmsRecord, ids: Sequence[str]) -> None:
         recorded.append(rec.queue_id)
 
-    await enqueue(sqlite, 3)
-    d = dispatcher(make_config(), sqlite, session, on_submitted=on_submitted)
+    await enqueue(sqlite, 10)
+    d = dispatcher(
+        make_config({"smpp": {"window": 10}}), sqlite, session, on_submitted=on_submitted
+    )
     await d.start()
     try:
-        await eventually(lambda: len(recorded) == 3, 5, "three texts recorded")
+        await eventually(lambda: len(recorded) == 10, 5, "ten texts recorded")
     finally:
         await d.stop(1.0)
-    assert await sqlite.counts() == {"submitted": 3}
-    assert d._record.runs == 1  # stop's barrier only: SQLite's writer thread groups commits
+    assert await sqlite.counts() == {"submitted": 10}
+    # one write each without the linger; a few with it (the last run is stop's barrier)
+    assert d._record.runs <= 5, d._record.runs
+
+
+async def test_a_text_waiting_for_its_record_gives_its_slot_to_the_next(
+    make_config: MakeConfig, sqlite: SqliteStore
+) -> None:
+    # Window 1: two slots. Every answered text waits for a record write that does not
+    # commit yet; the texts after it still go on the wire, one at a time.
+    session = ScriptedSession()
+    session.release.set()
+    gated = GatedStore(sqlite)
+    gated.open.clear()
+    await enqueue(sqlite, 6)
+    d = dispatcher(make_config({"smpp": {"window": 1}}), cast(Store, gated), session)
+    await d.start()
+    try:
+        await eventually(lambda: len(session.sent) == 6, 5, "six submit_sm on the wire")
+        assert await sqlite.counts() == {"sending": 6}  # none recorded yet
+        gated.open.set()
+        await eventually(lambda: gated.calls >= 1 and not d._tasks, 5, "the records committed")
+    finally:
+        await asyncio.wait_for(d.stop(1.0), 10)
+    assert await sqlite.counts() == {"submitted": 6}
 
 
 async def test_stop_gives_back_texts_whose_resp_never_came(
@@ -297,7 +327,7 @@ async def test_stop_waits_for_the_write_of_a_text_it_cancels(
 ) -> None:
     session = ScriptedSession()
     session.release.set()
-    gated = UngroupedStore(sqlite)
+    gated = GatedStore(sqlite)
     gated.open.clear()
     await enqueue(sqlite, 1)
     # the wrapper forwards every other Store method to the SQLite store it wraps

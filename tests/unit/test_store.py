@@ -237,3 +237,29 @@ async def test_the_receipt_deadline_sweep_reads_its_partial_index(store: Store) 
         lambda conn: [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + _OVERDUE, (1.0, 10))]
     )
     assert plan == ["SEARCH sms USING INDEX sms_awaiting_receipt (submitted_at<?)"], plan
+
+
+async def test_a_group_without_failures_runs_without_savepoints(tmp_path: Path) -> None:
+    # The optimistic group: one transaction, no SAVEPOINT/RELEASE per call; a failure only
+    # (the tests above) makes the group run again, call by call in savepoints.
+    s = SqliteStore(tmp_path / "o.db")
+    await s.open()
+    try:
+        statements: list[str] = []
+        await s.run(lambda c: c.set_trace_callback(statements.append))
+        release, hold = await _held_writer(s)
+        calls = [
+            asyncio.create_task(s.enqueue_sms([sms(i, message_id=f"<o{i}@lib>")], 1.0, 0))
+            for i in range(3)
+        ]
+        await eventually(lambda: s._q.qsize() == 3, what="three calls queued")
+        statements.clear()
+        release.set()
+        await hold
+        await asyncio.gather(*calls)
+        assert await s.backlog() == 3
+        words = [x.split()[0].upper() for x in statements]
+        group = words[words.index("BEGIN") :]  # before it: the holding call's own COMMIT
+        assert group == ["BEGIN", "INSERT", "INSERT", "INSERT", "COMMIT"], words
+    finally:
+        await s.close()

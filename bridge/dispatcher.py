@@ -360,6 +360,11 @@ class Dispatcher(Worker):
                 self._free_slot(task)
         except asyncio.CancelledError:
             task = asyncio.current_task()
+            if task in self._recording:
+                # Answered by the SMSC: its record is in the batcher's hands, which commits
+                # it even now (stop() waits for that). Giving the text back would put it in
+                # `queued` meanwhile, where another instance could claim it and send it again.
+                raise
             if task is not None and task in self._handing_back and task in self._unsent:
                 # Nothing of it went out: another instance sends it, no attempt used up. The
                 # cancellation was ours, not a shutdown's: it ends here.

@@ -213,7 +213,7 @@ def dispatcher(cfg: Config, store: Store, session: ScriptedSession, **kw: Any) -
 
 class GatedStore:
     """The SQLite store with record_submitted_many held until `open` is set, counting the
-    calls."""
+    calls, and the texts given back (record_retry)."""
 
     def __init__(self, inner: SqliteStore) -> None:
         self.inner = inner
@@ -221,6 +221,11 @@ class GatedStore:
         self.open.set()
         self.waiting = 0
         self.calls = 0
+        self.given_back: list[str] = []
+
+    async def record_retry(self, queue_id: str, *args: Any, **kw: Any) -> None:
+        self.given_back.append(queue_id)
+        await self.inner.record_retry(queue_id, *args, **kw)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -337,9 +342,11 @@ async def test_stop_waits_for_the_write_of_a_text_it_cancels(
     stopping = asyncio.ensure_future(d.stop(0.01))
     await eventually(lambda: not d._tasks, 5, "the text cancelled at stop")
     assert not stopping.done()  # its write is not committed yet: stop waits for it
+    # answered by the SMSC: never given back meanwhile, where another instance could claim it
+    assert gated.given_back == []
+    assert await sqlite.counts() == {"sending": 1}
     gated.open.set()
     await asyncio.wait_for(stopping, 5)
-    # answered by the SMSC, so recorded as submitted, not given back to be sent again
     assert await sqlite.counts() == {"submitted": 1}
 
 

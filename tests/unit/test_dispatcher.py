@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import pytest
@@ -193,13 +193,10 @@ class ScriptedSession:
 
 
 @pytest.fixture
-async def sqlite(tmp_path: Any) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "d.db")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
+def sqlite(store: Store) -> SqliteStore:
+    """conftest's store, typed as the SQLite store the wrappers below take."""
+    assert isinstance(store, SqliteStore)
+    return store
 
 
 async def enqueue(store: SqliteStore, n: int) -> None:
@@ -235,6 +232,22 @@ class GatedStore:
         await self.open.wait()
         self.calls += 1
         await self.inner.record_submitted_many(items)
+
+
+async def _answered_but_unrecorded(
+    cfg: Config, sqlite: SqliteStore, n: int
+) -> tuple[Dispatcher, GatedStore, ScriptedSession]:
+    """A started dispatcher with `n` texts queued, whose SMSC answers every submit_sm at once
+    and whose store holds every record write until `gated.open` is set. The wrapper forwards
+    every other Store method to the SQLite store it wraps."""
+    session = ScriptedSession()
+    session.release.set()
+    gated = GatedStore(sqlite)
+    gated.open.clear()
+    await enqueue(sqlite, n)
+    d = dispatcher(cfg, cast(Store, gated), session)
+    await d.start()
+    return d, gated, session
 
 
 async def test_texts_answered_together_are_recorded_together_before_the_hook(
@@ -296,13 +309,9 @@ async def test_a_text_waiting_for_its_record_gives_its_slot_to_the_next(
 ) -> None:
     # Window 1: two slots. Every answered text waits for a record write that does not
     # commit yet; the texts after it still go on the wire, one at a time.
-    session = ScriptedSession()
-    session.release.set()
-    gated = GatedStore(sqlite)
-    gated.open.clear()
-    await enqueue(sqlite, 6)
-    d = dispatcher(make_config({"smpp": {"window": 1}}), cast(Store, gated), session)
-    await d.start()
+    d, gated, session = await _answered_but_unrecorded(
+        make_config({"smpp": {"window": 1}}), sqlite, 6
+    )
     try:
         await eventually(lambda: len(session.sent) == 6, 5, "six submit_sm on the wire")
         assert await sqlite.counts() == {"sending": 6}  # none recorded yet
@@ -330,14 +339,7 @@ async def test_stop_gives_back_texts_whose_resp_never_came(
 async def test_stop_waits_for_the_write_of_a_text_it_cancels(
     make_config: MakeConfig, sqlite: SqliteStore
 ) -> None:
-    session = ScriptedSession()
-    session.release.set()
-    gated = GatedStore(sqlite)
-    gated.open.clear()
-    await enqueue(sqlite, 1)
-    # the wrapper forwards every other Store method to the SQLite store it wraps
-    d = dispatcher(make_config(), cast(Store, gated), session)
-    await d.start()
+    d, gated, _ = await _answered_but_unrecorded(make_config(), sqlite, 1)
     await eventually(lambda: gated.waiting == 1, 5, "the submitted text's write under way")
     stopping = asyncio.ensure_future(d.stop(0.01))
     await eventually(lambda: not d._tasks, 5, "the text cancelled at stop")

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # How long a submitted text's record waits for company before its transaction starts. Texts
 # whose answers trickle in (a window of 10 at 20 ms per answer: one every 2 ms) would each pay
 # a commit of their own, about 300 µs of CPU; waiting 10 ms puts about five in one commit, for
-# about a third less CPU per text over a drain with receipts (bench 8: 0.80 to 0.53 ms). The
+# a sixth less CPU per text over a drain with receipts (bench 8, slow:20: 0.8 to 0.67 ms). The
 # text has its answer and has given back its slot by then (_free_slot), so the wait keeps no
 # other text off the wire; a crash in it resends these texts at the next start, as a crash
 # just before any commit would. A text alone (a window of 1) stops the waiting: see

@@ -44,6 +44,7 @@ class Batcher(Generic[T, R]):
         *,
         max_batch: int = 64,
         linger_s: float = 0.0,
+        company: Callable[[], bool] | None = None,
         name: str = "batcher",
     ) -> None:
         if max_batch < 1:
@@ -57,6 +58,9 @@ class Batcher(Generic[T, R]):
         # nothing, and starts again once items pile up by themselves.
         self._lingering = linger_s > 0
         self._lonely = 0
+        # Whether more items are on their way (e.g. other texts awaiting their answer): with
+        # none, a linger could only delay the item, so the run goes at once.
+        self._company = company
         self._name = name
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._runner: asyncio.Task[None] | None = None
@@ -72,6 +76,8 @@ class Batcher(Generic[T, R]):
         return await asyncio.shield(fut)
 
     async def _maybe_linger(self) -> None:
+        if self._company is not None and not self._company():
+            return
         waiting = len(self._pending)
         if not self._lingering:
             if waiting > 1:  # items piled up on their own: the peer sends in parallel

@@ -42,9 +42,11 @@ log = logging.getLogger(__name__)
 # a commit of their own, about 300 µs of CPU; waiting 10 ms puts about five in one commit, for
 # a sixth less CPU per text over a drain with receipts (bench 8, slow:20: 0.8 to 0.67 ms). The
 # text has its answer and has given back its slot by then (_free_slot), so the wait keeps no
-# other text off the wire; a crash in it resends these texts at the next start, as a crash
-# just before any commit would. A text alone (a window of 1) stops the waiting: see
-# bridge/batcher.py LONELY_LIMIT.
+# other text off the wire. It waits only while other texts are on the wire awaiting their
+# answer (_answers_due): a text sent alone (a trickle, a max_tps of 1) is recorded at once,
+# since a crash before its record commits would send it again at the next start; in a drain,
+# that can happen to the texts answered in the last 10 ms. A peer that answers one at a time
+# stops the waiting too: see bridge/batcher.py LONELY_LIMIT.
 RECORD_LINGER_S = 0.01
 
 
@@ -241,6 +243,7 @@ class Dispatcher(Worker):
             self._record_many,
             max_batch=max(2, cfg.smpp.window * 2),
             linger_s=RECORD_LINGER_S,
+            company=self._answers_due,
             name="record-submitted",
         )
         # Enough messages in flight to keep the SMPP window full; each message sends its own
@@ -394,6 +397,11 @@ class Dispatcher(Worker):
             log.exception("queue_id=%s processing error", rec.queue_id)
             with contextlib.suppress(Exception):
                 await self._retry(rec, f"internal error: {exc!r}")
+
+    def _answers_due(self) -> bool:
+        """Whether a text holding a slot has a submit_sm on the wire, its answer still to come
+        (the record batcher's company)."""
+        return any(task not in self._unsent for task in self._in_slot)
 
     def _free_slot(self, task: asyncio.Task[None] | None, *, recording: bool = False) -> None:
         """Give back the task's slot (once); with recording, the task only waits for its

@@ -123,3 +123,19 @@ async def test_linger_stops_for_a_peer_that_sends_one_at_a_time() -> None:
     rec.gate.set()
     await asyncio.wait_for(asyncio.gather(first, *more), 2)
     assert b._lingering
+
+
+async def test_no_linger_when_no_company_is_on_its_way() -> None:
+    # The dispatcher's records: with no other text awaiting its answer, nothing can join the
+    # run, so the item goes at once (a linger of 10 s would fail the 1 s bound).
+    alone = Recorder()
+    b: Batcher[int, int] = Batcher(alone.run, linger_s=10.0, company=lambda: False)
+    assert await asyncio.wait_for(b(1), 1) == 10
+    # with company on its way, the linger gathers it
+    rec = Recorder()
+    b2: Batcher[int, int] = Batcher(rec.run, linger_s=0.05, company=lambda: True)
+    calls = [asyncio.ensure_future(b2(0))]
+    await asyncio.sleep(0.01)  # the second item's arrival within the linger, not a wait
+    calls.append(asyncio.ensure_future(b2(1)))
+    assert await asyncio.wait_for(asyncio.gather(*calls), 2) == [0, 10]
+    assert rec.batches == [[0, 1]]

@@ -251,11 +251,19 @@ class BridgeSMTP(SMTP):
         the email package's RFC 5322 token parser, about 43 µs per command against half a
         microsecond for _PLAIN_PATH, two commands per notice. Anything else (quoted local
         parts, address literals, source routes, comments, the null path, non-ASCII) is
-        aiosmtpd's to read, so what is accepted and refused does not change: the unit tests
-        compare both readings."""
+        aiosmtpd's to read, so what is accepted and refused does not change (the unit tests
+        compare both readings), but for the paths aiosmtpd's reading fails on."""
         m = _PLAIN_PATH.fullmatch(arg)
         if m is None:
-            return super()._getaddr(arg)
+            try:
+                return super()._getaddr(arg)
+            except Exception:
+                # The email package's parser under aiosmtpd's reading raises IndexError,
+                # AttributeError or UnboundLocalError on some malformed paths (a lone '"',
+                # "é@", "\\@[@"): aiosmtpd would hand that to handle_exception, i.e. a 451
+                # that has the client retry a bad address for days, and an ERROR with a stack
+                # trace for every try. A path that cannot be read is malformed: 553 5.1.3.
+                return None, None
         address = m.group(1)
         if self.local_part_limit and address.index("@") > self.local_part_limit:
             return None, None

@@ -66,3 +66,15 @@ async def test_overlong_line_is_refused_and_session_survives(env: Env) -> None:
     assert ok.data is not None and ok.data[0] == 250
     rec = await env.wait_state(ok.queue_ids[0], SmsState.DELIVERED, SmsState.SUBMITTED)
     assert rec.msisdn == "+12025550143"
+
+
+@pytest.mark.parametrize("path", [b'"', "é@".encode(), b"\\@[@b<@"])
+async def test_unreadable_path_gets_553_not_a_temporary_error(env: Env, path: bytes) -> None:
+    # aiosmtpd's own reading of these raises; a 451 would have the client retry them for days
+    smtp = await RawSmtp.connect(env.smtp_port)
+    cmd = smtp.cmd
+    await cmd(b"EHLO x\r\n")
+    assert (await cmd(b"MAIL FROM:" + path + b"\r\n")).startswith(b"553 5.1.3")
+    assert (await cmd(b"MAIL FROM:<" + FROM.encode() + b">\r\n")).startswith(b"250")
+    assert (await cmd(b"RCPT TO:" + path + b"\r\n")).startswith(b"553 5.1.3")
+    smtp.close()

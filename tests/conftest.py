@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,8 @@ import yaml
 
 from bridge.config import Config, load_config_text
 from bridge.store import SqliteStore, Store
+from bridge.store.postgres import PostgresStore
+from tests.pg import create_database, drop_database, url_for
 
 SAMPLES = Path(__file__).parent / "fixtures" / "samples"
 
@@ -99,3 +101,36 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
         yield s
     finally:
         await s.close()
+
+
+# Opens stores on one shared backend, once per backend (tests on both).
+Opener = Callable[..., Awaitable[Store]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """Opens stores on one shared backend: `await open_store(instance_id="a")`."""
+    opened: list[Store] = []
+    db: str | None = None
+    if request.param == "postgres":
+        db = await create_database()
+
+    async def opener(instance_id: str = "a", lease_s: float = 30.0) -> Store:
+        s: Store
+        if db is None:
+            s = SqliteStore(tmp_path / "store.db")
+        else:
+            s = PostgresStore(
+                url_for(db), instance_id=instance_id, lease_s=lease_s, renew_leases=False
+            )
+        await s.open()
+        opened.append(s)
+        return s
+
+    try:
+        yield opener
+    finally:
+        for s in opened:
+            await s.close()
+        if db is not None:
+            await drop_database(db)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,30 +15,16 @@ from bridge.inbound import Inbound
 from bridge.model import NewSms, SmsRecord, SmsState
 from bridge.store.base import ReceiptItem, Store
 from bridge.store.postgres import PostgresStore
-from bridge.store.sqlite import SqliteStore
 from bridge.testing.sms_samples import sample_sms
-from tests.conftest import MakeConfig
-from tests.pg import create_database, drop_database, url_for
+from tests.conftest import MakeConfig, Opener
 
 PATRON = "+12025550143"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store
-    db: str | None = None
-    if request.param == "postgres":
-        db = await create_database()
-        s = PostgresStore(url_for(db), instance_id="a", lease_s=30.0, renew_leases=False)
-    else:
-        s = SqliteStore(tmp_path / "store.db")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-        if db is not None:
-            await drop_database(db)
+@pytest.fixture
+async def store(open_store: Opener) -> Store:
+    """The store on each backend (conftest's open_store)."""
+    return await open_store()
 
 
 def _text(n: int) -> NewSms:

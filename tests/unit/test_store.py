@@ -3,7 +3,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,29 +48,35 @@ async def _held_writer(s: SqliteStore) -> tuple[threading.Event, asyncio.Task[No
     return release, task
 
 
+async def _in_one_group(s: SqliteStore, middle: Callable[[sqlite3.Connection], Any]) -> list[Any]:
+    """meta_setdefault("a", "1"), `middle`, meta_setdefault("b", "2"), queued behind a busy
+    writer so that they run as one group; their outcomes (an exception for a failed call)."""
+    release, hold = await _held_writer(s)
+    calls = [
+        asyncio.create_task(s.meta_setdefault("a", "1")),
+        asyncio.create_task(s.run(middle)),
+        asyncio.create_task(s.meta_setdefault("b", "2")),
+    ]
+    await eventually(lambda: s._q.qsize() == 3, what="three calls queued")
+    release.set()
+    await hold
+    return list(await asyncio.gather(*calls, return_exceptions=True))
+
+
 async def test_a_failing_call_in_a_group_rolls_back_only_its_own_writes(tmp_path: Path) -> None:
     s = SqliteStore(tmp_path / "g.db")
     await s.open()
     try:
-        release, hold = await _held_writer(s)
 
         def half_then_fail(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT INTO meta (key, value) VALUES ('half', 'written')")
             raise ValueError("fails after a write")
 
-        calls = [
-            asyncio.create_task(s.meta_setdefault("before", "1")),
-            asyncio.create_task(s.run(half_then_fail)),
-            asyncio.create_task(s.meta_setdefault("after", "2")),
-        ]
-        await eventually(lambda: s._q.qsize() == 3, what="three calls queued")
-        release.set()
-        await hold
-        before, bad, after = await asyncio.gather(*calls, return_exceptions=True)
+        before, bad, after = await _in_one_group(s, half_then_fail)
         assert (before, after) == ("1", "2")
         assert isinstance(bad, ValueError)
         keys = await s.run(lambda c: [r[0] for r in c.execute("SELECT key FROM meta")])
-        assert "before" in keys and "after" in keys and "half" not in keys
+        assert "a" in keys and "b" in keys and "half" not in keys
     finally:
         await s.close()
 
@@ -88,8 +96,6 @@ async def test_a_failed_commit_fails_every_caller_of_the_group(tmp_path: Path) -
     s = SqliteStore(tmp_path / "c.db")
     await s.open()
     try:
-        release, hold = await _held_writer(s)
-
         # A segment of no text, with the foreign key check deferred to COMMIT: every
         # statement succeeds, the group's COMMIT fails, and nothing of it is durable.
         def orphan(conn: sqlite3.Connection) -> None:
@@ -99,15 +105,7 @@ async def test_a_failed_commit_fails_every_caller_of_the_group(tmp_path: Path) -
                 " VALUES ('no-such-text', 1, 'x', 'submitted', 1.0)"
             )
 
-        calls = [
-            asyncio.create_task(s.meta_setdefault("a", "1")),
-            asyncio.create_task(s.run(orphan)),
-            asyncio.create_task(s.meta_setdefault("b", "2")),
-        ]
-        await eventually(lambda: s._q.qsize() == 3, what="three calls queued")
-        release.set()
-        await hold
-        results = await asyncio.gather(*calls, return_exceptions=True)
+        results = await _in_one_group(s, orphan)
         assert all(isinstance(r, StoreError) for r in results), results
         assert await s.meta_setdefault("a", "new") == "new"
     finally:
@@ -129,16 +127,7 @@ async def test_a_transaction_sqlite_rolled_back_fails_every_call_of_its_group(
 
         with pytest.raises(StoreError, match="disk is full"):
             await s.run(rolled_back)  # alone in its group
-        release, hold = await _held_writer(s)
-        calls = [
-            asyncio.create_task(s.meta_setdefault("a", "1")),
-            asyncio.create_task(s.run(rolled_back)),
-            asyncio.create_task(s.meta_setdefault("b", "2")),
-        ]
-        await eventually(lambda: s._q.qsize() == 3, what="three calls queued")
-        release.set()
-        await hold
-        results = await asyncio.gather(*calls, return_exceptions=True)
+        results = await _in_one_group(s, rolled_back)
         assert all(isinstance(r, StoreError) for r in results), results
         assert await s.meta_setdefault("a", "new") == "new"
     finally:

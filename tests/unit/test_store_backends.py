@@ -25,41 +25,11 @@ from bridge.store.base import (
     SubmittedSms,
 )
 from bridge.store.postgres import PostgresStore
-from bridge.store.sqlite import SqliteStore
 from bridge.testing.sms_samples import sample_sms
+from tests.conftest import Opener
 from tests.pg import create_database, drop_database, url_for
 
-Opener = Callable[..., Awaitable[Store]]
 PgOpener = Callable[..., Awaitable[PostgresStore]]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
-    """Opens stores on one shared backend: `await open_store(instance_id="a")`."""
-    opened: list[Store] = []
-    db: str | None = None
-    if request.param == "postgres":
-        db = await create_database()
-
-    async def opener(instance_id: str = "a", lease_s: float = 30.0) -> Store:
-        s: Store
-        if db is None:
-            s = SqliteStore(tmp_path / "store.db")
-        else:
-            s = PostgresStore(
-                url_for(db), instance_id=instance_id, lease_s=lease_s, renew_leases=False
-            )
-        await s.open()
-        opened.append(s)
-        return s
-
-    try:
-        yield opener
-    finally:
-        for s in opened:
-            await s.close()
-        if db is not None:
-            await drop_database(db)
 
 
 @pytest.fixture

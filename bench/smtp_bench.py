@@ -26,6 +26,15 @@ the two processes take SQLite's write lock in turn, each grouping only its own c
 CPU per message rises from 0.97 ms to 0.57 + 0.59 ms, so the gain stays near 10 %.
 This is under the 25 % the change had to earn at 4 and 16 connections, and far from 0.7 in
 any case. On a machine like this one, only less CPU per message raises the ratio.
+
+Measured again once a message cost half the CPU (0.5-0.65 ms in one process at 4 and 16
+connections): two whole bridges on one store, each load split evenly by two load generator
+processes (half the connections to each bridge, against the same two generators on one
+bridge), best of 3 interleaved:
+- with the writer's busy_timeout (SQLite's busy handler sleeps 1 ms, then longer): 0.80x at
+  4 connections (1,268 against 1,581 msg/s), 1.19x at 16 (2,281 against 1,915).
+- retrying BEGIN IMMEDIATE every 0.1 ms instead: 1.07x at 4, 1.01x at 16.
+Still no gain worth a second process to run, reload and stop.
 """
 
 from __future__ import annotations
@@ -47,9 +56,13 @@ from bridge.model import SmsRecord
 from bridge.store import SqliteStore
 
 # (connections, per connection): enough messages that the bare server's run lasts a good
-# fraction of a second, since a shorter one mostly measures the machine's neighbours.
-LEVELS: tuple[tuple[int, int], ...] = ((1, 600), (4, 250), (16, 64))
-REPEATS = 3
+# fraction of a second, since a shorter one mostly measures the machine's neighbours. With
+# 3 repeats of about 0.3 s, two runs of the same code on the same day gave 0.92 and 0.46 at
+# 16 connections; with 5 repeats of 0.5-1 s, 0.66 and 0.60.
+LEVELS: tuple[tuple[int, int], ...] = ((1, 800), (4, 500), (16, 160))
+REPEATS = 5
+# Issue 18's aims: a lone client waits for every commit, so its aim is lower.
+AIMS: dict[int, float] = {1: 0.6, 4: 0.7, 16: 0.7}
 
 
 class _Answer250:
@@ -168,8 +181,8 @@ async def intake_throughput() -> list[Row]:
                 baseline=round(bare_rate, 1),
                 baseline_label="bare aiosmtpd, 250 only",
                 ratio=round(ratio, 3),
-                aim="ratio >= 0.7",
-                meets=ratio >= 0.7,
+                aim=f"ratio >= {AIMS[conns]}",
+                meets=ratio >= AIMS[conns],
                 notes=(
                     f"best of {REPEATS}; last bridge run: {full['ok']}/{n} accepted, "
                     f"{full['stored']} rows committed; server CPU per message (median): "

@@ -318,15 +318,7 @@ async def _round(cfg: Config, store: SqliteStore, n: int, seq0: int) -> list[Sta
         )
 
     async def record(i: int) -> None:
-        it = submitted(i)
-        await store.record_submitted(
-            it.queue_id,
-            it.smsc_ids,
-            it.segments,
-            it.coding,
-            it.now,
-            first_contact=it.first_contact,
-        )
+        await store.record_submitted_many([submitted(i)])
 
     async def record_group(i: int) -> None:
         first = half + i * GROUP
@@ -337,7 +329,7 @@ async def _round(cfg: Config, store: SqliteStore, n: int, seq0: int) -> list[Sta
     # to a window's worth at `ok`. One text per call is what a text answered alone costs.
     add(
         "drain",
-        "record: Store.record_submitted, one text per call (a text answered alone)",
+        "record: Store.record_submitted_many, one text per call (a text answered alone)",
         await _awaited(half, record),
         summed=False,
     )

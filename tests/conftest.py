@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from bridge.config import Config, load_config_text
+from bridge.model import SmsState
 from bridge.store import SqliteStore, Store
+from bridge.store.base import SubmittedSms
 from bridge.store.postgres import PostgresStore
 from tests.pg import create_database, drop_database, url_for
 
@@ -51,6 +53,28 @@ BASE: dict[str, Any] = {
         }
     ],
 }
+
+
+async def record_submitted(
+    store: Store,
+    queue_id: str,
+    smsc_ids: Sequence[str],
+    segments: int,
+    coding: str,
+    now: float,
+    *,
+    first_contact: tuple[str, str] | None = None,
+    shaped: str | None = None,
+    settle: tuple[SmsState, str] | None = None,
+) -> None:
+    """One text recorded as submitted: the store's record_submitted_many of one."""
+    await store.record_submitted_many(
+        [
+            SubmittedSms(
+                queue_id, tuple(smsc_ids), segments, coding, now, first_contact, shaped, settle
+            )
+        ]
+    )
 
 
 # Tenants for tests: the BASE one, and a second library on the same sending number.

@@ -210,19 +210,6 @@ class SmsOutbox(Protocol):
 
     async def next_concat_ref(self) -> int: ...
 
-    async def record_submitted(
-        self,
-        queue_id: str,
-        smsc_ids: Sequence[str],
-        segments: int,
-        coding: str,
-        now: float,
-        *,
-        first_contact: tuple[str, str] | None = None,
-        shaped: str | None = None,
-        settle: tuple[SmsState, str] | None = None,
-    ) -> None: ...
-
     async def record_submitted_many(self, items: Sequence[SubmittedSms]) -> None: ...
 
     async def record_retry(

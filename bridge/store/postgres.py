@@ -353,26 +353,6 @@ class PostgresStore:
         async with self._tx() as conn:
             return int(await conn.fetchval("SELECT nextval('concat_ref')"))
 
-    async def record_submitted(
-        self,
-        queue_id: str,
-        smsc_ids: Sequence[str],
-        segments: int,
-        coding: str,
-        now: float,
-        *,
-        first_contact: tuple[str, str] | None = None,
-        shaped: str | None = None,
-        settle: tuple[SmsState, str] | None = None,
-    ) -> None:
-        await self.record_submitted_many(
-            [
-                SubmittedSms(
-                    queue_id, tuple(smsc_ids), segments, coding, now, first_contact, shaped, settle
-                )
-            ]
-        )
-
     async def record_submitted_many(self, items: Sequence[SubmittedSms]) -> None:
         """Every text of `items` in one transaction (bridge/batcher.py groups them)."""
         if not items:

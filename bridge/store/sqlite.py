@@ -480,27 +480,6 @@ class SqliteStore:
 
         return await self._call(fn)
 
-    async def record_submitted(
-        self,
-        queue_id: str,
-        smsc_ids: Sequence[str],
-        segments: int,
-        coding: str,
-        now: float,
-        *,
-        first_contact: tuple[str, str] | None = None,
-        shaped: str | None = None,
-        settle: tuple[SmsState, str] | None = None,
-    ) -> None:
-        """One text: record_submitted_many of one (SubmittedSms says what each part means)."""
-        await self.record_submitted_many(
-            [
-                SubmittedSms(
-                    queue_id, tuple(smsc_ids), segments, coding, now, first_contact, shaped, settle
-                )
-            ]
-        )
-
     async def record_submitted_many(self, items: Sequence[SubmittedSms]) -> None:
         """Every text of `items` in one transaction: the dispatcher records the texts whose
         submit_sm_resp arrived while the previous write ran (bridge/batcher.py)."""
@@ -680,7 +659,7 @@ class SqliteStore:
         text up (`_apply_segment`) and drops the item's held row; no match holds a fresh
         receipt in pending_receipt and keeps a held one. Matching in the writer, in the same
         transaction as the hold, means a receipt is either matched or held before any submit
-        recorded after it commits, so `held_for` after record_submitted always finds it."""
+        recorded after it commits, so `held_for` after record_submitted_many always finds it."""
 
         def fn(conn: sqlite3.Connection) -> list[ReceiptOutcome]:
             out: list[ReceiptOutcome] = []

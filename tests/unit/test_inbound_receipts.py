@@ -16,7 +16,7 @@ from bridge.model import NewSms, SmsRecord, SmsState
 from bridge.store.base import ReceiptItem, Store
 from bridge.store.postgres import PostgresStore
 from bridge.testing.sms_samples import sample_sms
-from tests.conftest import MakeConfig, Opener
+from tests.conftest import MakeConfig, Opener, record_submitted
 
 PATRON = "+12025550143"
 
@@ -56,7 +56,7 @@ async def test_receipts_that_overtook_their_submits_are_applied_when_recorded(
     assert [o.segment for o in outs] == [None, None, None]
     assert len(await store.held_for(["id0", "id1", "id2"])) == 3
     for i, rec in enumerate(recs):
-        await store.record_submitted(rec.queue_id, [f"id{i}"], 1, "gsm7", time.time())
+        await record_submitted(store, rec.queue_id, [f"id{i}"], 1, "gsm7", time.time())
     # the dispatcher calls submitted() per text; at the same moment, their lookups may share
     # one read (on PostgreSQL) and their receipts one transaction
     await asyncio.gather(*(inbound.submitted(rec, [f"id{i}"]) for i, rec in enumerate(recs)))
@@ -91,7 +91,7 @@ async def test_one_bad_receipt_fails_alone(
     inbound = Inbound(make_config(), store)
     recs = await _claimed(store, 3)
     for i, rec in enumerate(recs):
-        await store.record_submitted(rec.queue_id, [f"b{i}"], 1, "gsm7", time.time())
+        await record_submitted(store, rec.queue_id, [f"b{i}"], 1, "gsm7", time.time())
     build = bridge.inbound.build_bounces
 
     def broken(cfg: Any, rec: SmsRecord, *args: Any) -> Any:

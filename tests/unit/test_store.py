@@ -14,6 +14,7 @@ from bridge.store import SqliteStore, Store, StoreError
 from bridge.store.migrations import MIGRATIONS
 from bridge.store.sqlite import _OVERDUE
 from bridge.testing.sms_samples import sample_sms
+from tests.conftest import record_submitted
 from tests.waiting import eventually
 
 
@@ -209,7 +210,9 @@ async def test_per_text_lookups_read_on_the_loop_and_see_each_commit(tmp_path: P
         [res] = await s.enqueue_sms([sms()], now=10.0, dedup_window_s=0)
         assert await s.next_due() == 10.0
         await s.claim_sms(now=11.0, limit=1)
-        await s.record_submitted(res.queue_id, ["abc"], 1, "gsm7", 12.0, first_contact=(num, scope))
+        await record_submitted(
+            s, res.queue_id, ["abc"], 1, "gsm7", 12.0, first_contact=(num, scope)
+        )
         assert await s.had_first_contact(num, scope)
         assert await s.sent_times(num, "riverside", 0.0) == [12.0]
         assert await s.sent_times(num, "riverside", 12.5) == []

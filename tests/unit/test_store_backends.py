@@ -26,7 +26,7 @@ from bridge.store.base import (
 )
 from bridge.store.postgres import PostgresStore
 from bridge.testing.sms_samples import sample_sms
-from tests.conftest import Opener
+from tests.conftest import Opener, record_submitted
 from tests.pg import create_database, drop_database, url_for
 
 PgOpener = Callable[..., Awaitable[PostgresStore]]
@@ -76,7 +76,7 @@ async def test_enqueue_claim_submit(store: Store) -> None:
     assert rec.state is SmsState.SENDING and rec.attempts == 1 and rec.queue_id == res.queue_id
     assert rec.body == "Your hold 0 is ready" and rec.urgent is False and rec.kind == "notice"
     assert await store.claim_sms(now=100.0, limit=10) == []  # claimed once only
-    await store.record_submitted(rec.queue_id, ["a1", "a2"], 2, "gsm7", now=101.0)
+    await record_submitted(store, rec.queue_id, ["a1", "a2"], 2, "gsm7", now=101.0)
     got = await store.get_sms(rec.queue_id)
     assert got is not None and got.state is SmsState.SUBMITTED and got.segments == 2
     assert got.coding == "gsm7" and got.updated_at == 101.0
@@ -169,7 +169,7 @@ async def test_admin_retry_drop_and_list(store: Store) -> None:
 async def test_privacy_purge(store: Store) -> None:
     await store.enqueue_sms([sms()], now=1.0, dedup_window_s=0)
     (rec,) = await store.claim_sms(now=1.0, limit=1)
-    await store.record_submitted(rec.queue_id, ["p1"], 1, "gsm7", now=1.5)
+    await record_submitted(store, rec.queue_id, ["p1"], 1, "gsm7", now=1.5)
     await store.record_final(rec.queue_id, SmsState.DELIVERED, None, now=2.0)
     counts = await store.purge(bodies_before=1.0, records_before=0.5, now=50.0)
     assert (counts.bodies, counts.records) == (0, 0)
@@ -222,8 +222,8 @@ def _rollup(rec: SmsRecord, states: list[str]) -> tuple[SmsState, str | None] | 
 async def test_receipts_roll_up_and_bounce(store: Store) -> None:
     await store.enqueue_sms([sms(1, None), sms(2, None)], now=1.0, dedup_window_s=0)
     a, b = await store.claim_sms(now=1.0, limit=2)
-    await store.record_submitted(a.queue_id, ["10", "11"], 2, "gsm7", now=2.0)
-    await store.record_submitted(b.queue_id, ["12"], 1, "gsm7", now=2.0)
+    await record_submitted(store, a.queue_id, ["10", "11"], 2, "gsm7", now=2.0)
+    await record_submitted(store, b.queue_id, ["12"], 1, "gsm7", now=2.0)
     (seg,) = await store.find_segments(["11", "0xB"])
     assert (seg.queue_id, seg.seq, seg.msisdn, seg.tenant_id, seg.state) == (
         a.queue_id,
@@ -281,8 +281,8 @@ async def _apply(store: Store, items: Sequence[ReceiptItem], now: float) -> list
 async def test_apply_receipts_matches_applies_and_holds_in_one_call(store: Store) -> None:
     await store.enqueue_sms([sms(1, None), sms(2, None)], now=1.0, dedup_window_s=0)
     a, b = await store.claim_sms(now=1.0, limit=2)
-    await store.record_submitted(a.queue_id, ["10", "11"], 2, "gsm7", now=2.0)
-    await store.record_submitted(b.queue_id, ["12"], 1, "gsm7", now=2.0)
+    await record_submitted(store, a.queue_id, ["10", "11"], 2, "gsm7", now=2.0)
+    await record_submitted(store, b.queue_id, ["12"], 1, "gsm7", now=2.0)
     p = "12025550143"
     out = await _apply(
         store,
@@ -327,12 +327,12 @@ async def test_apply_receipts_held_rows_and_variants(store: Store) -> None:
     assert (await _apply(store, [retry], 2.5))[0].segment is None
     assert await store.held_for(["20"]) == [row]
     # its submit recorded: the held row matches and is dropped in the same transaction
-    await store.record_submitted(old.queue_id, ["20"], 1, "gsm7", now=3.0)
+    await record_submitted(store, old.queue_id, ["20"], 1, "gsm7", now=3.0)
     (done,) = await _apply(store, [retry], 3.5)
     assert done.segment is not None and done.segment.queue_id == old.queue_id
     assert done.new_state is SmsState.DELIVERED and await store.held_for(["20"]) == []
     # an id reused by the SMSC: the newest text first
-    await store.record_submitted(new.queue_id, ["20", "0x1F"], 2, "gsm7", now=4.0)
+    await record_submitted(store, new.queue_id, ["20", "0x1F"], 2, "gsm7", now=4.0)
     (reused,) = await _apply(store, [ReceiptItem("20", p, "delivered", None, "x")], 5.0)
     assert reused.segment is not None and reused.segment.queue_id == new.queue_id
     # variants: only when the exact id matches nothing, and only for a known patron
@@ -352,7 +352,7 @@ async def test_apply_receipts_crossing_groups(open_store: Opener) -> None:
     await a.enqueue_sms([sms(i, None) for i in range(6)], now=1.0, dedup_window_s=0)
     recs = await a.claim_sms(now=1.0, limit=6)
     for i, rec in enumerate(recs):
-        await a.record_submitted(rec.queue_id, [f"s{i}", f"t{i}"], 2, "gsm7", now=2.0)
+        await record_submitted(a, rec.queue_id, [f"s{i}", f"t{i}"], 2, "gsm7", now=2.0)
     p = "12025550143"
     first = [ReceiptItem(f"s{i}", p, "delivered", None, "DELIVRD") for i in range(6)]
     second = [ReceiptItem(f"t{i}", p, "delivered", None, "DELIVRD") for i in reversed(range(6))]
@@ -425,8 +425,8 @@ async def test_optouts_first_contact_and_caps(store: Store) -> None:
     assert await store.optout_status(num, scope) is None
     await store.enqueue_sms([sms(1, None)], now=1.0, dedup_window_s=0)
     (rec,) = await store.claim_sms(now=1.0, limit=1)
-    await store.record_submitted(
-        rec.queue_id, ["1"], 1, "gsm7", now=5.0, first_contact=(num, scope), shaped="footer"
+    await record_submitted(
+        store, rec.queue_id, ["1"], 1, "gsm7", now=5.0, first_contact=(num, scope), shaped="footer"
     )
     assert await store.had_first_contact(num, scope)
     assert await store.sent_times(num, "riverside", since=0.0) == [5.0]
@@ -619,7 +619,7 @@ async def test_receipt_matched_by_another_instance(pg: PgOpener) -> None:
     a, b = await pg("a"), await pg("b")
     await a.enqueue_sms([sms(1, None)], now=1.0, dedup_window_s=0)
     (rec,) = await a.claim_sms(now=1.0, limit=1)
-    await a.record_submitted(rec.queue_id, ["900"], 1, "gsm7", now=2.0)
+    await record_submitted(a, rec.queue_id, ["900"], 1, "gsm7", now=2.0)
     (seg,) = await b.find_segments(["900"])
     assert seg.queue_id == rec.queue_id
     (out,) = await _apply(b, [ReceiptItem("900", "", "delivered", None, "DELIVRD")], 3.0)
@@ -732,9 +732,9 @@ async def test_activity_counts_notices_replies_and_optouts_by_bucket(store: Stor
 async def test_receipt_deadline_settles_only_overdue_submitted(store: Store) -> None:
     await store.enqueue_sms([sms(i, None) for i in range(4)], now=1.0, dedup_window_s=0)
     a, b, c, d = await store.claim_sms(now=1.0, limit=4)
-    await store.record_submitted(a.queue_id, ["20"], 1, "gsm7", now=10.0)
-    await store.record_submitted(b.queue_id, ["21"], 1, "gsm7", now=50.0)  # not overdue yet
-    await store.record_submitted(c.queue_id, ["22"], 1, "gsm7", now=10.0)
+    await record_submitted(store, a.queue_id, ["20"], 1, "gsm7", now=10.0)
+    await record_submitted(store, b.queue_id, ["21"], 1, "gsm7", now=50.0)  # not overdue yet
+    await record_submitted(store, c.queue_id, ["22"], 1, "gsm7", now=10.0)
     (out,) = await _apply(store, [ReceiptItem("22", "", "delivered", None, "DELIVRD")], 11.0)
     assert out.new_state is SmsState.DELIVERED
     # d stays `sending`: not submitted, never settled by the deadline
@@ -762,8 +762,14 @@ async def test_receipt_deadline_settles_only_overdue_submitted(store: Store) -> 
 async def test_submitted_and_settled_at_once_without_receipts(store: Store) -> None:
     await store.enqueue_sms([sms(1, None)], now=1.0, dedup_window_s=0)
     (a,) = await store.claim_sms(now=1.0, limit=1)
-    await store.record_submitted(
-        a.queue_id, ["30"], 1, "gsm7", now=2.0, settle=(SmsState.UNCONFIRMED, "no receipt asked")
+    await record_submitted(
+        store,
+        a.queue_id,
+        ["30"],
+        1,
+        "gsm7",
+        now=2.0,
+        settle=(SmsState.UNCONFIRMED, "no receipt asked"),
     )
     rec = await store.get_sms(a.queue_id)
     assert (
@@ -777,7 +783,7 @@ async def test_record_submitted_many_records_each_text_in_one_call(store: Store)
     await store.enqueue_sms(items, now=1.0, dedup_window_s=0)
     a, b, c, d = await store.claim_sms(now=1.0, limit=4)
     # b was submitted once before (a lost resp, then a retry): its old segment goes
-    await store.record_submitted(b.queue_id, ["old"], 1, "gsm7", now=1.5)
+    await record_submitted(store, b.queue_id, ["old"], 1, "gsm7", now=1.5)
     await store.record_submitted_many(
         [
             SubmittedSms(a.queue_id, ("a1", "a2"), 2, "gsm7", 2.0),
@@ -808,7 +814,7 @@ async def test_record_submitted_many_records_each_text_in_one_call(store: Store)
 async def test_tenant_report_lists_unconfirmed(store: Store) -> None:
     await store.enqueue_sms([sms(1, None)], now=10.0, dedup_window_s=0)
     (a,) = await store.claim_sms(now=10.0, limit=1)
-    await store.record_submitted(a.queue_id, ["40"], 1, "gsm7", now=11.0)
+    await record_submitted(store, a.queue_id, ["40"], 1, "gsm7", now=11.0)
     await store.settle_overdue(20.0, SmsState.UNCONFIRMED, "no receipt", now=30.0)
     data = await store.tenant_report("riverside", "12025550100", since=0.0, until=100.0)
     assert data.states == {"unconfirmed": 1}

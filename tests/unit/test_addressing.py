@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from bridge.addressing import (
     AddressError,
+    _canonical,
     canonical_address,
     clear_number_cache,
     e164_to_local_part,
@@ -150,6 +151,33 @@ def test_readings_are_kept_per_local_part_and_region() -> None:
     assert reasons[0].startswith("12345 is too short to be a phone number for region US")
     clear_number_cache()
     assert local_part_to_e164("2025550143", "US") == "+12025550143"
+
+
+def test_canonical_readings_are_kept_per_value_region_and_ton() -> None:
+    clear_number_cache()
+    # The TON decides between two valid readings: kept apart, in either order.
+    for _ in range(2):
+        assert canonical_address("2015550100", "US", ton=1).value == "+2015550100"  # Egypt
+        assert canonical_address("2015550100", "US", ton=2).value == "+12015550100"
+        assert canonical_address("2015550100", "US").value == "+12015550100"
+        assert canonical_address("07400123456", "GB").value == "+447400123456"
+        assert canonical_address("07400123456", "US").kind == "other"
+    # An unknown region stays a configuration error, asked again too.
+    for _ in range(2):
+        with pytest.raises(ValueError, match="unknown phone number region 'XX'"):
+            canonical_address("2025550143", "XX")
+
+
+@given(
+    st.text(alphabet="0123456789+ -()", max_size=18),
+    st.sampled_from(["US", "GB", "DE", "FR"]),
+    st.sampled_from([None, 0, 1, 2, 5]),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_kept_reading_is_the_reading(raw: str, region: str, ton: int | None) -> None:
+    first = canonical_address(raw, region, ton=ton)
+    assert first == _canonical(raw, region, ton)[0]
+    assert canonical_address(raw, region, ton=ton) == first
 
 
 @given(st.text(max_size=40))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -131,13 +132,12 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 Opener = Callable[..., Awaitable[Store]]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
-    """Opens stores on one shared backend: `await open_store(instance_id="a")`."""
+@contextlib.asynccontextmanager
+async def stores_on(backend: str, tmp_path: Path) -> AsyncIterator[Opener]:
+    """An opener of stores sharing one `backend` ("sqlite" or "postgres", a fresh database),
+    each closed (and the database dropped) at the end."""
     opened: list[Store] = []
-    db: str | None = None
-    if request.param == "postgres":
-        db = await create_database()
+    db = await create_database() if backend == "postgres" else None
 
     async def opener(instance_id: str = "a", lease_s: float = 30.0) -> Store:
         s: Store
@@ -158,3 +158,10 @@ async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
             await s.close()
         if db is not None:
             await drop_database(db)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """Opens stores on one shared backend: `await open_store(instance_id="a")`."""
+    async with stores_on(request.param, tmp_path) as opener:
+        yield opener

@@ -26,8 +26,7 @@ from bridge.store.base import (
 )
 from bridge.store.postgres import PostgresStore
 from bridge.testing.sms_samples import sample_sms
-from tests.conftest import Opener, record_submitted
-from tests.pg import create_database, drop_database, url_for
+from tests.conftest import Opener, record_submitted, stores_on
 
 PgOpener = Callable[..., Awaitable[PostgresStore]]
 
@@ -40,21 +39,8 @@ async def store(open_store: Opener) -> Store:
 @pytest.fixture
 async def pg(tmp_path: Path) -> AsyncIterator[PgOpener]:
     """PostgreSQL only: stores of several instances on one database."""
-    db = await create_database()
-    opened: list[PostgresStore] = []
-
-    async def opener(instance_id: str = "a", lease_s: float = 30.0) -> PostgresStore:
-        s = PostgresStore(url_for(db), instance_id=instance_id, lease_s=lease_s, renew_leases=False)
-        await s.open()
-        opened.append(s)
-        return s
-
-    try:
-        yield opener
-    finally:
-        for s in opened:
-            await s.close()
-        await drop_database(db)
+    async with stores_on("postgres", tmp_path) as opener:
+        yield opener  # every store it opens is a PostgresStore
 
 
 def sms(n: int = 0, message_id: str | None = "<m1@lib>", msisdn: str = "+12025550143") -> NewSms:
